@@ -1,0 +1,363 @@
+//! The authorization decision: `decide(grant, request) -> Decision`.
+//!
+//! Scopes are a union (SMART 2.x "scope equivalence"). An unrestricted `user/` or `system/` scope
+//! allows without obligations; `patient/` and granular scopes allow only with obligations the
+//! proxy must honour (narrow the query, pre-check the write target, check the response). Every
+//! path that does not positively find a covering scope denies. Policy choices where SMART and
+//! FHIR are silent follow `DESIGN.md` (operations denied unless listed, batches all-or-nothing).
+
+mod criteria;
+mod ops;
+mod writes;
+
+use crate::grant::Grant;
+use crate::outcome::IssueCode;
+use crate::request::{FhirRequest, Interaction};
+use crate::scope::{Context, Perms, ResourceScope, TypeSel};
+use crate::verify::{Expect, ResponseCheck};
+
+pub use crate::query::narrowed_query;
+
+/// Search result parameters that pull other resources into a Bundle.
+const INCLUDE_PARAMS: &[&str] = &["_include", "_revinclude"];
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Forward, honouring the obligations.
+    Allow(Obligations),
+    /// Answer with an OperationOutcome.
+    Deny(Denial),
+}
+
+/// What the proxy must do when forwarding an allowed request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Obligations {
+    /// Parameters to AND into the upstream query (decoded; encode with [`narrowed_query`]).
+    pub add_params: Vec<(String, String)>,
+    /// Check the response with `verify::verify_resource` or `verify::filter_bundle`
+    /// (per `ResponseCheck::expect`).
+    pub response_check: Option<ResponseCheck>,
+    /// GET the current target first and check it with `verify_resource(response_check)`;
+    /// a 404/410 target passes (update-as-create, idempotent delete).
+    pub precheck_target: bool,
+    /// Name of the rule that allowed.
+    pub rule: &'static str,
+    /// Text of a scope that granted the request.
+    pub scope: Option<String>,
+}
+
+impl Obligations {
+    fn rule(rule: &'static str, scope: Option<&ResourceScope>) -> Self {
+        Self {
+            rule,
+            scope: scope.map(|s| s.text.clone()),
+            ..Self::default()
+        }
+    }
+
+    /// Are there no obligations at all (forward unchanged)?
+    pub fn is_empty(&self) -> bool {
+        self.add_params.is_empty() && self.response_check.is_none() && !self.precheck_target
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The reason class (status and issue code).
+    pub reason: DenyReason,
+    /// Human text for `issue.details.text`; never contains tokens.
+    pub message: String,
+    /// Name of the rule that refused.
+    pub rule: &'static str,
+}
+
+/// Reason classes of a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// No scope grants the needed permission on the type (403).
+    InsufficientScope,
+    /// Only `patient/` scopes would cover it and the token has no patient (403).
+    NoPatientContext,
+    /// The request targets another patient's data (403).
+    OtherPatient,
+    /// A search construct fhirgate cannot bound under `patient/` scopes (chains, `_has`) (403).
+    UnenforceableQuery,
+    /// An operation not in the policy table (403).
+    OperationNotPermitted,
+    /// An interaction fhirgate refuses by policy (405).
+    NotSupported,
+    /// A body fhirgate cannot check (XML, missing) where a check is needed (415).
+    BodyNotCheckable,
+    /// The request contradicts itself (type or id mismatch between URL and body) (400).
+    BadRequest,
+}
+
+impl DenyReason {
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InsufficientScope
+            | Self::NoPatientContext
+            | Self::OtherPatient
+            | Self::UnenforceableQuery
+            | Self::OperationNotPermitted => 403,
+            Self::NotSupported => 405,
+            Self::BodyNotCheckable => 415,
+            Self::BadRequest => 400,
+        }
+    }
+
+    /// OperationOutcome issue code.
+    pub fn issue_code(&self) -> IssueCode {
+        match self {
+            Self::NotSupported | Self::BodyNotCheckable => IssueCode::NotSupported,
+            Self::BadRequest => IssueCode::Invalid,
+            _ => IssueCode::Forbidden,
+        }
+    }
+
+    /// Short label for metrics and audit.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::InsufficientScope => "insufficient_scope",
+            Self::NoPatientContext => "no_patient_context",
+            Self::OtherPatient => "other_patient",
+            Self::UnenforceableQuery => "unenforceable_query",
+            Self::OperationNotPermitted => "operation_not_permitted",
+            Self::NotSupported => "not_supported",
+            Self::BodyNotCheckable => "body_not_checkable",
+            Self::BadRequest => "bad_request",
+        }
+    }
+}
+
+pub(crate) fn deny(reason: DenyReason, rule: &'static str, message: impl Into<String>) -> Decision {
+    Decision::Deny(denial(reason, rule, message))
+}
+
+pub(crate) fn denial(reason: DenyReason, rule: &'static str, message: impl Into<String>) -> Denial {
+    Denial {
+        reason,
+        message: message.into(),
+        rule,
+    }
+}
+
+/// The scopes of a grant that cover one (type, letter) pair.
+pub(crate) struct Cover<'a> {
+    pub(crate) scopes: Vec<&'a ResourceScope>,
+}
+
+impl<'a> Cover<'a> {
+    /// An unrestricted `user/` or `system/` scope: no obligations needed.
+    pub(crate) fn full(&self) -> Option<&'a ResourceScope> {
+        self.scopes
+            .iter()
+            .copied()
+            .find(|s| s.context != Context::Patient && !s.is_granular())
+    }
+
+    /// Are all covering scopes `patient/` scopes?
+    pub(crate) fn only_patient(&self) -> bool {
+        self.scopes.iter().all(|s| s.context == Context::Patient)
+    }
+
+    /// An unrestricted `patient/` scope.
+    pub(crate) fn patient_plain(&self) -> Option<&'a ResourceScope> {
+        self.scopes
+            .iter()
+            .copied()
+            .find(|s| s.context == Context::Patient && !s.is_granular())
+    }
+
+    pub(crate) fn first(&self) -> Option<&'a ResourceScope> {
+        self.scopes.first().copied()
+    }
+
+    /// Query parameters expressing the granular restriction, when it can be expressed as one
+    /// AND-ed set: one granular scope, or several restricting the same single parameter.
+    pub(crate) fn granular_params(&self) -> Vec<(String, String)> {
+        if self.scopes.iter().any(|s| !s.is_granular()) {
+            return Vec::new();
+        }
+        match self.scopes.as_slice() {
+            [] => Vec::new(),
+            [one] => one.params.clone(),
+            [head, ..] => {
+                let name = &head.params[0].0;
+                let same = self
+                    .scopes
+                    .iter()
+                    .all(|s| s.params.len() == 1 && &s.params[0].0 == name);
+                if !same {
+                    return Vec::new();
+                }
+                let values: Vec<&str> =
+                    self.scopes.iter().map(|s| s.params[0].1.as_str()).collect();
+                vec![(name.clone(), values.join(","))]
+            }
+        }
+    }
+}
+
+/// Finds the scopes granting `perm` on `ty` (`"*"` = only wildcard scopes), or the denial.
+pub(crate) fn cover<'a>(grant: &'a Grant, ty: &str, perm: Perms) -> Result<Cover<'a>, Denial> {
+    let scopes: Vec<&ResourceScope> = if ty == "*" {
+        grant
+            .scopes
+            .resource_scopes()
+            .iter()
+            .filter(|s| s.resource_type == TypeSel::Any && s.perms.contains(perm))
+            .filter(|s| s.context != Context::Patient || grant.patient.is_some())
+            .collect()
+    } else {
+        grant.effective(ty, perm).collect()
+    };
+    if !scopes.is_empty() {
+        return Ok(Cover { scopes });
+    }
+    let letter = perm.to_string();
+    if grant.patient_scope_without_context(ty, perm) {
+        return Err(denial(
+            DenyReason::NoPatientContext,
+            "patient-scope-without-context",
+            format!(
+                "patient/ scopes grant '{letter}' on {ty} but the token carries no patient context"
+            ),
+        ));
+    }
+    let what = if ty == "*" {
+        "all resource types".to_owned()
+    } else {
+        ty.to_owned()
+    };
+    Err(denial(
+        DenyReason::InsufficientScope,
+        "no-covering-scope",
+        format!("no granted scope permits '{letter}' on {what}"),
+    ))
+}
+
+/// Decides whether `grant` allows `req`, and under which obligations.
+pub fn decide(grant: &Grant, req: &FhirRequest) -> Decision {
+    use Interaction as I;
+    match req.interaction {
+        I::Capabilities | I::SmartConfiguration => {
+            Decision::Allow(Obligations::rule("public", None))
+        }
+        I::Read | I::Vread | I::HistoryInstance => instance_read(grant, req),
+        I::SearchType => criteria::search_type(grant, req),
+        I::SearchCompartment => criteria::search_compartment(grant, req),
+        I::HistoryType => history_type(grant, req),
+        I::SearchSystem | I::HistorySystem => system_level(grant, req),
+        I::Create | I::Update | I::Patch | I::Delete => writes::decide_write(grant, req),
+        I::Operation => ops::decide_operation(grant, req),
+        I::Batch | I::Transaction => ops::decide_bundle(grant, req),
+    }
+}
+
+fn type_of(req: &FhirRequest) -> &str {
+    req.resource_type.as_deref().unwrap_or("*")
+}
+
+fn instance_read(grant: &Grant, req: &FhirRequest) -> Decision {
+    let ty = type_of(req);
+    let cover = match cover(grant, ty, Perms::R) {
+        Ok(c) => c,
+        Err(d) => return Decision::Deny(d),
+    };
+    if let Some(full) = cover.full() {
+        return Decision::Allow(Obligations::rule("scope", Some(full)));
+    }
+    let expect = if req.interaction == Interaction::HistoryInstance {
+        Expect::Bundle
+    } else {
+        Expect::Resource
+    };
+    if cover.only_patient() {
+        if let Some(d) = criteria::other_patient_instance(grant, ty, req.id.as_deref()) {
+            return Decision::Deny(d);
+        }
+        let own_record = ty == "Patient";
+        let outside = !crate::compartment::is_compartment_type(ty);
+        if let Some(plain) = cover.patient_plain().filter(|_| own_record || outside) {
+            return Decision::Allow(Obligations::rule("patient-scope", Some(plain)));
+        }
+    }
+    let mut ob = Obligations::rule("scope-with-response-check", cover.first());
+    ob.response_check = Some(ResponseCheck::new(grant, Perms::R, expect));
+    Decision::Allow(ob)
+}
+
+fn history_type(grant: &Grant, req: &FhirRequest) -> Decision {
+    let cover = match cover(grant, type_of(req), Perms::S) {
+        Ok(c) => c,
+        Err(d) => return Decision::Deny(d),
+    };
+    if let Some(full) = cover.full() {
+        return Decision::Allow(Obligations::rule("scope", Some(full)));
+    }
+    let mut ob = Obligations::rule("history-filtered", cover.first());
+    ob.response_check = Some(ResponseCheck::new(
+        grant,
+        Perms::R.union(Perms::S),
+        Expect::Bundle,
+    ));
+    Decision::Allow(ob)
+}
+
+/// `GET [base]?_type=...`, `POST [base]/_search`, `GET [base]/_history`.
+fn system_level(grant: &Grant, req: &FhirRequest) -> Decision {
+    let mut types: Vec<&str> = req
+        .params
+        .iter()
+        .filter(|(n, _)| n == "_type" && req.interaction == Interaction::SearchSystem)
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .collect();
+    if types.is_empty() || types.contains(&"") {
+        types = vec!["*"];
+    }
+    let mut all_full = true;
+    let mut first = None;
+    for ty in types {
+        let cover = match cover(grant, ty, Perms::S) {
+            Ok(c) => c,
+            Err(d) => return Decision::Deny(d),
+        };
+        all_full &= cover.full().is_some();
+        first = first.or(cover.first());
+    }
+    if all_full && !has_includes(req) {
+        return Decision::Allow(Obligations::rule("scope", first));
+    }
+    let mut ob = Obligations::rule("system-level-filtered", first);
+    ob.response_check = Some(ResponseCheck::new(
+        grant,
+        Perms::R.union(Perms::S),
+        Expect::Bundle,
+    ));
+    Decision::Allow(ob)
+}
+
+pub(crate) fn has_includes(req: &FhirRequest) -> bool {
+    req.params.iter().any(|(n, _)| {
+        let base = n.split(':').next().unwrap_or("");
+        INCLUDE_PARAMS.contains(&base)
+    })
+}
+
+/// Does the grant hold unrestricted `user/`/`system/` wildcard read or search?
+pub(crate) fn full_wildcard_read(grant: &Grant) -> bool {
+    grant.scopes.resource_scopes().iter().any(|s| {
+        s.context != Context::Patient
+            && s.resource_type == TypeSel::Any
+            && !s.is_granular()
+            && s.perms.intersects(Perms::R.union(Perms::S))
+    })
+}
+
+#[cfg(test)]
+mod tests;

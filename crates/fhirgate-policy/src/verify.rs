@@ -1,0 +1,279 @@
+//! Response checks: the obligations `decide` attaches to allowed requests.
+//!
+//! A returned resource is covered when some resource scope of the grant names its type with one
+//! of the check's letters, is satisfied by its granular parameters, and, for `patient/` scopes
+//! on compartment types, the resource is in the context patient's compartment. Bundles are
+//! filtered entry by entry; kept entries and every other top-level member are re-emitted byte
+//! for byte (clinical content is never re-serialised). When entries are withheld the Bundle's
+//! `total` is removed (a count over all pages cannot be corrected safely, and it would reveal
+//! how many inaccessible matches exist) and one `suppressed` OperationOutcome entry is appended.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::compartment::{in_patient_compartment, is_compartment_type};
+use crate::grant::Grant;
+use crate::granular::matches_all;
+use crate::scope::{Context, Perms};
+
+/// Largest response body fhirgate will parse for checking (64 MiB).
+pub const MAX_CHECKED_BODY: usize = 64 * 1024 * 1024;
+
+/// What the response is expected to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// One resource: use [`verify_resource`].
+    Resource,
+    /// A Bundle: use [`filter_bundle`].
+    Bundle,
+}
+
+/// A response obligation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseCheck {
+    /// The context patient (copied from the grant).
+    pub patient: Option<String>,
+    /// The grant the resources must be covered by.
+    pub grant: Grant,
+    /// A resource is covered by a scope holding any of these letters.
+    pub perms: Perms,
+    /// Single resource or Bundle.
+    pub expect: Expect,
+}
+
+impl ResponseCheck {
+    /// A check of `expect` against `grant` for scopes holding any of `perms`.
+    pub fn new(grant: &Grant, perms: Perms, expect: Expect) -> Self {
+        Self {
+            patient: grant.patient.clone(),
+            grant: grant.clone(),
+            perms,
+            expect,
+        }
+    }
+
+    /// Is `resource` covered?
+    pub fn covers(&self, resource: &Value) -> bool {
+        let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else {
+            return false;
+        };
+        self.grant.scopes.resource_scopes().iter().any(|s| {
+            if !s.resource_type.covers(ty) || !s.perms.intersects(self.perms) {
+                return false;
+            }
+            if s.context == Context::Patient {
+                let Some(pid) = self.patient.as_deref() else {
+                    return false;
+                };
+                if is_compartment_type(ty) && !in_patient_compartment(resource, pid) {
+                    return false;
+                }
+            }
+            !s.is_granular() || matches_all(resource, &s.params)
+        })
+    }
+}
+
+/// Why a response failed its check (the server answers 403 or 502).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The body is not the expected FHIR JSON (server: 502).
+    #[error("upstream response is not a FHIR JSON {0}")]
+    NotFhirJson(&'static str),
+    /// The body is larger than [`MAX_CHECKED_BODY`] (server: 502).
+    #[error("upstream response too large to check")]
+    TooLarge,
+    /// The resource is not covered by the grant (server: 403).
+    #[error("the returned {resource_type} is not covered by the granted scopes")]
+    NotCovered {
+        /// Its type.
+        resource_type: String,
+    },
+}
+
+/// Checks a single-resource response (read, vread, write pre-check). An OperationOutcome
+/// passes (upstream errors are forwarded).
+pub fn verify_resource(check: &ResponseCheck, body: &[u8]) -> Result<(), VerifyError> {
+    if body.len() > MAX_CHECKED_BODY {
+        return Err(VerifyError::TooLarge);
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| VerifyError::NotFhirJson("resource"))?;
+    let ty = value
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or(VerifyError::NotFhirJson("resource"))?;
+    if ty == "OperationOutcome" || check.covers(&value) {
+        Ok(())
+    } else {
+        Err(VerifyError::NotCovered {
+            resource_type: ty.to_owned(),
+        })
+    }
+}
+
+/// Result of [`filter_bundle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilteredBundle {
+    /// The body to send (the original bytes when `unchanged`).
+    pub body: Vec<u8>,
+    /// Entries kept.
+    pub kept: usize,
+    /// Entries withheld.
+    pub withheld: usize,
+    /// Nothing was withheld: `body` is the original.
+    pub unchanged: bool,
+}
+
+/// A JSON object read as ordered (key, raw value) members.
+struct RawObject(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
+                let mut out: Vec<(String, Box<RawValue>)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(serde::de::Error::custom("duplicate member"));
+                    }
+                    out.push((k, v));
+                }
+                Ok(RawObject(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct EntryView {
+    resource: Option<Value>,
+    search: Option<SearchView>,
+}
+
+#[derive(Deserialize)]
+struct SearchView {
+    mode: Option<String>,
+}
+
+const SUPPRESSED_ENTRY_HEAD: &str = r#"{"resource":{"resourceType":"OperationOutcome","issue":[{"severity":"warning","code":"suppressed","diagnostics":""#;
+const SUPPRESSED_ENTRY_TAIL: &str =
+    r#" entries withheld by access policy"}]},"search":{"mode":"outcome"}}"#;
+
+/// Filters a Bundle response, removing every entry the grant does not cover.
+pub fn filter_bundle(check: &ResponseCheck, body: &[u8]) -> Result<FilteredBundle, VerifyError> {
+    if body.len() > MAX_CHECKED_BODY {
+        return Err(VerifyError::TooLarge);
+    }
+    let top: RawObject =
+        serde_json::from_slice(body).map_err(|_| VerifyError::NotFhirJson("Bundle"))?;
+    let resource_type = top
+        .0
+        .iter()
+        .find(|(k, _)| k == "resourceType")
+        .map(|(_, v)| v.get());
+    if resource_type == Some(r#""OperationOutcome""#) {
+        return Ok(FilteredBundle {
+            body: body.to_vec(),
+            kept: 0,
+            withheld: 0,
+            unchanged: true,
+        });
+    }
+    if resource_type != Some(r#""Bundle""#) {
+        return Err(VerifyError::NotFhirJson("Bundle"));
+    }
+    let entries: Vec<Box<RawValue>> = match top.0.iter().find(|(k, _)| k == "entry") {
+        Some((_, raw)) => {
+            serde_json::from_str(raw.get()).map_err(|_| VerifyError::NotFhirJson("Bundle"))?
+        }
+        None => Vec::new(),
+    };
+    let mut kept = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        if keep_entry(check, entry)? {
+            kept.push(entry.get());
+        }
+    }
+    let withheld = entries.len() - kept.len();
+    if withheld == 0 {
+        return Ok(FilteredBundle {
+            body: body.to_vec(),
+            kept: kept.len(),
+            withheld,
+            unchanged: true,
+        });
+    }
+    let rebuilt = rebuild(&top, &kept, withheld);
+    Ok(FilteredBundle {
+        body: rebuilt.into_bytes(),
+        kept: kept.len(),
+        withheld,
+        unchanged: false,
+    })
+}
+
+fn keep_entry(check: &ResponseCheck, entry: &RawValue) -> Result<bool, VerifyError> {
+    let view: EntryView =
+        serde_json::from_str(entry.get()).map_err(|_| VerifyError::NotFhirJson("Bundle entry"))?;
+    let Some(resource) = view.resource else {
+        return Ok(false);
+    };
+    let ty = resource.get("resourceType").and_then(Value::as_str);
+    let outcome_mode = view.search.and_then(|s| s.mode).as_deref() == Some("outcome");
+    Ok((outcome_mode && ty == Some("OperationOutcome")) || check.covers(&resource))
+}
+
+fn rebuild(top: &RawObject, kept: &[&str], withheld: usize) -> String {
+    let mut out = String::from("{");
+    let mut first = true;
+    let mut wrote_entry = false;
+    for (key, raw) in &top.0 {
+        if key == "total" {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&serde_json::to_string(key).unwrap_or_default());
+        out.push(':');
+        if key == "entry" {
+            push_entries(&mut out, kept, withheld);
+            wrote_entry = true;
+        } else {
+            out.push_str(raw.get());
+        }
+    }
+    if !wrote_entry {
+        out.push_str(if first { "\"entry\":" } else { ",\"entry\":" });
+        push_entries(&mut out, kept, withheld);
+    }
+    out.push('}');
+    out
+}
+
+fn push_entries(out: &mut String, kept: &[&str], withheld: usize) {
+    out.push('[');
+    for e in kept {
+        out.push_str(e);
+        out.push(',');
+    }
+    out.push_str(SUPPRESSED_ENTRY_HEAD);
+    out.push_str(&withheld.to_string());
+    out.push_str(SUPPRESSED_ENTRY_TAIL);
+    out.push(']');
+}
+
+#[cfg(test)]
+mod tests;

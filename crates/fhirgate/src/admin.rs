@@ -1,0 +1,82 @@
+//! The admin listener: liveness and readiness, apart from the FHIR listener.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::body::{self, Body};
+use crate::proxy::Gateway;
+
+/// Serves `/healthz` and `/readyz` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+            () = &mut shutdown => return,
+        };
+        let gateway = gateway.clone();
+        let service = service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(answer(&gateway, request).await) }
+        });
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body> {
+    if request.method() != Method::GET {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"status":"method not allowed"}"#.into(),
+        );
+    }
+    match request.uri().path() {
+        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        "/readyz" => {
+            let keys = gateway.tokens.ready();
+            let upstream = gateway.upstream.reachable().await;
+            let status = if keys && upstream {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let text = format!(
+                r#"{{"ready":{},"checks":{{"signing_keys":{keys},"upstream":{upstream}}}}}"#,
+                keys && upstream
+            );
+            json(status, text)
+        }
+        _ => json(StatusCode::NOT_FOUND, r#"{"status":"not found"}"#.into()),
+    }
+}
+
+fn json(status: StatusCode, text: String) -> Response<Body> {
+    let mut response = Response::new(body::full(Bytes::from(text)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

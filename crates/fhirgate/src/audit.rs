@@ -1,0 +1,134 @@
+//! The record step: one audit record per request, allowed or refused, as a JSON line.
+//!
+//! Records are handed to a writer task over a channel, so a slow disk never holds a response;
+//! the task appends whatever has queued up in one write and flushes it. On shutdown the
+//! channel is closed and the task drains it before the process exits. A failed write is
+//! logged; a durable spool that retries, and refuses requests when it cannot be written, is
+//! not built yet.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// What the gateway decided about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDecision {
+    Allow,
+    Deny,
+}
+
+/// One audit record. Never holds a token.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub time: String,
+    pub request_id: String,
+    pub client_id: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub fhir_user: Option<String>,
+    pub patient: Option<String>,
+    pub token_id: Option<String>,
+    pub scopes: Option<String>,
+    pub source: String,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub interaction: Option<&'static str>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub decision: AuditDecision,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<usize>,
+    pub latency_ms: f64,
+}
+
+/// Why the audit trail cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open audit file {path}: {source}")]
+pub struct AuditOpenError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+/// Hands records to the writer task.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    sender: mpsc::UnboundedSender<AuditRecord>,
+}
+
+/// The writer task; await [`AuditWriter::finish`] after the last [`AuditLog`] is dropped.
+#[derive(Debug)]
+pub struct AuditWriter {
+    task: JoinHandle<()>,
+}
+
+impl AuditLog {
+    /// Opens (creating if needed) the JSON lines file and starts the writer task.
+    pub fn open(path: &Path) -> Result<(Self, AuditWriter), AuditOpenError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| AuditOpenError {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| AuditOpenError {
+                path: path.to_owned(),
+                source,
+            })?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let task = tokio::task::spawn_blocking(move || write_records(file, receiver));
+        Ok((Self { sender }, AuditWriter { task }))
+    }
+
+    /// Queues a record for writing.
+    pub fn record(&self, record: AuditRecord) {
+        if self.sender.send(record).is_err() {
+            tracing::error!("audit writer has stopped; record not written");
+        }
+    }
+}
+
+impl AuditWriter {
+    /// Waits until every queued record is written.
+    pub async fn finish(self) {
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "audit writer failed");
+        }
+    }
+}
+
+fn write_records(file: std::fs::File, mut receiver: mpsc::UnboundedReceiver<AuditRecord>) {
+    let mut out = std::io::BufWriter::new(file);
+    let mut batch = Vec::new();
+    while receiver.blocking_recv().map(|r| batch.push(r)).is_some() {
+        while let Ok(record) = receiver.try_recv() {
+            batch.push(record);
+        }
+        for record in batch.drain(..) {
+            let line = serde_json::to_vec(&record).expect("audit records serialise");
+            if let Err(error) = out.write_all(&line).and_then(|()| out.write_all(b"\n")) {
+                tracing::error!(%error, "audit write failed");
+            }
+        }
+        if let Err(error) = out.flush() {
+            tracing::error!(%error, "audit flush failed");
+        }
+    }
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

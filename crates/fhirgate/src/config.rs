@@ -1,0 +1,386 @@
+//! The configuration file: one YAML document, parsed strictly.
+//!
+//! Unknown keys, wrong types and invalid values are errors that name the key and the line.
+//! Values that have a syntax of their own (URLs, durations, algorithms) are checked while
+//! parsing, so their errors carry a position too; rules that span several keys are checked
+//! afterwards by [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The configuration compiled into the binary, used when `--config` is not given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.yaml");
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the FHIR listener.
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// The FHIR server behind the gateway.
+    pub upstream: Upstream,
+    /// Token issuers whose access tokens are accepted.
+    pub issuers: Vec<Issuer>,
+    /// Where the audit trail goes.
+    pub audit: Audit,
+    /// Limits on what a client may send.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The FHIR server behind the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Base URL of the upstream FHIR server, e.g. `http://10.0.0.5:8080/fhir`.
+    pub url: HttpUrl,
+    /// Path under which clients reach the FHIR API on the gateway, e.g. `/fhir`.
+    pub public_base_path: BasePath,
+    /// Time allowed to open a connection to the upstream.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream to answer with its status line and headers, and again
+    /// for the rest of a response body that the gateway must read to check it.
+    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
+    pub response_timeout: Duration,
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    /// The exact `iss` value of its tokens.
+    pub issuer: String,
+    /// The audience the gateway requires in `aud`: normally its own public FHIR base URL.
+    pub audience: String,
+    /// JWKS location; found by OpenID discovery when absent.
+    #[serde(default)]
+    pub jwks_uri: Option<HttpUrl>,
+    /// Signature algorithms accepted from this issuer.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    pub leeway: Duration,
+    /// Minimum time between two JWKS fetches caused by tokens naming an unknown key.
+    #[serde(default = "default_refetch_cooldown", deserialize_with = "duration")]
+    pub jwks_refetch_cooldown: Duration,
+    /// How often the JWKS is fetched again in the background.
+    #[serde(default = "default_refresh_interval", deserialize_with = "duration")]
+    pub jwks_refresh_interval: Duration,
+}
+
+/// Asymmetric JWS algorithms the gateway can verify. `none` and HMAC are not among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+/// Where the audit trail goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// JSON lines file, appended to.
+    pub path: PathBuf,
+}
+
+/// Limits on what a client may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted (it is read whole to be checked).
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: usize,
+    /// Largest upstream response body the gateway reads to check it.
+    #[serde(default = "default_max_checked_response")]
+    pub max_checked_response: usize,
+    /// Longest bearer token accepted.
+    #[serde(default = "default_max_token_length")]
+    pub max_token_length: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_body: default_max_request_body(),
+            max_checked_response: default_max_checked_response(),
+            max_token_length: default_max_token_length(),
+        }
+    }
+}
+
+/// An absolute `http` or `https` URL without query or fragment, kept without a trailing `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(http::Uri);
+
+/// A public base path: starts with `/`, no trailing `/` (the root is the empty path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasePath(String);
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The configuration compiled into the binary.
+    pub fn embedded_default() -> Self {
+        Self::parse(EMBEDDED_DEFAULT, "embedded default")
+            .expect("the embedded default configuration is valid")
+    }
+
+    /// Parses and checks a YAML document; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: match e.location() {
+                Some(at) => format!("{origin}:{}:{}", at.line(), at.column()),
+                None => origin.to_owned(),
+            },
+            message: e.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Rules that span several keys.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.issuers.is_empty() {
+            return Err(("issuers".into(), "at least one issuer is required".into()));
+        }
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let key = |k: &str| format!("issuers[{i}].{k}");
+            if issuer.issuer.is_empty() {
+                return Err((key("issuer"), "must not be empty".into()));
+            }
+            if issuer.audience.is_empty() {
+                return Err((key("audience"), "must not be empty".into()));
+            }
+            if issuer.algorithms.is_empty() {
+                return Err((
+                    key("algorithms"),
+                    "at least one algorithm is required".into(),
+                ));
+            }
+            if issuer.jwks_uri.is_none() && HttpUrl::parse(&issuer.issuer).is_err() {
+                return Err((
+                    key("issuer"),
+                    "is not an http(s) URL, so discovery cannot find its keys: set jwks_uri".into(),
+                ));
+            }
+            let earlier = &self.issuers[..i];
+            if earlier.iter().any(|other| other.issuer == issuer.issuer) {
+                return Err((key("issuer"), "is configured twice".into()));
+            }
+        }
+        if self.listen == self.admin_listen {
+            return Err(("admin_listen".into(), "must differ from listen".into()));
+        }
+        if self.limits.max_token_length < 64 {
+            return Err((
+                "limits.max_token_length".into(),
+                "must be at least 64".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl HttpUrl {
+    fn parse(text: &str) -> Result<Self, String> {
+        let uri: http::Uri = text.parse().map_err(|e| format!("not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err("must be an http:// or https:// URL".into()),
+        }
+        if uri.authority().is_none() {
+            return Err("must name a host".into());
+        }
+        if uri.query().is_some() || text.contains('#') {
+            return Err("must not have a query or fragment".into());
+        }
+        let trimmed = text.trim_end_matches('/');
+        let uri = trimmed.parse().map_err(|e| format!("not a URL: {e}"))?;
+        Ok(Self(uri))
+    }
+
+    /// The URL as parsed.
+    pub fn uri(&self) -> &http::Uri {
+        &self.0
+    }
+
+    /// The URL's text, without a trailing `/`.
+    pub fn as_str(&self) -> String {
+        self.0.to_string().trim_end_matches('/').to_owned()
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl BasePath {
+    /// The path, empty for the root.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for BasePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if !text.starts_with('/') {
+            return Err(serde::de::Error::custom("must start with '/'"));
+        }
+        let trimmed = text.trim_end_matches('/');
+        let clean = trimmed
+            .split('/')
+            .skip(1)
+            .all(|s| !s.is_empty() && s != "." && s != ".." && s.bytes().all(is_path_byte));
+        if !clean {
+            return Err(serde::de::Error::custom(
+                "must be a plain path: letters, digits, '-', '_', '.', no empty or dot segments",
+            ));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+}
+
+fn is_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("not a duration such as \"30s\": {e}")))
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_refetch_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::RS256, Algorithm::ES256]
+}
+fn default_max_request_body() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_checked_response() -> usize {
+    64 * 1024 * 1024
+}
+fn default_max_token_length() -> usize {
+    16 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let config = Config::embedded_default();
+        assert_eq!(config.upstream.public_base_path.as_str(), "/fhir");
+        assert_eq!(config.upstream.url.as_str(), "http://127.0.0.1:8091/fhir");
+        assert_eq!(config.issuers[0].leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn misspelt_key_names_key_and_line() {
+        let text = EMBEDDED_DEFAULT.replace("  response_timeout:", "  respons_timeout:");
+        let err = Config::parse(&text, "f.yaml").unwrap_err().to_string();
+        assert!(err.contains("respons_timeout"), "{err}");
+        let line = text
+            .lines()
+            .position(|l| l.contains("respons_timeout"))
+            .unwrap()
+            + 1;
+        assert!(err.starts_with(&format!("f.yaml:{line}:")), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_position() {
+        for (from, to) in [
+            ("\"30s\"", "\"thirty\""),
+            ("\"RS256\"", "\"HS256\""),
+            ("\"http://127.0.0.1:8091/fhir\"", "\"ftp://x/fhir\""),
+            ("\"/fhir\"", "\"fhir\""),
+            ("\"127.0.0.1:8080\"", "\"localhost\""),
+        ] {
+            let text = EMBEDDED_DEFAULT.replacen(from, to, 1);
+            let err = Config::parse(&text, "f.yaml").unwrap_err().to_string();
+            assert!(err.starts_with("f.yaml:"), "{from} -> {to}: {err}");
+            assert!(err.chars().nth(7).unwrap().is_ascii_digit(), "{err}");
+        }
+    }
+
+    #[test]
+    fn cross_key_rules_name_the_key() {
+        let text = EMBEDDED_DEFAULT.replace("\"127.0.0.1:8081\"", "\"127.0.0.1:8080\"");
+        let err = Config::parse(&text, "f.yaml").unwrap_err().to_string();
+        assert!(err.contains("admin_listen"), "{err}");
+    }
+
+    #[test]
+    fn base_path_is_trimmed_and_checked() {
+        let text = EMBEDDED_DEFAULT.replace("\"/fhir\"", "\"/api/fhir/\"");
+        let config = Config::parse(&text, "f").unwrap();
+        assert_eq!(config.upstream.public_base_path.as_str(), "/api/fhir");
+        let text = EMBEDDED_DEFAULT.replace("\"/fhir\"", "\"/a/../fhir\"");
+        assert!(Config::parse(&text, "f").is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! The accept step: what a request must look like before anything else looks at it.
+
+use http::{HeaderMap, Method};
+
+use crate::refusal::Refusal;
+
+/// Headers that ask a server to treat a request as another method. They are refused rather
+/// than ignored: a server behind the gateway might honour one the gateway did not check.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Checks method and headers, and returns the path relative to the public FHIR base (no
+/// leading `/`), or refuses.
+pub fn accept<'a>(
+    method: &Method,
+    path: &'a str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    base_path: &str,
+) -> Result<&'a str, Refusal> {
+    let allowed = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+    ];
+    if !allowed.contains(method) {
+        return Err(Refusal::MethodNotAllowed);
+    }
+    if METHOD_OVERRIDES
+        .iter()
+        .any(|name| headers.contains_key(*name))
+    {
+        return Err(Refusal::BadRequest(
+            "method override headers are not accepted".into(),
+        ));
+    }
+    if query.is_some_and(has_method_param) {
+        return Err(Refusal::BadRequest(
+            "the _method parameter is not accepted".into(),
+        ));
+    }
+    let rest = path.strip_prefix(base_path).ok_or(Refusal::NotFound)?;
+    match rest {
+        "" | "/" => Ok(""),
+        _ => rest.strip_prefix('/').ok_or(Refusal::NotFound),
+    }
+}
+
+fn has_method_param(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        percent_encoding::percent_decode_str(name).decode_utf8_lossy() == "_method"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<'a>(method: Method, path: &'a str, query: Option<&str>) -> Result<&'a str, Refusal> {
+        accept(&method, path, query, &HeaderMap::new(), "/fhir")
+    }
+
+    #[test]
+    fn strips_the_base_path() {
+        assert_eq!(
+            run(Method::GET, "/fhir/Patient/1", None).unwrap(),
+            "Patient/1"
+        );
+        assert_eq!(run(Method::POST, "/fhir", None).unwrap(), "");
+        assert_eq!(run(Method::POST, "/fhir/", None).unwrap(), "");
+        assert!(matches!(
+            run(Method::GET, "/fhirx/Patient", None),
+            Err(Refusal::NotFound)
+        ));
+        assert!(matches!(
+            run(Method::GET, "/other", None),
+            Err(Refusal::NotFound)
+        ));
+    }
+
+    #[test]
+    fn refuses_other_methods_and_overrides() {
+        assert!(matches!(
+            run(Method::TRACE, "/fhir/x", None),
+            Err(Refusal::MethodNotAllowed)
+        ));
+        assert!(matches!(
+            run(Method::OPTIONS, "/fhir/x", None),
+            Err(Refusal::MethodNotAllowed)
+        ));
+        assert!(matches!(
+            run(Method::GET, "/fhir/Patient", Some("a=1&%5Fmethod=DELETE")),
+            Err(Refusal::BadRequest(_))
+        ));
+        let mut headers = HeaderMap::new();
+        headers.insert("X-HTTP-Method-Override", "DELETE".parse().unwrap());
+        let refused = accept(&Method::POST, "/fhir/Patient/1", None, &headers, "/fhir");
+        assert!(matches!(refused, Err(Refusal::BadRequest(_))));
+    }
+}

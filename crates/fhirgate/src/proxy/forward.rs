@@ -1,0 +1,182 @@
+//! The forward step: the request as the FHIR server sees it, and the pooled client that sends it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::headers::{self, REQUEST_ID};
+use crate::config;
+use crate::refusal::Refusal;
+
+/// Headers a client may not set for the upstream: credentials, and what the gateway itself
+/// says about the request.
+const CLIENT_MAY_NOT_SET: [&str; 6] = [
+    "authorization",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+/// The FHIR server behind the gateway.
+#[derive(Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    authority: String,
+    response_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// What is sent upstream.
+pub struct Outbound<'a> {
+    pub method: &'a Method,
+    /// Path relative to the FHIR base, still percent-encoded.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Upstream {
+    pub fn new(config: &config::Upstream) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let uri = config.url.uri();
+        let authority = uri
+            .authority()
+            .map(|a| a.to_string())
+            .expect("configured upstream URL has a host");
+        Self {
+            client,
+            base: config.url.as_str(),
+            authority,
+            response_timeout: config.response_timeout,
+            connect_timeout: config.connect_timeout,
+        }
+    }
+
+    /// Sends a request and waits for the status line and headers.
+    pub async fn send(&self, outbound: Outbound<'_>) -> Result<Response<Incoming>, Refusal> {
+        let mut target = format!("{}/{}", self.base, outbound.path);
+        if outbound.path.is_empty() {
+            target.pop();
+        }
+        if let Some(query) = outbound.query.filter(|q| !q.is_empty()) {
+            target.push('?');
+            target.push_str(query);
+        }
+        let uri: Uri = target
+            .parse()
+            .map_err(|_| Refusal::BadRequest("request target cannot be forwarded".into()))?;
+        let mut request = Request::new(Full::new(outbound.body));
+        *request.method_mut() = outbound.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = outbound.headers;
+        request
+            .headers_mut()
+            .insert(header::HOST, headers::value(&self.authority));
+        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+            Err(_) => Err(Refusal::UpstreamTimeout),
+            Ok(Err(error)) => {
+                tracing::warn!(upstream = %self.base, %error, connect = error.is_connect(), "upstream request failed");
+                Err(Refusal::UpstreamUnavailable)
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Reads a whole response body, within the size limit and the response timeout.
+    pub async fn read_body(&self, body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
+        let collect = Limited::new(body, limit).collect();
+        match tokio::time::timeout(self.response_timeout, collect).await {
+            Err(_) => Err(Refusal::UpstreamTimeout),
+            Ok(Err(error)) => Err(Refusal::UpstreamUnverifiable(error.to_string())),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        }
+    }
+
+    /// Whether a TCP connection to the upstream can be opened now.
+    pub async fn reachable(&self) -> bool {
+        let connect = tokio::net::TcpStream::connect(self.authority.as_str());
+        matches!(
+            tokio::time::timeout(self.connect_timeout, connect).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// The headers sent upstream: the client's, less hop-by-hop headers, credentials and anything
+/// the gateway asserts itself, plus the gateway's forwarding headers.
+///
+/// When the response must be checked, the upstream is asked for uncompressed FHIR JSON.
+pub fn upstream_headers(
+    client: &HeaderMap,
+    peer: SocketAddr,
+    request_id: &str,
+    response_checked: bool,
+) -> HeaderMap {
+    let mut out = client.clone();
+    headers::remove_hop_by_hop(&mut out);
+    for name in CLIENT_MAY_NOT_SET {
+        out.remove(name);
+    }
+    out.remove(header::HOST);
+    out.remove(header::CONTENT_LENGTH);
+    if let Some(host) = client.get(header::HOST) {
+        out.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    out.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        headers::value(&peer.ip().to_string()),
+    );
+    out.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        headers::value("http"),
+    );
+    out.insert(REQUEST_ID.clone(), headers::value(request_id));
+    if response_checked {
+        out.insert(header::ACCEPT, headers::value("application/fhir+json"));
+        out.insert(header::ACCEPT_ENCODING, headers::value("identity"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_spoofed_forwarding_never_go_upstream() {
+        let mut client = HeaderMap::new();
+        client.insert(header::AUTHORIZATION, "Bearer secret".parse().unwrap());
+        client.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        client.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        client.insert(header::HOST, "gw.test".parse().unwrap());
+        client.insert(header::ACCEPT, "application/fhir+xml".parse().unwrap());
+        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let out = upstream_headers(&client, peer, "rid", false);
+        assert!(!out.contains_key(header::AUTHORIZATION));
+        assert!(!out.contains_key("forwarded"));
+        assert!(!out.contains_key(header::HOST));
+        assert_eq!(out["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(out["x-forwarded-host"], "gw.test");
+        assert_eq!(out["x-request-id"], "rid");
+        assert_eq!(out[header::ACCEPT], "application/fhir+xml");
+        let checked = upstream_headers(&client, peer, "rid", true);
+        assert_eq!(checked[header::ACCEPT], "application/fhir+json");
+    }
+}

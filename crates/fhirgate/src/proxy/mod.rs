@@ -1,0 +1,43 @@
+//! The FHIR listener: the request pipeline and the connection loop that runs it.
+//!
+//! The pipeline steps each live in a module of their own and run in this order:
+//! accept ([`accept`]) → route → public? → authenticate ([`crate::token`]) → classify and
+//! authorize ([`fhirgate_policy`]) → forward ([`forward`]) → verify ([`verify`]) → record
+//! ([`crate::audit`]). [`pipeline`] strings them together.
+
+mod accept;
+mod forward;
+mod headers;
+mod pipeline;
+mod server;
+mod verify;
+
+use std::sync::Arc;
+
+pub use self::forward::Upstream;
+pub use self::server::serve;
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::token::TokenValidator;
+
+/// Everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Config,
+    pub tokens: TokenValidator,
+    pub upstream: Upstream,
+    pub audit: AuditLog,
+}
+
+impl Gateway {
+    pub fn new(config: Config, tokens: TokenValidator, audit: AuditLog) -> Arc<Self> {
+        let upstream = Upstream::new(&config.upstream);
+        Arc::new(Self {
+            config,
+            tokens,
+            upstream,
+            audit,
+        })
+    }
+}

@@ -1,0 +1,321 @@
+//! One request through every step, and its audit record.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fhirgate_policy::decision::{self, Decision, Obligations};
+use fhirgate_policy::grant::Grant;
+use fhirgate_policy::request::{self, FhirRequest, Interaction, RequestParts};
+use fhirgate_policy::scope::ScopeSet;
+use fhirgate_policy::verify::{Expect, ResponseCheck};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::Gateway;
+use super::accept::accept;
+use super::forward::{Outbound, upstream_headers};
+use super::headers::{self, REQUEST_ID};
+use super::verify::check_body;
+use crate::audit::{self, AuditDecision, AuditRecord};
+use crate::body::{self, Body};
+use crate::refusal::{OutcomeFormat, Refusal};
+use crate::token::{Identity, bearer_token};
+
+/// What the steps learn about a request, for its audit record.
+#[derive(Default)]
+struct Facts {
+    identity: Option<Identity>,
+    interaction: Option<Interaction>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    rule: Option<String>,
+    upstream_status: Option<u16>,
+    withheld: Option<usize>,
+}
+
+/// Answers one request: forwards it when the token allows it, refuses it otherwise, and
+/// records the decision either way.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = headers::request_id(request.headers());
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let format = OutcomeFormat::negotiate(
+        query.as_deref(),
+        request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut facts = Facts::default();
+
+    let result = run(&gateway, request, peer, &request_id, &mut facts).await;
+    let (mut response, decision, reason) = match result {
+        Ok(response) => (response, AuditDecision::Allow, "allowed"),
+        Err(refusal) => {
+            let decision = if matches!(
+                refusal,
+                Refusal::UpstreamUnavailable | Refusal::UpstreamTimeout
+            ) {
+                AuditDecision::Allow
+            } else {
+                AuditDecision::Deny
+            };
+            let reason = refusal.reason();
+            if facts.rule.is_none() {
+                facts.rule = refusal.rule().map(str::to_owned);
+            }
+            tracing::debug!(request.id = %request_id, reason, %refusal, "request refused");
+            (refusal.into_response(format), decision, reason)
+        }
+    };
+    response
+        .headers_mut()
+        .insert(REQUEST_ID.clone(), headers::value(&request_id));
+
+    let identity = facts.identity.take();
+    let record = AuditRecord {
+        time: audit::now_rfc3339(),
+        request_id,
+        client_id: identity.as_ref().and_then(|i| i.client_id.clone()),
+        issuer: identity.as_ref().map(|i| i.issuer.clone()),
+        subject: identity.as_ref().and_then(|i| i.subject.clone()),
+        fhir_user: identity.as_ref().and_then(|i| i.fhir_user.clone()),
+        patient: identity.as_ref().and_then(|i| i.patient.clone()),
+        token_id: identity.as_ref().and_then(|i| i.jti.clone()),
+        scopes: identity.as_ref().and_then(|i| i.scope.clone()),
+        source: peer.ip().to_string(),
+        method,
+        path,
+        query,
+        interaction: facts.interaction.map(|i| i.code()),
+        resource_type: facts.resource_type,
+        resource_id: facts.resource_id,
+        decision,
+        reason: reason.to_owned(),
+        rule: facts.rule,
+        status: response.status().as_u16(),
+        upstream_status: facts.upstream_status,
+        withheld: facts.withheld,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    gateway.audit.record(record);
+    response
+}
+
+async fn run(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &str,
+    facts: &mut Facts,
+) -> Result<Response<Body>, Refusal> {
+    let (parts, incoming) = request.into_parts();
+    let base_path = gateway.config.upstream.public_base_path.as_str();
+    let relative = accept(
+        &parts.method,
+        parts.uri.path(),
+        parts.uri.query(),
+        &parts.headers,
+        base_path,
+    )?;
+
+    if is_public(&parts.method, relative) {
+        facts.interaction = Some(Interaction::Capabilities);
+        let outbound = Outbound {
+            method: &parts.method,
+            path: relative,
+            query: parts.uri.query(),
+            headers: upstream_headers(&parts.headers, peer, request_id, false),
+            body: Bytes::new(),
+        };
+        let response = gateway.upstream.send(outbound).await?;
+        facts.upstream_status = Some(response.status().as_u16());
+        return Ok(pass_through(response));
+    }
+
+    let token = bearer_token(&parts.headers)?;
+    let identity = gateway.tokens.verify(token).await?;
+    let grant = Grant::new(
+        ScopeSet::parse(identity.scope.as_deref().unwrap_or("")),
+        identity.patient.clone(),
+    );
+    facts.identity = Some(identity);
+
+    let body = read_request_body(
+        &parts.method,
+        incoming,
+        gateway.config.limits.max_request_body,
+    )
+    .await?;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let fhir_request = request::classify(&RequestParts {
+        method: parts.method.as_str(),
+        path: relative,
+        query: parts.uri.query(),
+        content_type,
+        body: (!body.is_empty()).then_some(&body[..]),
+        if_none_exist: parts
+            .headers
+            .get("if-none-exist")
+            .and_then(|v| v.to_str().ok()),
+    })?;
+    facts.interaction = Some(fhir_request.interaction);
+    facts.resource_type = fhir_request.resource_type.clone();
+    facts.resource_id = fhir_request.id.clone();
+
+    let obligations = match decision::decide(&grant, &fhir_request) {
+        Decision::Deny(denial) => return Err(Refusal::Policy(denial)),
+        Decision::Allow(obligations) => obligations,
+    };
+    facts.rule = Some(obligations.rule.to_owned());
+
+    if obligations.precheck_target {
+        precheck_target(
+            gateway,
+            &fhir_request,
+            &obligations,
+            &parts.headers,
+            peer,
+            request_id,
+        )
+        .await?;
+    }
+
+    let narrowed;
+    let query = if obligations.add_params.is_empty() {
+        parts.uri.query()
+    } else {
+        narrowed = decision::narrowed_query(parts.uri.query(), &obligations.add_params);
+        Some(narrowed.as_str())
+    };
+    let checked = obligations.response_check.is_some();
+    let outbound = Outbound {
+        method: &parts.method,
+        path: relative,
+        query,
+        headers: upstream_headers(&parts.headers, peer, request_id, checked),
+        body,
+    };
+    let response = gateway.upstream.send(outbound).await?;
+    facts.upstream_status = Some(response.status().as_u16());
+
+    let Some(check) = obligations.response_check.as_ref() else {
+        return Ok(pass_through(response));
+    };
+    if !response.status().is_success() || parts.method == Method::HEAD {
+        // Errors (an OperationOutcome at most) and bodiless answers carry no clinical data.
+        return Ok(pass_through(response));
+    }
+    let (mut head, incoming) = response.into_parts();
+    let bytes = gateway
+        .upstream
+        .read_body(incoming, gateway.config.limits.max_checked_response)
+        .await?;
+    let checked = check_body(check, bytes)?;
+    if checked.withheld > 0 {
+        facts.withheld = Some(checked.withheld);
+    }
+    super::headers::remove_hop_by_hop(&mut head.headers);
+    head.headers.remove(header::CONTENT_LENGTH);
+    head.headers.remove(header::CONTENT_ENCODING);
+    if checked.withheld > 0 {
+        // The body changed, so validators of the old one no longer hold.
+        head.headers.remove(header::ETAG);
+    }
+    Ok(Response::from_parts(head, body::full(checked.body)))
+}
+
+/// `metadata` and SMART discovery are public, as SMART App Launch requires.
+fn is_public(method: &Method, relative: &str) -> bool {
+    (*method == Method::GET || *method == Method::HEAD) && relative == "metadata"
+}
+
+/// Reads the request body of methods that have one; it is needed to classify and check them.
+async fn read_request_body(
+    method: &Method,
+    incoming: Incoming,
+    limit: usize,
+) -> Result<Bytes, Refusal> {
+    if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        return Ok(Bytes::new());
+    }
+    match Limited::new(incoming, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(Refusal::BodyTooLarge { limit })
+        }
+        Err(_) => Err(Refusal::BadRequest("request body could not be read".into())),
+    }
+}
+
+/// Before an update, patch or delete under `patient/` scopes: the current resource must be one
+/// the token may touch. A target that does not exist yet passes (the body was checked).
+async fn precheck_target(
+    gateway: &Gateway,
+    fhir_request: &FhirRequest,
+    obligations: &Obligations,
+    client_headers: &http::HeaderMap,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Result<(), Refusal> {
+    let (Some(resource_type), Some(id)) = (&fhir_request.resource_type, &fhir_request.id) else {
+        return Err(Refusal::BadRequest(
+            "the target of this write cannot be checked".into(),
+        ));
+    };
+    let Some(check) = obligations.response_check.as_ref() else {
+        return Ok(());
+    };
+    let path = format!("{resource_type}/{id}");
+    let mut headers = upstream_headers(client_headers, peer, request_id, true);
+    headers.remove(header::CONTENT_TYPE);
+    headers.remove(header::IF_MATCH);
+    let outbound = Outbound {
+        method: &Method::GET,
+        path: &path,
+        query: None,
+        headers,
+        body: Bytes::new(),
+    };
+    let response = gateway.upstream.send(outbound).await?;
+    match response.status() {
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(()),
+        status if !status.is_success() => {
+            return Err(Refusal::UpstreamUnverifiable(format!(
+                "target fetch answered {status}"
+            )));
+        }
+        _ => {}
+    }
+    let bytes = gateway
+        .upstream
+        .read_body(
+            response.into_body(),
+            gateway.config.limits.max_checked_response,
+        )
+        .await?;
+    let target_check = ResponseCheck {
+        expect: Expect::Resource,
+        ..check.clone()
+    };
+    check_body(&target_check, bytes).map(|_| ())
+}
+
+/// An upstream response on its way to the client, streamed.
+fn pass_through(response: Response<Incoming>) -> Response<Body> {
+    let (mut head, incoming) = response.into_parts();
+    super::headers::remove_hop_by_hop(&mut head.headers);
+    Response::from_parts(head, body::stream(incoming))
+}

@@ -1,0 +1,301 @@
+//! Every refusal the gateway makes, and the one place that turns it into a response.
+//!
+//! A [`Refusal`] knows its HTTP status, its OperationOutcome issue code, its RFC 6750
+//! challenge and the short reason written to the audit trail. Bodies are FHIR R4
+//! OperationOutcomes in JSON, or XML when the client asked for XML.
+
+use bytes::Bytes;
+use fhirgate_policy::decision::Denial;
+use fhirgate_policy::outcome::{IssueCode, OperationOutcome};
+use fhirgate_policy::request::ClassifyError;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body};
+use crate::token::TokenError;
+
+/// The realm named in every Bearer challenge.
+const REALM: &str = "fhirgate";
+
+/// A request the gateway answers itself with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("{0}")]
+    Classify(#[from] ClassifyError),
+    #[error("{}", .0.message)]
+    Policy(Denial),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no FHIR API at this path")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the FHIR server cannot be reached")]
+    UpstreamUnavailable,
+    #[error("the FHIR server did not answer in time")]
+    UpstreamTimeout,
+    #[error("the FHIR server's response could not be checked: {0}")]
+    UpstreamUnverifiable(String),
+    #[error("the resource is outside what the access token allows")]
+    ResponseWithheld,
+}
+
+/// The format a client asked for, by `_format` first and `Accept` second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeFormat {
+    Json,
+    Xml,
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Token(TokenError::Missing | TokenError::Invalid(_) | TokenError::Expired) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Token(TokenError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Self::Token(TokenError::KeysUnavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Classify(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Policy(denial) => {
+                StatusCode::from_u16(denial.reason.status()).unwrap_or(StatusCode::FORBIDDEN)
+            }
+            Self::ResponseWithheld => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UpstreamUnavailable | Self::UpstreamUnverifiable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn issue_code(&self) -> IssueCode {
+        match self {
+            Self::Token(TokenError::Missing) => IssueCode::Login,
+            Self::Token(TokenError::Invalid(_)) => IssueCode::Unknown,
+            Self::Token(TokenError::Expired) => IssueCode::Expired,
+            Self::Token(TokenError::Malformed(_)) => IssueCode::Invalid,
+            Self::Token(TokenError::KeysUnavailable { .. }) => IssueCode::Transient,
+            Self::Classify(_) | Self::BadRequest(_) => IssueCode::Invalid,
+            Self::Policy(denial) => denial.reason.issue_code(),
+            Self::ResponseWithheld => IssueCode::Forbidden,
+            Self::NotFound => IssueCode::NotFound,
+            Self::MethodNotAllowed => IssueCode::NotSupported,
+            Self::BodyTooLarge { .. } => IssueCode::TooLong,
+            Self::UpstreamUnavailable | Self::UpstreamUnverifiable(_) => IssueCode::Transient,
+            Self::UpstreamTimeout => IssueCode::Timeout,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750 section 3), on 401 and 403 only.
+    pub fn challenge(&self) -> Option<String> {
+        let error = match self {
+            Self::Token(TokenError::Missing) => return Some(format!("Bearer realm=\"{REALM}\"")),
+            Self::Token(TokenError::Invalid(_) | TokenError::Expired) => "invalid_token",
+            Self::Policy(_) | Self::ResponseWithheld if self.status() == StatusCode::FORBIDDEN => {
+                "insufficient_scope"
+            }
+            _ => return None,
+        };
+        Some(format!("Bearer realm=\"{REALM}\", error=\"{error}\""))
+    }
+
+    /// The short reason recorded in the audit trail.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Token(TokenError::Missing) => "no_token",
+            Self::Token(TokenError::Malformed(_)) => "invalid_request",
+            Self::Token(TokenError::Invalid(_)) => "invalid_token",
+            Self::Token(TokenError::Expired) => "token_expired",
+            Self::Token(TokenError::KeysUnavailable { .. }) => "keys_unavailable",
+            Self::Classify(_) | Self::BadRequest(_) => "bad_request",
+            Self::Policy(_) => "policy",
+            Self::ResponseWithheld => "response_outside_grant",
+            Self::NotFound => "no_route",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamUnverifiable(_) => "upstream_unverifiable",
+        }
+    }
+
+    /// The rule that refused, where a policy rule did.
+    pub fn rule(&self) -> Option<&'static str> {
+        match self {
+            Self::Policy(denial) => Some(denial.rule),
+            _ => None,
+        }
+    }
+
+    /// Text for the OperationOutcome: says what is wrong, never echoes a token or upstream detail.
+    fn details(&self) -> String {
+        match self {
+            Self::Token(TokenError::Missing) => "An access token is required".into(),
+            Self::Token(TokenError::Malformed(what)) => format!("Malformed credentials: {what}"),
+            Self::Token(TokenError::Invalid(what)) => format!("Access token rejected: {what}"),
+            Self::Token(TokenError::Expired) => "Access token expired".into(),
+            Self::Token(TokenError::KeysUnavailable { .. }) => {
+                "The token issuer's signing keys are unavailable; try again later".into()
+            }
+            Self::UpstreamUnverifiable(_) => {
+                "The FHIR server's response could not be checked against the access token".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The response sent to the client.
+    pub fn into_response(self, format: OutcomeFormat) -> Response<Body> {
+        let outcome = OperationOutcome::error(self.issue_code(), self.details());
+        let (bytes, content_type) = match format {
+            OutcomeFormat::Json => (outcome.to_json(), "application/fhir+json; charset=utf-8"),
+            OutcomeFormat::Xml => (outcome.to_xml(), "application/fhir+xml; charset=utf-8"),
+        };
+        let mut response = Response::new(body::full(Bytes::from(bytes)));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(challenge) = self.challenge()
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        if matches!(self, Self::Token(TokenError::KeysUnavailable { .. })) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+impl OutcomeFormat {
+    /// Chooses by `_format` in the query, then by the `Accept` header; JSON by default.
+    pub fn negotiate(query: Option<&str>, accept: Option<&str>) -> Self {
+        if let Some(format) = query.and_then(format_param) {
+            return if is_xml(&format) {
+                Self::Xml
+            } else {
+                Self::Json
+            };
+        }
+        let Some(accept) = accept else {
+            return Self::Json;
+        };
+        let mut best: Option<(f32, Self)> = None;
+        for item in accept.split(',') {
+            let mut params = item.split(';');
+            let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+            let quality = params
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let format = if is_xml(&media) {
+                Self::Xml
+            } else if is_json(&media) {
+                Self::Json
+            } else {
+                continue;
+            };
+            if quality > 0.0 && best.is_none_or(|(q, _)| quality > q) {
+                best = Some((quality, format));
+            }
+        }
+        best.map_or(Self::Json, |(_, format)| format)
+    }
+}
+
+fn format_param(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == "_format").then(|| {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .to_ascii_lowercase()
+        })
+    })
+}
+
+fn is_xml(media: &str) -> bool {
+    matches!(
+        media,
+        "xml" | "text/xml" | "application/xml" | "application/fhir+xml" | "application/xml+fhir"
+    )
+}
+
+fn is_json(media: &str) -> bool {
+    matches!(
+        media,
+        "json" | "application/json" | "application/fhir+json" | "application/json+fhir"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        use OutcomeFormat::*;
+        assert_eq!(OutcomeFormat::negotiate(None, None), Json);
+        assert_eq!(
+            OutcomeFormat::negotiate(Some("_format=xml"), Some("application/json")),
+            Xml
+        );
+        assert_eq!(
+            OutcomeFormat::negotiate(Some("a=b&_format=json"), Some("text/xml")),
+            Json
+        );
+        assert_eq!(
+            OutcomeFormat::negotiate(None, Some("application/fhir+xml")),
+            Xml
+        );
+        assert_eq!(
+            OutcomeFormat::negotiate(
+                None,
+                Some("application/fhir+xml;q=0.5, application/fhir+json")
+            ),
+            Json
+        );
+        assert_eq!(OutcomeFormat::negotiate(None, Some("text/html")), Json);
+        assert_eq!(
+            OutcomeFormat::negotiate(Some("_format=html"), Some("text/html")),
+            Json
+        );
+    }
+
+    #[test]
+    fn challenges_follow_rfc6750() {
+        let bare = Refusal::Token(TokenError::Missing).challenge().unwrap();
+        assert_eq!(bare, "Bearer realm=\"fhirgate\"");
+        let invalid = Refusal::Token(TokenError::Expired).challenge().unwrap();
+        assert!(invalid.ends_with("error=\"invalid_token\""));
+        assert!(Refusal::UpstreamTimeout.challenge().is_none());
+        assert_eq!(
+            Refusal::ResponseWithheld.challenge().unwrap(),
+            "Bearer realm=\"fhirgate\", error=\"insufficient_scope\""
+        );
+    }
+
+    #[test]
+    fn statuses_and_codes() {
+        let cases = [
+            (Refusal::Token(TokenError::Missing), 401, "login"),
+            (Refusal::Token(TokenError::Expired), 401, "expired"),
+            (
+                Refusal::Token(TokenError::Invalid("x".into())),
+                401,
+                "unknown",
+            ),
+            (Refusal::UpstreamUnavailable, 502, "transient"),
+            (Refusal::UpstreamTimeout, 504, "timeout"),
+            (Refusal::BodyTooLarge { limit: 1 }, 413, "too-long"),
+        ];
+        for (refusal, status, code) in cases {
+            assert_eq!(refusal.status().as_u16(), status);
+            assert_eq!(refusal.issue_code().code(), code);
+        }
+    }
+}

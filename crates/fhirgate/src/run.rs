@@ -1,0 +1,123 @@
+//! Starting and stopping the gateway: listeners, background tasks, signals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::proxy::{self, Gateway};
+use crate::token::TokenValidator;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditOpenError),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// Runs the gateway until SIGINT or SIGTERM, then drains connections and the audit trail.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    serve_on(config, listener, admin_listener, shutdown_signal()).await
+}
+
+/// Runs the gateway on listeners already bound until `shutdown` completes.
+pub async fn serve_on(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let (audit, audit_writer) = AuditLog::open(&config.audit.path)?;
+    let tokens = TokenValidator::new(&config, http);
+    tokens.load_keys().await;
+    let gateway = Gateway::new(config, tokens, audit);
+    for issuer in gateway.tokens.issuers() {
+        tokio::spawn(refresh_keys(issuer.clone()));
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        gateway.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(
+        listen = %gateway.config.listen,
+        admin = %gateway.config.admin_listen,
+        upstream = %gateway.config.upstream.url.as_str(),
+        "fhirgate listening"
+    );
+    let fhir = proxy::serve(listener, gateway.clone(), stopped(stop_rx));
+    tokio::pin!(fhir);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = &mut fhir => {}
+        () = &mut shutdown => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            fhir.await;
+        }
+    }
+    let _ = admin.await;
+    drop(gateway);
+    audit_writer.finish().await;
+    Ok(())
+}
+
+async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen { address, source })
+}
+
+/// Keeps an issuer's keys fresh: on its interval once loaded, every few seconds until then.
+async fn refresh_keys(issuer: Arc<crate::token::IssuerKeys>) {
+    loop {
+        let wait = if issuer.has_keys() {
+            issuer.refresh_interval()
+        } else {
+            Duration::from_secs(5)
+        };
+        tokio::time::sleep(wait).await;
+        if let Err(error) = issuer.refresh().await {
+            tracing::warn!(issuer = %issuer.issuer(), %error, "JWKS refresh failed; keeping the last good keys");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

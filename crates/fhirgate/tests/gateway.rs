@@ -1,0 +1,424 @@
+//! The gateway end to end in one process: a fake identity provider and a recording FHIR
+//! server on loopback, real HTTP in between.
+
+mod support;
+
+use serde_json::Value;
+use support::*;
+
+const PATIENT_A: &str = r#"{"resourceType":"Patient","id":"pat-A","name":[{"family":"Alpha"}]}"#;
+const PATIENT_B: &str = r#"{"resourceType":"Patient","id":"pat-B","name":[{"family":"Bravo"}]}"#;
+const OBS_A1: &str = r#"{"resourceType":"Observation","id":"obs-A1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/pat-A"},"valueQuantity":{"value":1.50}}"#;
+const OBS_B1: &str = r#"{"resourceType":"Observation","id":"obs-B1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/pat-B"},"valueQuantity":{"value":7.0}}"#;
+
+struct World {
+    idp: FakeIdp,
+    fhir: FakeFhir,
+    gateway: TestGateway,
+}
+
+async fn world() -> World {
+    let idp = FakeIdp::start(vec![jwk("rsa-a"), jwk("ec-a")]).await;
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    fhir.route("GET", "Patient/pat-B", 200, PATIENT_B);
+    fhir.route("GET", "Observation/obs-A1", 200, OBS_A1);
+    fhir.route("GET", "Observation/obs-B1", 200, OBS_B1);
+    fhir.route(
+        "GET",
+        "metadata",
+        200,
+        r#"{"resourceType":"CapabilityStatement"}"#,
+    );
+    let bundle = format!(
+        r#"{{"resourceType":"Bundle","type":"searchset","total":2,"entry":[{{"fullUrl":"x/Observation/obs-A1","resource":{OBS_A1},"search":{{"mode":"match"}}}},{{"fullUrl":"x/Observation/obs-B1","resource":{OBS_B1},"search":{{"mode":"match"}}}}]}}"#
+    );
+    fhir.route("GET", "Observation", 200, &bundle);
+    let gateway = TestGateway::start(&idp, fhir.addr, "").await;
+    World { idp, fhir, gateway }
+}
+
+fn token(world: &World, scope: &str) -> String {
+    sign("rsa-a", Some("rsa-a"), &claims(&world.idp.issuer, scope))
+}
+
+async fn get(world: &World, path: &str, token: Option<&str>) -> (u16, http::HeaderMap, String) {
+    let mut request = client().get(format!("{}/{path}", world.gateway.base));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+fn issue_code(body: &str) -> String {
+    let outcome: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{body}");
+    outcome["issue"][0]["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn no_token_gets_a_bare_challenge_and_never_reaches_upstream() {
+    let w = world().await;
+    let (status, headers, body) = get(&w, "Patient/pat-A", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"fhirgate\"");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/fhir+json")
+    );
+    assert_eq!(issue_code(&body), "login");
+    assert!(w.fhir.seen().is_empty());
+    let audit = w.gateway.stop().await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["decision"], "deny");
+    assert_eq!(audit[0]["reason"], "no_token");
+}
+
+#[tokio::test]
+async fn own_patient_read_passes_byte_for_byte_without_the_token() {
+    let w = world().await;
+    let token = token(&w, "launch/patient patient/*.rs");
+    let (status, headers, body) = get(&w, "Patient/pat-A", Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, PATIENT_A);
+    assert!(headers.contains_key("x-request-id"));
+    let seen = w.fhir.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].headers.contains_key("authorization"));
+    assert_eq!(seen[0].headers["x-forwarded-for"], "127.0.0.1");
+    let audit = w.gateway.stop().await;
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["interaction"], "read");
+    assert_eq!(audit[0]["patient"], "pat-A");
+    assert!(!audit[0].to_string().contains(&token));
+}
+
+#[tokio::test]
+async fn another_patients_records_are_refused() {
+    let w = world().await;
+    let token = token(&w, "patient/*.rs");
+    let (status, headers, body) = get(&w, "Patient/pat-B", Some(&token)).await;
+    assert_eq!(status, 403);
+    assert_eq!(issue_code(&body), "forbidden");
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("insufficient_scope")
+    );
+    assert!(
+        w.fhir.seen().is_empty(),
+        "Patient/pat-B is refused before the upstream"
+    );
+
+    let (status, _, body) = get(&w, "Observation/obs-B1", Some(&token)).await;
+    assert_eq!(status, 403);
+    assert!(!body.contains("pat-B") && !body.contains("7.0"), "{body}");
+}
+
+#[tokio::test]
+async fn searches_are_narrowed_and_filtered_to_the_patient() {
+    let w = world().await;
+    let token = token(&w, "patient/Observation.rs");
+    let (status, _, body) = get(&w, "Observation?code=x", Some(&token)).await;
+    assert_eq!(status, 200);
+    let seen = w.fhir.seen();
+    assert!(seen[0].uri.contains("pat-A"), "narrowed: {}", seen[0].uri);
+    assert!(
+        body.contains(OBS_A1),
+        "kept entries are byte-identical: {body}"
+    );
+    assert!(!body.contains("obs-B1"));
+    let audit = w.gateway.stop().await;
+    assert_eq!(audit[0]["withheld"], 1);
+}
+
+#[tokio::test]
+async fn a_search_naming_another_patient_is_refused() {
+    let w = world().await;
+    let token = token(&w, "patient/Observation.rs");
+    for query in [
+        "patient=pat-B",
+        "subject=Patient/pat-B",
+        "patient=Patient%2Fpat-B",
+    ] {
+        let (status, _, body) = get(&w, &format!("Observation?{query}"), Some(&token)).await;
+        assert!(
+            status == 403 || !body.contains("obs-B1"),
+            "{query}: {status} {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn writes_with_read_scopes_never_reach_upstream() {
+    let w = world().await;
+    let token = token(&w, "patient/*.read");
+    let http = client();
+    let post = http
+        .post(format!("{}/Observation", w.gateway.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+json")
+        .body(OBS_A1.replace("\"id\":\"obs-A1\",", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 403);
+    let delete = http
+        .delete(format!("{}/Observation/obs-A1", w.gateway.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 403);
+    assert!(w.fhir.seen().is_empty());
+}
+
+#[tokio::test]
+async fn missing_type_scope_is_insufficient_scope() {
+    let w = world().await;
+    let token = token(&w, "patient/Patient.rs");
+    let (status, headers, _) = get(&w, "Observation?patient=pat-A", Some(&token)).await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer realm=\"fhirgate\", error=\"insufficient_scope\""
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_are_invalid_token() {
+    let w = world().await;
+    let issuer = w.idp.issuer.clone();
+    let mut expired = claims(&issuer, "patient/*.rs");
+    expired["exp"] = (jsonwebtoken::get_current_timestamp() - 60).into();
+    let mut other_audience = claims(&issuer, "patient/*.rs");
+    other_audience["aud"] = "https://other-api.test".into();
+    let mut other_issuer = claims("https://evil.test", "patient/*.rs");
+    other_issuer["aud"] = "https://gw.test/fhir".into();
+    let valid = claims(&issuer, "patient/*.rs");
+    let cases = [
+        ("expired", sign("rsa-a", Some("rsa-a"), &expired), "expired"),
+        (
+            "audience",
+            sign("rsa-a", Some("rsa-a"), &other_audience),
+            "unknown",
+        ),
+        (
+            "issuer",
+            sign("rsa-a", Some("rsa-a"), &other_issuer),
+            "unknown",
+        ),
+        (
+            "foreign key, known kid",
+            sign("rsa-b", Some("rsa-a"), &valid),
+            "unknown",
+        ),
+        (
+            "foreign key, unknown kid",
+            sign("rsa-b", Some("rsa-b"), &valid),
+            "unknown",
+        ),
+        ("garbage", "abc.def.ghi".to_owned(), "unknown"),
+    ];
+    for (name, token, code) in cases {
+        let (status, headers, body) = get(&w, "Patient/pat-A", Some(&token)).await;
+        assert_eq!(status, 401, "{name}: {body}");
+        assert_eq!(issue_code(&body), code, "{name}");
+        let challenge = headers["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+    }
+    assert!(w.fhir.seen().is_empty());
+}
+
+#[tokio::test]
+async fn es256_tokens_are_accepted() {
+    let w = world().await;
+    let token = sign("ec-a", Some("ec-a"), &claims(&w.idp.issuer, "patient/*.rs"));
+    let (status, _, _) = get(&w, "Patient/pat-A", Some(&token)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn rotated_keys_are_picked_up_and_unknown_kids_cost_one_fetch_per_cooldown() {
+    let w = world().await;
+    let fetches_at_start = w.idp.jwks_fetches();
+    assert_eq!(fetches_at_start, 1);
+
+    // A storm of made-up key ids: one shared fetch, then the cool-down holds.
+    let mut storm = Vec::new();
+    for i in 0..200 {
+        let token = sign(
+            "rsa-b",
+            Some(&format!("kid-{i}")),
+            &claims(&w.idp.issuer, "patient/*.rs"),
+        );
+        let url = format!("{}/Patient/pat-A", w.gateway.base);
+        storm.push(tokio::spawn(async move {
+            client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for request in storm {
+        assert_eq!(request.await.unwrap(), 401);
+    }
+    assert_eq!(w.idp.jwks_fetches(), 2, "one fetch for the whole storm");
+}
+
+#[tokio::test]
+async fn a_new_key_is_fetched_when_a_token_names_it() {
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let gateway = TestGateway::start(&idp, fhir.addr, "").await;
+    idp.set_keys(vec![jwk("rsa-b"), jwk("rsa-a")]);
+    let token = sign("rsa-b", Some("rsa-b"), &claims(&idp.issuer, "patient/*.rs"));
+    let response = client()
+        .get(format!("{}/Patient/pat-A", gateway.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn keys_unavailable_at_start_is_503_not_401() {
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    idp.set_mode(JwksMode::Fail500);
+    let fhir = FakeFhir::start().await;
+    let gateway = TestGateway::start(&idp, fhir.addr, "").await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    let response = client()
+        .get(format!("{}/Patient/pat-A", gateway.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(issue_code(&response.text().await.unwrap()), "transient");
+    let ready = client()
+        .get(format!("{}/readyz", gateway.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(fhir.seen().is_empty());
+}
+
+#[tokio::test]
+async fn keys_survive_a_jwks_outage() {
+    let w = world().await;
+    w.idp.set_mode(JwksMode::Garbage);
+    // An unknown kid makes the gateway fetch garbage; the old keys must stay usable.
+    let stranger = sign(
+        "rsa-b",
+        Some("nope"),
+        &claims(&w.idp.issuer, "patient/*.rs"),
+    );
+    let (status, _, _) = get(&w, "Patient/pat-A", Some(&stranger)).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = get(&w, "Patient/pat-A", Some(&token(&w, "patient/*.rs"))).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_operation_outcome() {
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let gateway = TestGateway::start(&idp, dead, "").await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    let response = client()
+        .get(format!("{}/Patient/pat-A", gateway.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert_eq!(issue_code(&body), "transient");
+    assert!(
+        !body.contains("127.0.0.1") && !body.contains("os error"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn metadata_is_public_and_refusals_speak_xml_when_asked() {
+    let w = world().await;
+    let (status, _, body) = get(&w, "metadata", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("CapabilityStatement"));
+    let response = client()
+        .get(format!("{}/Patient/pat-A?_format=xml", w.gateway.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/fhir+xml")
+    );
+    let body = response.text().await.unwrap();
+    assert!(
+        body.starts_with("<OperationOutcome xmlns=\"http://hl7.org/fhir\">"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn every_request_has_exactly_one_audit_record() {
+    let w = world().await;
+    let token = token(&w, "patient/*.rs");
+    let mut ids = Vec::new();
+    for (i, path) in [
+        "Patient/pat-A",
+        "Patient/pat-B",
+        "Observation/obs-B1",
+        "metadata",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("audit-test-{i}");
+        client()
+            .get(format!("{}/{path}", w.gateway.base))
+            .bearer_auth(&token)
+            .header("x-request-id", &id)
+            .send()
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let audit = w.gateway.stop().await;
+    for id in &ids {
+        let count = audit
+            .iter()
+            .filter(|r| r["request_id"] == id.as_str())
+            .count();
+        assert_eq!(count, 1, "{id}");
+    }
+    let decisions: Vec<_> = audit
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["allow", "deny", "deny", "allow"]);
+}

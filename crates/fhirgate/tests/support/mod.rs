@@ -1,0 +1,376 @@
+//! In-process doubles for gateway tests: an identity provider whose JWKS endpoint can be made
+//! to fail, an upstream FHIR server that records what reaches it, and token minting.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// Serves `handler` on an ephemeral loopback port.
+async fn spawn_server<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// How the fake JWKS endpoint behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwksMode {
+    Serve,
+    Fail500,
+    Hang,
+    Garbage,
+}
+
+/// A fake OpenID provider: discovery and JWKS, with a fetch counter.
+pub struct FakeIdp {
+    pub addr: SocketAddr,
+    pub issuer: String,
+    keys: Arc<Mutex<Vec<Value>>>,
+    mode: Arc<Mutex<JwksMode>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl FakeIdp {
+    pub async fn start(keys: Vec<Value>) -> Self {
+        let keys = Arc::new(Mutex::new(keys));
+        let mode = Arc::new(Mutex::new(JwksMode::Serve));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let issuer_cell: Arc<Mutex<String>> = Arc::default();
+        let (k, m, f, i) = (
+            keys.clone(),
+            mode.clone(),
+            fetches.clone(),
+            issuer_cell.clone(),
+        );
+        let addr = spawn_server(move |req: Request<Incoming>| {
+            let (keys, mode, fetches, issuer) = (k.clone(), m.clone(), f.clone(), i.clone());
+            async move {
+                match req.uri().path() {
+                    "/.well-known/openid-configuration" => {
+                        let issuer = issuer.lock().unwrap().clone();
+                        let doc = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+                        respond(StatusCode::OK, "application/json", doc.to_string())
+                    }
+                    "/jwks" => {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        let mode = *mode.lock().unwrap();
+                        match mode {
+                            JwksMode::Serve => {
+                                let doc = json!({"keys": keys.lock().unwrap().clone()});
+                                respond(StatusCode::OK, "application/json", doc.to_string())
+                            }
+                            JwksMode::Fail500 => {
+                                respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "down")
+                            }
+                            JwksMode::Garbage => {
+                                respond(StatusCode::OK, "application/json", "{not json")
+                            }
+                            JwksMode::Hang => {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                                respond(StatusCode::OK, "application/json", "{}")
+                            }
+                        }
+                    }
+                    _ => respond(StatusCode::NOT_FOUND, "text/plain", "no"),
+                }
+            }
+        })
+        .await;
+        let issuer = format!("http://{addr}");
+        *issuer_cell.lock().unwrap() = issuer.clone();
+        Self {
+            addr,
+            issuer,
+            keys,
+            mode,
+            fetches,
+        }
+    }
+
+    pub fn set_keys(&self, keys: Vec<Value>) {
+        *self.keys.lock().unwrap() = keys;
+    }
+
+    pub fn set_mode(&self, mode: JwksMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn jwks_fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// A request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// A fake FHIR server answering canned bodies by path (query ignored) and recording requests.
+pub struct FakeFhir {
+    pub addr: SocketAddr,
+    routes: Arc<Mutex<HashMap<String, (u16, String)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FakeFhir {
+    pub async fn start() -> Self {
+        let routes: Arc<Mutex<HashMap<String, (u16, String)>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (r, s) = (routes.clone(), seen.clone());
+        let addr = spawn_server(move |req: Request<Incoming>| {
+            let (routes, seen) = (r.clone(), s.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                seen.lock().unwrap().push(Seen {
+                    method: parts.method.to_string(),
+                    uri: parts.uri.to_string(),
+                    headers: parts.headers.clone(),
+                    body,
+                });
+                let key = format!("{} {}", parts.method, parts.uri.path());
+                match routes.lock().unwrap().get(&key) {
+                    Some((status, body)) => respond(
+                        StatusCode::from_u16(*status).unwrap(),
+                        "application/fhir+json",
+                        body.clone(),
+                    ),
+                    None => respond(
+                        StatusCode::NOT_FOUND,
+                        "application/fhir+json",
+                        r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#,
+                    ),
+                }
+            }
+        })
+        .await;
+        Self { addr, routes, seen }
+    }
+
+    /// Answers `METHOD /fhir/path` with `body`.
+    pub fn route(&self, method: &str, path: &str, status: u16, body: &str) {
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(format!("{method} /fhir/{path}"), (status, body.to_owned()));
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+/// A gateway running in-process on ephemeral ports.
+pub struct TestGateway {
+    pub base: String,
+    pub admin: String,
+    pub audit_path: std::path::PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("fhirgate-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TestGateway {
+    /// Starts a gateway for `idp` in front of `upstream_addr`; `extra` is appended to the
+    /// issuer's YAML block.
+    pub async fn start(idp: &FakeIdp, upstream_addr: SocketAddr, issuer_extra: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let admin_port = admin_listener.local_addr().unwrap().port();
+        let dir = TempDir::new();
+        let audit_path = dir.0.join("audit.jsonl");
+        let yaml = format!(
+            r#"
+listen: "127.0.0.1:{port}"
+admin_listen: "127.0.0.1:{admin_port}"
+upstream:
+  url: "http://{upstream_addr}/fhir"
+  public_base_path: "/fhir"
+  connect_timeout: "1s"
+  response_timeout: "2s"
+issuers:
+  - issuer: "{issuer}"
+    audience: "https://gw.test/fhir"
+    algorithms: ["RS256", "ES256"]
+    leeway: "5s"
+    jwks_refetch_cooldown: "60s"
+{issuer_extra}
+audit:
+  path: "{audit}"
+"#,
+            issuer = idp.issuer,
+            audit = audit_path.display(),
+        );
+        let config = fhirgate::config::Config::parse(&yaml, "test").expect("test config");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            fhirgate::run::serve_on(config, listener, admin_listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        // The admin listener answers once start-up (including the first key fetch) is done.
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        for _ in 0..200 {
+            if client()
+                .get(format!("{admin}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Self {
+            base: format!("http://127.0.0.1:{port}/fhir"),
+            admin,
+            audit_path,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the gateway and returns its audit records.
+    pub async fn stop(mut self) -> Vec<Value> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.audit_records()
+    }
+
+    pub fn audit_records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+/// The default claims of a patient-context token for patient `pat-A`.
+pub fn claims(issuer: &str, scope: &str) -> Value {
+    let now = jsonwebtoken::get_current_timestamp();
+    json!({
+        "iss": issuer,
+        "aud": "https://gw.test/fhir",
+        "sub": "user-A",
+        "client_id": "app-1",
+        "iat": now - 10,
+        "nbf": now - 10,
+        "exp": now + 300,
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "scope": scope,
+        "patient": "pat-A",
+        "fhirUser": "Patient/pat-A",
+    })
+}
+
+/// Signs `claims` with a fixture key (`rsa-a`, `rsa-b`, `ec-a`) under `kid`.
+pub fn sign(key: &str, kid: Option<&str>, claims: &Value) -> String {
+    let pem = std::fs::read(format!("{FIXTURES}/{key}.pem")).unwrap();
+    let (alg, encoding) = if key.starts_with("ec") {
+        (Algorithm::ES256, EncodingKey::from_ec_pem(&pem).unwrap())
+    } else {
+        (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem).unwrap())
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &encoding).unwrap()
+}
+
+/// The public JWK of a fixture key.
+pub fn jwk(key: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/{key}.jwk.json")).unwrap())
+        .unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
