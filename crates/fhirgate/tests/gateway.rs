@@ -422,3 +422,43 @@ async fn every_request_has_exactly_one_audit_record() {
         .collect();
     assert_eq!(decisions, ["allow", "deny", "deny", "allow"]);
 }
+
+#[tokio::test]
+async fn a_slow_upstream_is_504_operation_outcome() {
+    let w = world().await;
+    w.fhir.route("GET", "Patient/slow", HANG, "");
+    let token = token(&w, "user/*.rs");
+    let (status, _, body) = get(&w, "Patient/slow", Some(&token)).await;
+    assert_eq!(status, 504);
+    assert_eq!(issue_code(&body), "timeout");
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let w = world().await;
+    let token = token(&w, "patient/*.rs");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .get(format!("{}/Patient/pat-A", w.gateway.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), PATIENT_A);
+}
+
+#[tokio::test]
+async fn user_scopes_are_not_confined_to_a_patient() {
+    let w = world().await;
+    let token = token(&w, "user/Observation.rs");
+    let (status, _, body) = get(&w, "Observation/obs-B1", Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, OBS_B1);
+    let (status, _, _) = get(&w, "Patient/pat-B", Some(&token)).await;
+    assert_eq!(status, 403);
+}

@@ -152,6 +152,9 @@ impl FakeIdp {
     }
 }
 
+/// A route status that makes the fake FHIR server never answer.
+pub const HANG: u16 = 999;
+
 /// A request as the upstream saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -185,11 +188,16 @@ impl FakeFhir {
                     body,
                 });
                 let key = format!("{} {}", parts.method, parts.uri.path());
-                match routes.lock().unwrap().get(&key) {
+                let route = routes.lock().unwrap().get(&key).cloned();
+                match route {
+                    Some((HANG, _)) => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        respond(StatusCode::OK, "text/plain", "")
+                    }
                     Some((status, body)) => respond(
-                        StatusCode::from_u16(*status).unwrap(),
+                        StatusCode::from_u16(status).unwrap(),
                         "application/fhir+json",
-                        body.clone(),
+                        body,
                     ),
                     None => respond(
                         StatusCode::NOT_FOUND,
