@@ -2,7 +2,8 @@
 //!
 //! Records are handed to a writer task over a channel, so a slow disk never holds a response;
 //! the task appends whatever has queued up in one write and flushes it. On shutdown the
-//! channel is closed and the task drains it before the process exits. A failed write is
+//! writer is told to close: it writes everything queued before that and stops, even while
+//! idle connections still hold an [`AuditLog`]. A failed write is
 //! logged; a durable spool that retries, and refuses requests when it cannot be written, is
 //! not built yet.
 
@@ -58,15 +59,23 @@ pub struct AuditOpenError {
     source: std::io::Error,
 }
 
+/// What the writer task receives.
+#[derive(Debug)]
+enum Message {
+    Record(Box<AuditRecord>),
+    Close,
+}
+
 /// Hands records to the writer task.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    sender: mpsc::UnboundedSender<AuditRecord>,
+    sender: mpsc::UnboundedSender<Message>,
 }
 
-/// The writer task; await [`AuditWriter::finish`] after the last [`AuditLog`] is dropped.
+/// The writer task; [`AuditWriter::finish`] writes what is queued and stops it.
 #[derive(Debug)]
 pub struct AuditWriter {
+    sender: mpsc::UnboundedSender<Message>,
     task: JoinHandle<()>,
 }
 
@@ -89,32 +98,48 @@ impl AuditLog {
             })?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let task = tokio::task::spawn_blocking(move || write_records(file, receiver));
-        Ok((Self { sender }, AuditWriter { task }))
+        let writer = AuditWriter {
+            sender: sender.clone(),
+            task,
+        };
+        Ok((Self { sender }, writer))
     }
 
     /// Queues a record for writing.
     pub fn record(&self, record: AuditRecord) {
-        if self.sender.send(record).is_err() {
+        if self.sender.send(Message::Record(Box::new(record))).is_err() {
             tracing::error!("audit writer has stopped; record not written");
         }
     }
 }
 
 impl AuditWriter {
-    /// Waits until every queued record is written.
+    /// Writes every record queued so far, then stops the writer.
     pub async fn finish(self) {
+        let _ = self.sender.send(Message::Close);
         if let Err(error) = self.task.await {
             tracing::error!(%error, "audit writer failed");
         }
     }
 }
 
-fn write_records(file: std::fs::File, mut receiver: mpsc::UnboundedReceiver<AuditRecord>) {
+fn write_records(file: std::fs::File, mut receiver: mpsc::UnboundedReceiver<Message>) {
     let mut out = std::io::BufWriter::new(file);
     let mut batch = Vec::new();
-    while receiver.blocking_recv().map(|r| batch.push(r)).is_some() {
-        while let Ok(record) = receiver.try_recv() {
-            batch.push(record);
+    let mut closing = false;
+    while !closing {
+        let Some(first) = receiver.blocking_recv() else {
+            break;
+        };
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Record(record) => batch.push(record),
+                Message::Close => closing = true,
+            }
+            if !closing {
+                next = receiver.try_recv().ok();
+            }
         }
         for record in batch.drain(..) {
             let line = serde_json::to_vec(&record).expect("audit records serialise");

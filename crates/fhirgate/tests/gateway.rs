@@ -462,3 +462,36 @@ async fn user_scopes_are_not_confined_to_a_patient() {
     let (status, _, _) = get(&w, "Patient/pat-B", Some(&token)).await;
     assert_eq!(status, 403);
 }
+
+/// Sends one request on a raw keep-alive connection and leaves the connection open.
+async fn idle_keep_alive_connection(base: &str, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 512];
+    let read = stream.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 "));
+    stream
+}
+
+#[tokio::test]
+async fn shutdown_writes_the_audit_trail_while_idle_connections_stay_open() {
+    let w = world().await;
+    let base = w.gateway.base.clone();
+    let fhir_connection = idle_keep_alive_connection(&base, "/fhir/metadata").await;
+    let admin_connection = idle_keep_alive_connection(&w.gateway.admin, "/healthz").await;
+    // Without a deadline a hang here would stall the whole suite; the drain itself is
+    // immediate for idle connections.
+    let audit = tokio::time::timeout(std::time::Duration::from_secs(60), w.gateway.stop())
+        .await
+        .expect("the gateway stops although idle connections hold it");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["path"], "/fhir/metadata");
+    drop((fhir_connection, admin_connection));
+}
