@@ -1,0 +1,137 @@
+"""Checks over everything the tests sent: R4 refusals and the audit trail.
+
+These run last (see MODULE_ORDER in helpers.py): they look at every exchange recorded by
+the `gw` fixture during the session.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import os
+import re
+
+import pytest
+
+from helpers import AUDIT_FILE, ROOT, read_audit_lines, run_validator
+
+REQUIRED_FIELDS = {
+    "time": str, "request_id": str, "client_id": (str, type(None)), "subject": (str, type(None)),
+    "patient": (str, type(None)), "scopes": (str, type(None)), "method": str, "path": str,
+    "query": (str, type(None)), "interaction": (str, type(None)), "resource_type": (str, type(None)),
+    "decision": str, "reason": (str, type(None)), "status": int, "latency_ms": (int, float),
+}
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def test_every_error_body_is_a_valid_r4_operation_outcome(gw):
+    errors = [e for e in gw.exchanges if e.status >= 400]
+    assert len(errors) >= 5, "too few refusals recorded; did the other tests run?"
+    bodies = []
+    for e in errors:
+        try:
+            json.loads(e.body)
+        except ValueError:
+            pytest.fail(f"{e.method} {e.path} -> {e.status}: body is not JSON: {e.body[:300]!r}")
+        bodies.append(e.body)
+    result = run_validator(bodies)
+    assert result.returncode == 0, f"R4 validation failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def audit(gw):
+    want = {e.request_id for e in gw.exchanges}
+    assert want, "no exchanges recorded"
+    assert AUDIT_FILE.exists(), f"audit file {AUDIT_FILE} does not exist"
+    lines = read_audit_lines(want)
+    by_id = collections.defaultdict(list)
+    for line in lines:
+        by_id[line.get("request_id")].append(line)
+    return by_id
+
+
+def test_each_request_has_exactly_one_audit_line(gw, audit):
+    missing = [f"{e.method} {e.path} ({e.request_id})" for e in gw.exchanges if not audit.get(e.request_id)]
+    doubled = [f"{e.method} {e.path} ({e.request_id}) x{len(audit[e.request_id])}"
+               for e in gw.exchanges if len(audit.get(e.request_id, [])) > 1]
+    assert not missing, f"{len(missing)} requests without an audit line: {missing[:5]}"
+    assert not doubled, f"requests with more than one audit line: {doubled[:5]}"
+
+
+def test_audit_lines_have_the_contract_fields(gw, audit):
+    problems = []
+    for e in gw.exchanges:
+        for line in audit.get(e.request_id, [])[:1]:
+            for name, kind in REQUIRED_FIELDS.items():
+                if name not in line:
+                    problems.append(f"{e.request_id}: no field {name!r}")
+                elif not isinstance(line[name], kind) or isinstance(line[name], bool):
+                    problems.append(f"{e.request_id}: {name}={line[name]!r} has the wrong type")
+            if isinstance(line.get("time"), str):
+                if not RFC3339.match(line["time"]):
+                    problems.append(f"{e.request_id}: time {line['time']!r} is not RFC 3339")
+                else:
+                    datetime.datetime.fromisoformat(line["time"].replace("Z", "+00:00"))
+            if "withheld" in line and not (isinstance(line["withheld"], int) and line["withheld"] >= 0):
+                problems.append(f"{e.request_id}: withheld={line['withheld']!r}")
+            if isinstance(line.get("latency_ms"), (int, float)) and line["latency_ms"] < 0:
+                problems.append(f"{e.request_id}: negative latency")
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_audit_lines_match_what_happened(gw, audit):
+    problems = []
+    for e in gw.exchanges:
+        lines = audit.get(e.request_id, [])
+        if not lines:
+            continue
+        line = lines[0]
+        label = f"{e.method} {e.path}?{e.query} -> {e.status} ({e.request_id})"
+        # what the gateway did decides: refusals are denials, answers passed on are allowed
+        if e.status in (400, 401, 403):
+            decision = "deny"
+        elif e.status < 400:
+            decision = "allow"
+        else:
+            decision = e.expect_decision or line.get("decision")
+        if line.get("decision") != decision:
+            problems.append(f"{label}: decision {line.get('decision')!r}, expected {decision!r}")
+        if line.get("status") != e.status:
+            problems.append(f"{label}: status {line.get('status')!r}")
+        if line.get("method") != e.method:
+            problems.append(f"{label}: method {line.get('method')!r}")
+        if not str(line.get("path", "")).rstrip("/").endswith(e.path.rstrip("/")):
+            problems.append(f"{label}: path {line.get('path')!r}")
+        if e.authenticated:
+            if e.interaction and line.get("interaction") != e.interaction:
+                problems.append(f"{label}: interaction {line.get('interaction')!r}, expected {e.interaction!r}")
+            if e.resource_type and line.get("resource_type") != e.resource_type:
+                problems.append(f"{label}: resource_type {line.get('resource_type')!r}, expected {e.resource_type!r}")
+            if e.client_id and line.get("client_id") != e.client_id:
+                problems.append(f"{label}: client_id {line.get('client_id')!r}, expected {e.client_id!r}")
+            if e.subject and line.get("subject") != e.subject:
+                problems.append(f"{label}: subject {line.get('subject')!r}, expected {e.subject!r}")
+            if line.get("patient") != e.patient:
+                problems.append(f"{label}: patient {line.get('patient')!r}, expected {e.patient!r}")
+            if e.scopes is not None and set(str(line.get("scopes") or "").split()) != set(e.scopes.split()):
+                problems.append(f"{label}: scopes {line.get('scopes')!r}, expected {e.scopes!r}")
+    assert not problems, f"{len(problems)} mismatches:\n" + "\n".join(problems[:25])
+
+
+def test_no_token_is_ever_written(gw, tokens):
+    assert tokens.seen, "no tokens were used"
+    texts = {str(AUDIT_FILE): AUDIT_FILE.read_text(encoding="utf-8")}
+    log = os.environ.get("FHIRGATE_LOG_FILE")
+    if log:
+        path = ROOT / log if not os.path.isabs(log) else log
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                texts[str(path)] = fh.read()
+    leaks = []
+    for name, text in texts.items():
+        for token in tokens.seen:
+            parts = token.split(".")
+            signature = parts[2] if len(parts) == 3 else ""
+            if token in text or (len(signature) >= 16 and signature in text):
+                leaks.append(f"{name}: token of {len(token)} chars ending …{token[-8:]}")
+    assert not leaks, f"tokens written to disk: {leaks[:5]}"

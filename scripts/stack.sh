@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Bring the real third-party parts around fhirgate up or down: the test authorization
+# server (e2e/idp, oidc-provider) and the upstream FHIR R4 server (sekmet-fhir) loaded
+# with the synthetic data in e2e/data. Everything listens on 127.0.0.1 only.
+#
+#   scripts/stack.sh up|down|status|restart
+#
+# Environment (defaults are the demo's; the tests use 19000/18091/18080):
+#   IDP_PORT=9000  FHIR_PORT=8091  GATEWAY_PORT=8080
+#   IDP_AUDIENCE   audience of issued tokens (http://127.0.0.1:$GATEWAY_PORT/fhir)
+#   IDP_ALG        RS256 (default) or ES256
+#   STACK_TIMEOUT  seconds to wait for each server to answer (180)
+#   FHIRGATE_WORK  work folder for venvs, logs, pid files and state (.work)
+#
+# Logs, pid files and state live in $FHIRGATE_WORK; `down` stops exactly the processes
+# that `up` started (by pid). `up` when already up leaves the running servers alone.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+IDP_PORT="${IDP_PORT:-9000}"
+FHIR_PORT="${FHIR_PORT:-8091}"
+GATEWAY_PORT="${GATEWAY_PORT:-8080}"
+IDP_AUDIENCE="${IDP_AUDIENCE:-http://127.0.0.1:$GATEWAY_PORT/fhir}"
+IDP_ALG="${IDP_ALG:-RS256}"
+STACK_TIMEOUT="${STACK_TIMEOUT:-180}"
+
+IDP_URL="http://127.0.0.1:$IDP_PORT"
+FHIR_BASE="http://127.0.0.1:$FHIR_PORT/fhir"
+
+IDP_DIR="$FHIRGATE_ROOT/e2e/idp"
+DATA_DIR="$FHIRGATE_ROOT/e2e/data"
+IDP_PID="$WORK_DIR/idp-$IDP_PORT.pid"
+IDP_LOG="$WORK_DIR/idp-$IDP_PORT.log"
+IDP_STATE="$WORK_DIR/idp-state-$IDP_PORT"
+FHIR_PID="$WORK_DIR/fhir-$FHIR_PORT.pid"
+FHIR_LOG="$WORK_DIR/fhir-$FHIR_PORT.log"
+FHIR_RUN="$WORK_DIR/fhir-$FHIR_PORT"
+IDP_PATTERN="server.mjs"
+FHIR_PATTERN="sekmet"
+
+usage() {
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
+check_port_free() {
+  local port="$1" name="$2"
+  if port_busy "$port"; then
+    die "port $port is already in use by another process, so $name cannot start there (choose another with the environment, e.g. ${name^^}_PORT)"
+  fi
+}
+
+start_idp() {
+  if pid_alive "$IDP_PID" "$IDP_PATTERN"; then
+    log "idp: already running (pid $(cat "$IDP_PID")) at $IDP_URL"
+    return 0
+  fi
+  rm -f "$IDP_PID"
+  ensure_node_modules "$IDP_DIR"
+  check_port_free "$IDP_PORT" idp
+  mkdir -p "$IDP_STATE"
+  log "idp: starting on $IDP_URL (audience $IDP_AUDIENCE, log $IDP_LOG)"
+  (
+    cd "$IDP_DIR"
+    IDP_PORT="$IDP_PORT" IDP_AUDIENCE="$IDP_AUDIENCE" IDP_ALG="$IDP_ALG" IDP_STATE_DIR="$IDP_STATE" \
+      exec setsid node server.mjs </dev/null >>"$IDP_LOG" 2>&1
+  ) &
+  echo $! >"$IDP_PID"
+}
+
+start_fhir() {
+  if pid_alive "$FHIR_PID" "$FHIR_PATTERN"; then
+    log "fhir: already running (pid $(cat "$FHIR_PID")) at $FHIR_BASE"
+    return 0
+  fi
+  rm -f "$FHIR_PID"
+  local venv
+  venv="$(ensure_venv fhir "$FHIRGATE_ROOT/e2e/fhir/requirements.txt")"
+  check_port_free "$FHIR_PORT" fhir
+  # a fresh database each start: the data set is exactly what e2e/data holds
+  rm -rf "$FHIR_RUN"
+  mkdir -p "$FHIR_RUN"
+  log "fhir: starting on $FHIR_BASE (log $FHIR_LOG)"
+  (
+    cd "$FHIR_RUN"
+    SEKMET_BASE_URL="$FHIR_BASE" SEKMET_PORT="$FHIR_PORT" \
+      exec setsid "$venv/bin/sekmet" serve -c "$FHIRGATE_ROOT/e2e/fhir/settings.yaml" \
+      --host 127.0.0.1 --port "$FHIR_PORT" </dev/null >>"$FHIR_LOG" 2>&1
+  ) &
+  echo $! >"$FHIR_PID"
+}
+
+patient_refs() {
+  "$PYTHON" -c 'import json,sys; print(" ".join("Patient/" + p["id"] for p in json.load(open(sys.argv[1]))["patients"]))' \
+    "$DATA_DIR/index.json"
+}
+
+load_data() {
+  # shellcheck disable=SC2046
+  if "$PYTHON" "$FHIRGATE_ROOT/scripts/httpcheck.py" exists "$FHIR_BASE" $(patient_refs); then
+    log "data: already loaded"
+    return 0
+  fi
+  log "data: loading $(ls "$DATA_DIR"/bundles/*.json | wc -l) transaction bundles into $FHIR_BASE"
+  local bundles
+  bundles=("$DATA_DIR"/bundles/*.json)
+  "$PYTHON" "$FHIRGATE_ROOT/scripts/httpcheck.py" load "$FHIR_BASE" "${bundles[@]}" \
+    || die "loading the data into $FHIR_BASE failed (server log: $FHIR_LOG)"
+}
+
+cmd_up() {
+  local started=$SECONDS
+  require_tools
+  require_node
+  mkdir -p "$WORK_DIR"
+  start_idp
+  start_fhir
+  wait_http "$IDP_URL/.well-known/openid-configuration" "$STACK_TIMEOUT" "$(cat "$IDP_PID")" "$IDP_LOG" idp
+  log "idp: ready at $IDP_URL"
+  wait_http "$FHIR_BASE/metadata" "$STACK_TIMEOUT" "$(cat "$FHIR_PID")" "$FHIR_LOG" fhir
+  log "fhir: ready at $FHIR_BASE"
+  load_data
+  cat >"$WORK_DIR/stack-$IDP_PORT-$FHIR_PORT.env" <<EOF
+IDP_URL=$IDP_URL
+IDP_AUDIENCE=$IDP_AUDIENCE
+FHIR_DIRECT=$FHIR_BASE
+EOF
+  log "stack up in $((SECONDS - started))s: idp $IDP_URL, fhir $FHIR_BASE, token audience $IDP_AUDIENCE"
+}
+
+cmd_down() {
+  stop_pidfile "$IDP_PID" idp "$IDP_PATTERN"
+  stop_pidfile "$FHIR_PID" fhir "$FHIR_PATTERN"
+}
+
+cmd_status() {
+  local rc=0
+  if pid_alive "$IDP_PID" "$IDP_PATTERN"; then
+    echo "idp:  running (pid $(cat "$IDP_PID")) $IDP_URL  log $IDP_LOG"
+  else
+    echo "idp:  stopped"; rc=3
+  fi
+  if pid_alive "$FHIR_PID" "$FHIR_PATTERN"; then
+    echo "fhir: running (pid $(cat "$FHIR_PID")) $FHIR_BASE  log $FHIR_LOG"
+  else
+    echo "fhir: stopped"; rc=3
+  fi
+  return $rc
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  restart) cmd_down; cmd_up ;;
+  -h|--help|help) usage 0 ;;
+  *) usage 2 >&2 ;;
+esac

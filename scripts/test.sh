@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Run every test of fhirgate from a clean clone:
+#   1. cargo test --workspace
+#   2. install the end-to-end tools (npm ci, Python venvs) when missing
+#   3. bring up the authorization server and the upstream FHIR server (test ports)
+#   4. build fhirgate (debug) and start it with e2e/fhirgate-e2e.yaml
+#   5. run the end-to-end suite (pytest e2e/tests)
+# The gateway and the stack are stopped on exit, also after a failure. Exits non-zero
+# when any phase failed.
+#
+# Environment: PYTEST_ARGS (extra pytest arguments), SKIP_CARGO_TEST=1 (skip phase 1),
+# FHIRGATE_WORK (work folder, default .work).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$FHIRGATE_ROOT"
+
+export IDP_PORT=19000 FHIR_PORT=18091 GATEWAY_PORT=18080
+export IDP_AUDIENCE="http://127.0.0.1:$GATEWAY_PORT/fhir"
+export FHIRGATE_URL="http://127.0.0.1:$GATEWAY_PORT/fhir"
+export FHIRGATE_ADMIN="http://127.0.0.1:18081"
+export FHIR_DIRECT="http://127.0.0.1:$FHIR_PORT/fhir"
+export IDP_URL="http://127.0.0.1:$IDP_PORT"
+export FHIRGATE_BIN="$FHIRGATE_ROOT/target/debug/fhirgate"
+export FHIRGATE_CONFIG="$FHIRGATE_ROOT/e2e/fhirgate-e2e.yaml"
+export FHIRGATE_AUDIT="$FHIRGATE_ROOT/.work/e2e-audit.jsonl"
+export FHIRGATE_LOG_FILE="$WORK_DIR/fhirgate-e2e.log"
+export FHIRGATE_VALIDATOR_PYTHON="$WORK_DIR/venv-validator/bin/python"
+GATEWAY_PID="$WORK_DIR/fhirgate-e2e.pid"
+
+declare -a RESULTS=()
+FAILED=0
+record() { RESULTS+=("$(printf '%-28s %s' "$1" "$2")"); [[ "$2" == ok* ]] || FAILED=1; }
+
+cleanup() {
+  local rc=$?
+  set +e
+  section "stop"
+  stop_pidfile "$GATEWAY_PID" fhirgate "fhirgate"
+  "$FHIRGATE_ROOT/scripts/stack.sh" down
+  section "summary"
+  local line
+  for line in "${RESULTS[@]}"; do printf '  %s\n' "$line"; done
+  if [[ $rc -ne 0 || $FAILED -ne 0 ]]; then
+    printf '\nFAILED (logs in %s)\n' "$WORK_DIR"
+    [[ $rc -ne 0 ]] || rc=1
+  else
+    printf '\nall tests passed\n'
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$WORK_DIR"
+
+# ---------------------------------------------------------------- 1. unit tests
+section "1/5 cargo test --workspace"
+if [[ "${SKIP_CARGO_TEST:-0}" == 1 ]]; then
+  record "cargo test" "ok (skipped: SKIP_CARGO_TEST=1)"
+else
+  started=$SECONDS
+  if cargo test --workspace 2>&1 | tee "$WORK_DIR/cargo-test.log"; then
+    record "cargo test" "ok ($((SECONDS - started))s)"
+  else
+    record "cargo test" "FAILED (log: $WORK_DIR/cargo-test.log)"
+  fi
+fi
+
+# ---------------------------------------------------------------- 2. tools
+section "2/5 install end-to-end tools"
+started=$SECONDS
+require_tools
+require_node
+ensure_node_modules "$FHIRGATE_ROOT/e2e/idp"
+TEST_VENV="$(ensure_venv test "$FHIRGATE_ROOT/e2e/requirements.txt")"
+ensure_venv validator "$FHIRGATE_ROOT/e2e/validator/requirements.txt" >/dev/null
+ensure_venv fhir "$FHIRGATE_ROOT/e2e/fhir/requirements.txt" >/dev/null
+record "install tools" "ok ($((SECONDS - started))s)"
+
+# ---------------------------------------------------------------- 3. stack
+section "3/5 stack up (idp :$IDP_PORT, fhir :$FHIR_PORT)"
+started=$SECONDS
+# a fresh upstream database each run: restart whatever a previous run left behind
+"$FHIRGATE_ROOT/scripts/stack.sh" down >/dev/null 2>&1 || true
+if ! "$FHIRGATE_ROOT/scripts/stack.sh" up; then
+  record "stack up" "FAILED"
+  exit 1
+fi
+record "stack up" "ok ($((SECONDS - started))s)"
+
+# ---------------------------------------------------------------- 4. gateway
+section "4/5 build and start fhirgate"
+started=$SECONDS
+if ! cargo build -p fhirgate 2>&1 | tee "$WORK_DIR/cargo-build.log" | tail -n 3; then
+  record "cargo build -p fhirgate" "FAILED (log: $WORK_DIR/cargo-build.log)"
+  exit 1
+fi
+[[ -x "$FHIRGATE_BIN" ]] || { record "cargo build -p fhirgate" "FAILED (no $FHIRGATE_BIN)"; exit 1; }
+stop_pidfile "$GATEWAY_PID" fhirgate "fhirgate"
+if port_busy "$GATEWAY_PORT" || port_busy 18081; then
+  record "start fhirgate" "FAILED (port $GATEWAY_PORT or 18081 in use)"
+  exit 1
+fi
+rm -f "$FHIRGATE_AUDIT"
+: >"$FHIRGATE_LOG_FILE"
+log "starting $FHIRGATE_BIN serve --config e2e/fhirgate-e2e.yaml (log $FHIRGATE_LOG_FILE)"
+(
+  exec setsid "$FHIRGATE_BIN" serve --config "$FHIRGATE_CONFIG" </dev/null >>"$FHIRGATE_LOG_FILE" 2>&1
+) &
+echo $! >"$GATEWAY_PID"
+wait_http "$FHIRGATE_ADMIN/healthz" 60 "$(cat "$GATEWAY_PID")" "$FHIRGATE_LOG_FILE" fhirgate
+if ! "$PYTHON" "$FHIRGATE_ROOT/scripts/httpcheck.py" wait "$FHIRGATE_ADMIN/readyz" --timeout 30; then
+  log "fhirgate: /readyz did not answer 200 within 30s (the suite checks it too)"
+fi
+record "start fhirgate" "ok ($((SECONDS - started))s)"
+
+# ---------------------------------------------------------------- 5. e2e
+section "5/5 end-to-end tests (pytest e2e/tests)"
+started=$SECONDS
+rc=0
+# shellcheck disable=SC2086
+"$TEST_VENV/bin/python" -m pytest -q -p no:cacheprovider e2e/tests ${PYTEST_ARGS:-} || rc=$?
+if [[ $rc -eq 0 ]]; then
+  record "e2e tests" "ok ($((SECONDS - started))s)"
+elif [[ $rc -eq 5 ]]; then
+  record "e2e tests" "FAILED (no tests collected)"
+else
+  record "e2e tests" "FAILED (pytest exit $rc; gateway log $FHIRGATE_LOG_FILE)"
+fi
