@@ -382,3 +382,51 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// A response as the client saw it.
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// Sends one HTTP/1.1 request with the request target exactly as given (no dot-segment
+/// removal or re-encoding, unlike URL-based clients).
+pub async fn send_raw(
+    base: &str,
+    method: &str,
+    target: &str,
+    headers: &[(String, String)],
+    body: Bytes,
+) -> RawResponse {
+    let authority = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", &authority);
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let response = sender
+        .send_request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
