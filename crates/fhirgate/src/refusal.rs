@@ -111,7 +111,7 @@ impl Refusal {
             Self::Token(TokenError::Expired) => "token_expired",
             Self::Token(TokenError::KeysUnavailable { .. }) => "keys_unavailable",
             Self::Classify(_) | Self::BadRequest(_) => "bad_request",
-            Self::Policy(_) => "policy",
+            Self::Policy(denial) => denial.reason.label(),
             Self::ResponseWithheld => "response_outside_grant",
             Self::NotFound => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",

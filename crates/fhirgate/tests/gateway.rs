@@ -119,6 +119,10 @@ async fn another_patients_records_are_refused() {
     let (status, _, body) = get(&w, "Observation/obs-B1", Some(&token)).await;
     assert_eq!(status, 403);
     assert!(!body.contains("pat-B") && !body.contains("7.0"), "{body}");
+
+    let audit = w.gateway.stop().await;
+    assert_eq!(audit[0]["reason"], "other_patient");
+    assert_eq!(audit[1]["reason"], "response_outside_grant");
 }
 
 #[tokio::test]
