@@ -27,7 +27,7 @@ use crate::token::{Identity, bearer_token};
 /// What the steps learn about a request, for its audit record.
 #[derive(Default)]
 struct Facts {
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
     interaction: Option<Interaction>,
     resource_type: Option<String>,
     resource_id: Option<String>,
@@ -90,7 +90,7 @@ pub async fn handle(
         subject: identity.as_ref().and_then(|i| i.subject.clone()),
         fhir_user: identity.as_ref().and_then(|i| i.fhir_user.clone()),
         patient: identity.as_ref().and_then(|i| i.patient.clone()),
-        token_id: identity.as_ref().and_then(|i| i.jti.clone()),
+        token_id: identity.as_ref().and_then(|i| i.token_id.clone()),
         scopes: identity.as_ref().and_then(|i| i.scope.clone()),
         source: peer.ip().to_string(),
         method,

@@ -1,44 +1,49 @@
-//! What a verified token says about the caller, normalised across identity providers.
+//! What a verified token (or an introspection answer) says about the caller, normalised
+//! across identity providers by a per-issuer claim mapping.
 
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
-/// The claims the gateway reads from an access token.
-#[derive(Debug, Deserialize)]
-pub struct AccessClaims {
-    #[serde(default)]
-    pub sub: Option<String>,
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default)]
-    pub cid: Option<String>,
-    #[serde(default)]
-    pub azp: Option<String>,
-    #[serde(default)]
-    pub scope: Option<ScopeClaim>,
-    #[serde(default)]
-    pub scp: Option<ScopeClaim>,
-    #[serde(default)]
-    pub patient: Option<String>,
-    #[serde(default, rename = "fhirUser")]
-    pub fhir_user: Option<String>,
-    #[serde(default)]
-    pub jti: Option<String>,
-    #[serde(default)]
-    pub exp: Option<f64>,
-    #[serde(default)]
-    pub iat: Option<f64>,
+/// Which claims carry what, per issuer; each entry lists claim names tried in order.
+///
+/// The defaults read SMART App Launch tokens and the common shapes of Okta (`scp` array,
+/// `cid`), Entra ID (`scp`, `appid`) and Keycloak (`azp`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimMapping {
+    /// Granted scopes: a space-separated string or an array of strings.
+    pub scope: Vec<String>,
+    /// Patient in context: `123`, `Patient/123` or an absolute `.../Patient/123` URL.
+    pub patient: Vec<String>,
+    /// The user as a FHIR resource reference.
+    pub fhir_user: Vec<String>,
+    /// The client application.
+    pub client_id: Vec<String>,
+    /// The subject.
+    pub subject: Vec<String>,
+    /// Encounter in context.
+    pub encounter: Vec<String>,
+    /// SMART 2.x `fhirContext` array.
+    pub fhir_context: Vec<String>,
 }
 
-/// Scopes as a space-separated string (RFC 9068) or an array (several identity providers).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum ScopeClaim {
-    Text(String),
-    List(Vec<String>),
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            scope: names(&["scope", "scp"]),
+            patient: names(&["patient"]),
+            fhir_user: names(&["fhirUser"]),
+            client_id: names(&["client_id", "cid", "azp", "appid"]),
+            subject: names(&["sub"]),
+            encounter: names(&["encounter"]),
+            fhir_context: names(&["fhirContext"]),
+        }
+    }
 }
 
 /// A verified caller: who, through which app, for which patient, with which scopes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Identity {
     pub issuer: String,
     pub subject: Option<String>,
@@ -46,33 +51,72 @@ pub struct Identity {
     pub fhir_user: Option<String>,
     /// The patient in context, as a plain id.
     pub patient: Option<String>,
-    /// The granted scopes, space-separated, as the token carried them.
+    /// The encounter in context, as a plain id.
+    pub encounter: Option<String>,
+    /// SMART 2.x `fhirContext`, as compact JSON.
+    pub fhir_context: Option<String>,
+    /// The granted scopes, space-separated.
     pub scope: Option<String>,
-    pub jti: Option<String>,
+    /// `jti` of a JWT, or a digest of an opaque token; never the token.
+    pub token_id: Option<String>,
+    /// `exp` as Unix seconds, where the token has one.
+    pub expires_at: Option<f64>,
 }
 
 impl Identity {
-    /// Normalises verified claims.
-    pub fn from_claims(issuer: String, claims: AccessClaims) -> Self {
-        let scope = claims.scope.or(claims.scp).map(|claim| match claim {
-            ScopeClaim::Text(text) => text,
-            ScopeClaim::List(list) => list.join(" "),
-        });
+    /// Normalises verified claims with `mapping`.
+    pub fn from_claims(
+        issuer: String,
+        claims: &Map<String, Value>,
+        mapping: &ClaimMapping,
+    ) -> Self {
+        let first_text = |names: &[String]| {
+            names
+                .iter()
+                .find_map(|name| claims.get(name).and_then(Value::as_str))
+                .map(str::to_owned)
+        };
+        let scope = mapping
+            .scope
+            .iter()
+            .find_map(|name| scope_text(claims.get(name)?));
+        let fhir_context = mapping
+            .fhir_context
+            .iter()
+            .find_map(|name| claims.get(name))
+            .filter(|value| !value.is_null())
+            .map(Value::to_string);
         Self {
             issuer,
-            subject: claims.sub,
-            client_id: claims.client_id.or(claims.cid).or(claims.azp),
-            fhir_user: claims.fhir_user,
-            patient: claims.patient.as_deref().and_then(patient_id),
+            subject: first_text(&mapping.subject),
+            client_id: first_text(&mapping.client_id),
+            fhir_user: first_text(&mapping.fhir_user),
+            patient: first_text(&mapping.patient).and_then(|v| reference_id(&v, "Patient")),
+            encounter: first_text(&mapping.encounter).and_then(|v| reference_id(&v, "Encounter")),
+            fhir_context,
             scope,
-            jti: claims.jti,
+            token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+            expires_at: claims.get("exp").and_then(Value::as_f64),
         }
     }
 }
 
-/// The id of a patient claim given as `123`, `Patient/123` or `https://ehr/fhir/Patient/123`.
-fn patient_id(value: &str) -> Option<String> {
-    let id = match value.rsplit_once("Patient/") {
+/// Scopes given as a space-separated string (RFC 9068) or an array of strings.
+fn scope_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Array(items) => {
+            let words: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+            words.map(|words| words.join(" "))
+        }
+        _ => None,
+    }
+}
+
+/// The id of a context claim given as `123`, `Type/123` or `https://ehr/fhir/Type/123`.
+fn reference_id(value: &str, resource_type: &str) -> Option<String> {
+    let marker = format!("{resource_type}/");
+    let id = match value.rsplit_once(&marker) {
         Some((_, id)) => id,
         None => value,
     };
@@ -88,32 +132,76 @@ fn patient_id(value: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn claims(json: &str) -> AccessClaims {
-        serde_json::from_str(json).unwrap()
+    fn identity(json: &str) -> Identity {
+        let claims: Map<String, Value> = serde_json::from_str(json).unwrap();
+        Identity::from_claims("i".into(), &claims, &ClaimMapping::default())
     }
 
     #[test]
     fn scope_string_or_array() {
-        let a = Identity::from_claims("i".into(), claims(r#"{"scope":"a b"}"#));
-        let b = Identity::from_claims("i".into(), claims(r#"{"scp":["a","b"]}"#));
+        let a = identity(r#"{"scope":"a b"}"#);
+        let b = identity(r#"{"scp":["a","b"]}"#);
         assert_eq!(a.scope.as_deref(), Some("a b"));
         assert_eq!(b.scope, a.scope);
+        assert_eq!(identity(r#"{"scp":["a",1]}"#).scope, None);
     }
 
     #[test]
     fn patient_forms_are_normalised() {
         for form in ["123", "Patient/123", "https://ehr.test/fhir/Patient/123"] {
-            let json = format!(r#"{{"patient":"{form}"}}"#);
-            let id = Identity::from_claims("i".into(), claims(&json));
+            let id = identity(&format!(r#"{{"patient":"{form}"}}"#));
             assert_eq!(id.patient.as_deref(), Some("123"), "{form}");
         }
-        let bad = Identity::from_claims("i".into(), claims(r#"{"patient":"a/b c"}"#));
-        assert_eq!(bad.patient, None);
+        assert_eq!(identity(r#"{"patient":"a/b c"}"#).patient, None);
+        assert_eq!(identity(r#"{"patient":42}"#).patient, None);
     }
 
     #[test]
     fn client_id_fallbacks() {
-        let id = Identity::from_claims("i".into(), claims(r#"{"cid":"okta-app"}"#));
-        assert_eq!(id.client_id.as_deref(), Some("okta-app"));
+        assert_eq!(
+            identity(r#"{"cid":"okta-app"}"#).client_id.as_deref(),
+            Some("okta-app")
+        );
+        assert_eq!(
+            identity(r#"{"appid":"entra-app"}"#).client_id.as_deref(),
+            Some("entra-app")
+        );
+        assert_eq!(
+            identity(r#"{"client_id":"a","azp":"b"}"#)
+                .client_id
+                .as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn a_custom_mapping_reads_named_claims() {
+        let mapping = ClaimMapping {
+            patient: vec!["launch_patient".into()],
+            scope: vec!["scp".into()],
+            ..ClaimMapping::default()
+        };
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{"scp":["patient/*.rs"],"launch_patient":"Patient/123","patient":"999","cid":"c"}"#,
+        )
+        .unwrap();
+        let id = Identity::from_claims("i".into(), &claims, &mapping);
+        assert_eq!(id.patient.as_deref(), Some("123"));
+        assert_eq!(id.scope.as_deref(), Some("patient/*.rs"));
+        assert_eq!(id.client_id.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn launch_context_beyond_the_patient() {
+        let id = identity(
+            r#"{"encounter":"Encounter/e1","fhirContext":[{"reference":"Appointment/a1"}],"jti":"j","exp":1900000000}"#,
+        );
+        assert_eq!(id.encounter.as_deref(), Some("e1"));
+        assert_eq!(
+            id.fhir_context.as_deref(),
+            Some(r#"[{"reference":"Appointment/a1"}]"#)
+        );
+        assert_eq!(id.token_id.as_deref(), Some("j"));
+        assert_eq!(id.expires_at, Some(1_900_000_000.0));
     }
 }

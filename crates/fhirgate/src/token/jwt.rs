@@ -7,7 +7,6 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use super::TokenError;
-use super::claims::AccessClaims;
 use super::jwks::VerifyKey;
 use crate::config::Issuer;
 
@@ -111,7 +110,7 @@ pub fn verify(
     header: &JoseHeader,
     key: &VerifyKey,
     issuer: &Issuer,
-) -> Result<AccessClaims, TokenError> {
+) -> Result<serde_json::Map<String, serde_json::Value>, TokenError> {
     let allowed = issuer
         .algorithms
         .iter()
@@ -127,24 +126,28 @@ pub fn verify(
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
     validation.validate_nbf = true;
     validation.leeway = issuer.leeway.as_secs();
-    let data = jsonwebtoken::decode::<AccessClaims>(token, key.decoding_key(), &validation)
-        .map_err(|error| {
-            use jsonwebtoken::errors::ErrorKind;
-            match error.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::InvalidSignature => TokenError::Invalid("signature invalid".into()),
-                ErrorKind::InvalidAudience => TokenError::Invalid("audience not accepted".into()),
-                ErrorKind::InvalidIssuer => TokenError::Invalid("issuer not trusted".into()),
-                ErrorKind::ImmatureSignature => TokenError::Invalid("token not yet valid".into()),
-                ErrorKind::MissingRequiredClaim(claim) => {
-                    TokenError::Invalid(format!("token has no {claim}"))
-                }
-                _ => TokenError::Invalid("token invalid".into()),
+    let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+        token,
+        key.decoding_key(),
+        &validation,
+    )
+    .map_err(|error| {
+        use jsonwebtoken::errors::ErrorKind;
+        match error.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::InvalidSignature => TokenError::Invalid("signature invalid".into()),
+            ErrorKind::InvalidAudience => TokenError::Invalid("audience not accepted".into()),
+            ErrorKind::InvalidIssuer => TokenError::Invalid("issuer not trusted".into()),
+            ErrorKind::ImmatureSignature => TokenError::Invalid("token not yet valid".into()),
+            ErrorKind::MissingRequiredClaim(claim) => {
+                TokenError::Invalid(format!("token has no {claim}"))
             }
-        })?;
+            _ => TokenError::Invalid("token invalid".into()),
+        }
+    })?;
     let claims = data.claims;
     let now = jsonwebtoken::get_current_timestamp() as f64;
-    if let Some(iat) = claims.iat
+    if let Some(iat) = claims.get("iat").and_then(serde_json::Value::as_f64)
         && iat > now + issuer.leeway.as_secs_f64()
     {
         return Err(TokenError::Invalid("token issued in the future".into()));

@@ -7,14 +7,17 @@
 //! are never used.
 
 mod bearer;
+mod cache;
 mod claims;
 mod jwks;
-mod jwt;
+/// Public for the fuzz targets, which drive the checks made before any key is touched.
+pub mod jwt;
 
 use std::sync::Arc;
 
 pub use self::bearer::bearer_token;
-pub use self::claims::Identity;
+pub use self::cache::{TokenDigest, VerifiedTokens, digest};
+pub use self::claims::{ClaimMapping, Identity};
 pub use self::jwks::IssuerKeys;
 
 use crate::config::Config;
@@ -39,11 +42,17 @@ pub enum TokenError {
     KeysUnavailable { issuer: String },
 }
 
+/// Most verified tokens remembered at once.
+const VERIFIED_CAPACITY: u64 = 100_000;
+/// Longest a verified token is remembered (its own `exp` permitting).
+const VERIFIED_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Verifies access tokens for every configured issuer.
 #[derive(Debug)]
 pub struct TokenValidator {
     issuers: Vec<Arc<IssuerKeys>>,
     max_token_length: usize,
+    verified: VerifiedTokens,
 }
 
 impl TokenValidator {
@@ -57,6 +66,7 @@ impl TokenValidator {
         Self {
             issuers,
             max_token_length: config.limits.max_token_length,
+            verified: VerifiedTokens::new(VERIFIED_CAPACITY, VERIFIED_MAX_AGE),
         }
     }
 
@@ -79,11 +89,25 @@ impl TokenValidator {
         self.issuers.iter().all(|issuer| issuer.has_keys())
     }
 
-    /// Checks a compact JWS and returns who is calling with what grant.
-    pub async fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+    /// Checks a token and returns who is calling with what grant. A token verified before
+    /// and not yet expired is answered from the cache.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         if token.len() > self.max_token_length {
             return Err(TokenError::Invalid("token too long".into()));
         }
+        let key = digest(token);
+        if let Some(identity) = self.verified.get(&key) {
+            return Ok(identity);
+        }
+        let identity = Arc::new(self.verify_uncached(token).await?);
+        self.verified
+            .insert(key, identity.clone(), identity.expires_at);
+        Ok(identity)
+    }
+
+    /// Checks a compact JWS: issuer chosen from the unverified `iss`, then key, signature
+    /// and registered claims under that issuer's rules.
+    async fn verify_uncached(&self, token: &str) -> Result<Identity, TokenError> {
         let parts = jwt::split(token)?;
         let header = jwt::peek_header(&parts)?;
         let iss = jwt::peek_issuer(&parts)?;
@@ -94,6 +118,10 @@ impl TokenValidator {
             .ok_or_else(|| TokenError::Invalid("issuer not trusted".into()))?;
         let key = issuer.key_for(header.kid.as_deref(), header.alg).await?;
         let claims = jwt::verify(token, &header, &key, issuer.config())?;
-        Ok(Identity::from_claims(iss, claims))
+        Ok(Identity::from_claims(
+            iss,
+            &claims,
+            &ClaimMapping::default(),
+        ))
     }
 }
