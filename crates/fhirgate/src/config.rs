@@ -73,6 +73,23 @@ pub struct Issuer {
     /// How often the JWKS is fetched again in the background.
     #[serde(default = "default_refresh_interval", deserialize_with = "duration")]
     pub jwks_refresh_interval: Duration,
+    /// Longest accepted lifetime (`exp - iat`); tokens without `iat` are refused when set.
+    #[serde(default, deserialize_with = "option_duration")]
+    pub max_token_lifetime: Option<Duration>,
+    /// Required JOSE `typ`, e.g. `at+jwt` (RFC 9068); compared without case and without an
+    /// `application/` prefix.
+    #[serde(default)]
+    pub required_typ: Option<String>,
+    /// Which claims carry scopes, patient, user and client.
+    #[serde(default)]
+    pub claims: crate::token::ClaimMapping,
+    /// RFC 7662 introspection for opaque tokens (and optionally JWTs) of this issuer.
+    #[serde(default)]
+    pub introspection: Option<crate::token::IntrospectionConfig>,
+    /// Accept JWTs signed with this issuer's keys; `false` for an issuer whose tokens are
+    /// all opaque (no JWKS is fetched then).
+    #[serde(default = "default_true")]
+    pub jwt: bool,
 }
 
 /// Asymmetric JWS algorithms the gateway can verify. `none` and HMAC are not among them.
@@ -202,10 +219,21 @@ impl Config {
                     "at least one algorithm is required".into(),
                 ));
             }
-            if issuer.jwks_uri.is_none() && HttpUrl::parse(&issuer.issuer).is_err() {
+            if !issuer.jwt && issuer.introspection.is_none() {
+                return Err((
+                    key("jwt"),
+                    "an issuer that accepts no JWTs needs introspection".into(),
+                ));
+            }
+            let discovers = issuer.jwt && issuer.jwks_uri.is_none()
+                || issuer
+                    .introspection
+                    .as_ref()
+                    .is_some_and(|i| i.endpoint.is_none());
+            if discovers && HttpUrl::parse(&issuer.issuer).is_err() {
                 return Err((
                     key("issuer"),
-                    "is not an http(s) URL, so discovery cannot find its keys: set jwks_uri".into(),
+                    "is not an http(s) URL, so discovery cannot find its endpoints: set jwks_uri (and introspection.endpoint)".into(),
                 ));
             }
             let earlier = &self.issuers[..i];
@@ -293,12 +321,21 @@ fn is_path_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
 }
 
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text)
         .map_err(|e| serde::de::Error::custom(format!("not a duration such as \"30s\": {e}")))
 }
 
+pub(crate) fn option_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(deserializer).map(Some)
+}
+
+fn default_true() -> bool {
+    true
+}
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }

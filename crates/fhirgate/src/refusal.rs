@@ -57,7 +57,9 @@ impl Refusal {
                 StatusCode::UNAUTHORIZED
             }
             Self::Token(TokenError::Malformed(_)) => StatusCode::BAD_REQUEST,
-            Self::Token(TokenError::KeysUnavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Token(
+                TokenError::KeysUnavailable { .. } | TokenError::IntrospectionUnavailable { .. },
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Classify(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Policy(denial) => {
                 StatusCode::from_u16(denial.reason.status()).unwrap_or(StatusCode::FORBIDDEN)
@@ -77,7 +79,9 @@ impl Refusal {
             Self::Token(TokenError::Invalid(_)) => IssueCode::Unknown,
             Self::Token(TokenError::Expired) => IssueCode::Expired,
             Self::Token(TokenError::Malformed(_)) => IssueCode::Invalid,
-            Self::Token(TokenError::KeysUnavailable { .. }) => IssueCode::Transient,
+            Self::Token(
+                TokenError::KeysUnavailable { .. } | TokenError::IntrospectionUnavailable { .. },
+            ) => IssueCode::Transient,
             Self::Classify(_) | Self::BadRequest(_) => IssueCode::Invalid,
             Self::Policy(denial) => denial.reason.issue_code(),
             Self::ResponseWithheld => IssueCode::Forbidden,
@@ -110,6 +114,7 @@ impl Refusal {
             Self::Token(TokenError::Invalid(_)) => "invalid_token",
             Self::Token(TokenError::Expired) => "token_expired",
             Self::Token(TokenError::KeysUnavailable { .. }) => "keys_unavailable",
+            Self::Token(TokenError::IntrospectionUnavailable { .. }) => "introspection_unavailable",
             Self::Classify(_) | Self::BadRequest(_) => "bad_request",
             Self::Policy(denial) => denial.reason.label(),
             Self::ResponseWithheld => "response_outside_grant",
@@ -140,6 +145,9 @@ impl Refusal {
             Self::Token(TokenError::KeysUnavailable { .. }) => {
                 "The token issuer's signing keys are unavailable; try again later".into()
             }
+            Self::Token(TokenError::IntrospectionUnavailable { .. }) => {
+                "The token issuer cannot confirm the access token right now; try again later".into()
+            }
             Self::UpstreamUnverifiable(_) => {
                 "The FHIR server's response could not be checked against the access token".into()
             }
@@ -164,7 +172,12 @@ impl Refusal {
         {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
-        if matches!(self, Self::Token(TokenError::KeysUnavailable { .. })) {
+        if matches!(
+            self,
+            Self::Token(
+                TokenError::KeysUnavailable { .. } | TokenError::IntrospectionUnavailable { .. }
+            )
+        ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response

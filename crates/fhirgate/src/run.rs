@@ -23,6 +23,8 @@ pub enum StartError {
     Audit(#[from] crate::audit::AuditOpenError),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    #[error("token introspection: {0}")]
+    Introspection(#[from] crate::token::IntrospectionSetupError),
 }
 
 /// Runs the gateway until SIGINT or SIGTERM, then drains connections and the audit trail.
@@ -45,7 +47,7 @@ pub async fn serve_on(
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let (audit, audit_writer) = AuditLog::open(&config.audit.path)?;
-    let tokens = TokenValidator::new(&config, http);
+    let tokens = TokenValidator::new(&config, http)?;
     tokens.load_keys().await;
     let gateway = Gateway::new(config, tokens, audit);
     for issuer in gateway.tokens.issuers() {

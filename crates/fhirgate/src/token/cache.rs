@@ -24,6 +24,17 @@ pub fn digest(token: &str) -> TokenDigest {
     out
 }
 
+/// A short, stable label for a token that has no `jti`: `sha256:` and the first 16 bytes of
+/// its digest in hex. Identifies the token in the audit trail without revealing it.
+pub fn digest_label(digest: &TokenDigest) -> String {
+    let mut label = String::with_capacity(39);
+    label.push_str("sha256:");
+    for byte in &digest[..16] {
+        label.push_str(&format!("{byte:02x}"));
+    }
+    label
+}
+
 #[derive(Clone)]
 struct Entry {
     identity: Arc<Identity>,

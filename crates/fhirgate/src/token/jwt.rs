@@ -21,6 +21,7 @@ pub struct Parts<'a> {
 pub struct JoseHeader {
     pub alg: Algorithm,
     pub kid: Option<String>,
+    pub typ: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -28,6 +29,8 @@ struct RawHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
     #[serde(default)]
     crit: Option<serde_json::Value>,
     #[serde(default)]
@@ -82,7 +85,11 @@ pub fn peek_header(parts: &Parts<'_>) -> Result<JoseHeader, TokenError> {
             ));
         }
     };
-    Ok(JoseHeader { alg, kid: raw.kid })
+    Ok(JoseHeader {
+        alg,
+        kid: raw.kid,
+        typ: raw.typ,
+    })
 }
 
 /// The unverified `iss`, used only to choose which issuer's keys and rules apply.
@@ -111,6 +118,14 @@ pub fn verify(
     key: &VerifyKey,
     issuer: &Issuer,
 ) -> Result<serde_json::Map<String, serde_json::Value>, TokenError> {
+    if let Some(required) = &issuer.required_typ
+        && !header
+            .typ
+            .as_deref()
+            .is_some_and(|typ| same_media_type(typ, required))
+    {
+        return Err(TokenError::Invalid("token type not accepted".into()));
+    }
     let allowed = issuer
         .algorithms
         .iter()
@@ -152,7 +167,28 @@ pub fn verify(
     {
         return Err(TokenError::Invalid("token issued in the future".into()));
     }
+    if let Some(longest) = issuer.max_token_lifetime {
+        let exp = claims.get("exp").and_then(serde_json::Value::as_f64);
+        let iat = claims.get("iat").and_then(serde_json::Value::as_f64);
+        match (exp, iat) {
+            (Some(exp), Some(iat)) if exp - iat <= longest.as_secs_f64() => {}
+            (_, None) => return Err(TokenError::Invalid("token has no iat".into())),
+            _ => return Err(TokenError::Invalid("token lifetime too long".into())),
+        }
+    }
     Ok(claims)
+}
+
+/// `at+jwt` and `application/at+jwt` are the same type (RFC 7515 section 4.1.9).
+fn same_media_type(got: &str, want: &str) -> bool {
+    let strip = |t: &str| {
+        let lower = t.trim().to_ascii_lowercase();
+        lower
+            .strip_prefix("application/")
+            .map(str::to_owned)
+            .unwrap_or(lower)
+    };
+    strip(got) == strip(want)
 }
 
 #[cfg(test)]

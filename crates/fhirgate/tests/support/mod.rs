@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// Serves `handler` on an ephemeral loopback port.
-async fn spawn_server<F, Fut>(handler: F) -> SocketAddr
+pub async fn spawn_server<F, Fut>(handler: F) -> SocketAddr
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -52,7 +52,7 @@ where
     addr
 }
 
-fn respond(
+pub fn respond(
     status: StatusCode,
     content_type: &str,
     body: impl Into<Bytes>,

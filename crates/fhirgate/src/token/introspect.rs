@@ -1,0 +1,407 @@
+//! Opaque tokens: RFC 7662 introspection at the issuer, with a cache.
+//!
+//! Answers are cached by a digest of the token: active ones until the earlier of their `exp`
+//! and `max_ttl`, inactive ones for `inactive_ttl`, so a revoked token stops working within
+//! `max_ttl`. Concurrent requests carrying the same uncached token share one introspection
+//! call. When the endpoint cannot be reached or answers nonsense the request is refused as
+//! "temporarily unavailable" (503), never allowed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{EncodingKey, Header};
+use moka::future::Cache;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
+
+use super::cache::TokenDigest;
+use super::{ClaimMapping, Identity, TokenError};
+use crate::config::{HttpUrl, duration, option_duration};
+
+/// Largest introspection answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// How the gateway authenticates to an introspection endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with client id and secret.
+    ClientSecretBasic,
+    /// Client id and secret in the form body.
+    ClientSecretPost,
+    /// A signed JWT assertion (RFC 7523) made with the gateway's private key.
+    PrivateKeyJwt,
+}
+
+/// Introspection settings of one issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The endpoint; found by OpenID discovery (`introspection_endpoint`) when absent.
+    #[serde(default)]
+    pub endpoint: Option<HttpUrl>,
+    /// The gateway's client id at the issuer.
+    pub client_id: String,
+    /// How the gateway authenticates.
+    #[serde(default = "default_auth")]
+    pub auth: ClientAuth,
+    /// Secret for `client_secret_basic` / `client_secret_post`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// File holding the secret (trailing newline ignored), instead of `client_secret`.
+    #[serde(default)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// PEM private key (RSA or EC P-256) for `private_key_jwt`.
+    #[serde(default)]
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// Longest an active answer is reused (its `exp` permitting).
+    #[serde(default = "default_max_ttl", deserialize_with = "duration")]
+    pub max_ttl: Duration,
+    /// How long an inactive answer is reused.
+    #[serde(default = "default_inactive_ttl", deserialize_with = "duration")]
+    pub inactive_ttl: Duration,
+    /// Also introspect JWTs of this issuer after their signature checks out, so that
+    /// revocation is honoured.
+    #[serde(default)]
+    pub introspect_jwts: bool,
+    /// Time allowed for one introspection call.
+    #[serde(default, deserialize_with = "option_duration")]
+    pub timeout: Option<Duration>,
+}
+
+fn default_auth() -> ClientAuth {
+    ClientAuth::ClientSecretBasic
+}
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_inactive_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// What the gateway sends to authenticate itself.
+enum Credentials {
+    Secret(String),
+    Key(EncodingKey, jsonwebtoken::Algorithm),
+}
+
+/// One cached answer and how long it may be reused.
+#[derive(Clone)]
+enum Answer {
+    Active {
+        identity: Arc<Identity>,
+        ttl: Duration,
+    },
+    Inactive {
+        ttl: Duration,
+    },
+}
+
+/// The introspection client of one issuer.
+pub struct Introspector {
+    issuer: String,
+    config: IntrospectionConfig,
+    mapping: ClaimMapping,
+    credentials: Credentials,
+    http: reqwest::Client,
+    endpoint: OnceCell<String>,
+    answers: Cache<TokenDigest, Answer>,
+}
+
+impl std::fmt::Debug for Introspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspector")
+            .field("issuer", &self.issuer)
+            .field("cached", &self.answers.entry_count())
+            .finish()
+    }
+}
+
+/// Why an introspection client cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectionSetupError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+struct AnswerExpiry;
+
+impl moka::Expiry<TokenDigest, Answer> for AnswerExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenDigest,
+        value: &Answer,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        match value {
+            Answer::Active { ttl, .. } | Answer::Inactive { ttl } => Some(*ttl),
+        }
+    }
+}
+
+impl Introspector {
+    /// Builds the client; reads secrets and keys from files now so a mistake fails start-up.
+    pub fn new(
+        issuer: &str,
+        config: IntrospectionConfig,
+        mapping: ClaimMapping,
+        http: reqwest::Client,
+    ) -> Result<Self, IntrospectionSetupError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| IntrospectionSetupError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let credentials = match config.auth {
+            ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost => {
+                let secret = match (&config.client_secret, &config.client_secret_file) {
+                    (Some(secret), None) => secret.clone(),
+                    (None, Some(path)) => String::from_utf8_lossy(&read(path)?)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                    _ => {
+                        return Err(IntrospectionSetupError::Config(
+                            "give exactly one of client_secret and client_secret_file".into(),
+                        ));
+                    }
+                };
+                Credentials::Secret(secret)
+            }
+            ClientAuth::PrivateKeyJwt => {
+                let path = config.private_key_file.as_ref().ok_or_else(|| {
+                    IntrospectionSetupError::Config("private_key_jwt needs private_key_file".into())
+                })?;
+                let pem = read(path)?;
+                let (key, alg) = match EncodingKey::from_rsa_pem(&pem) {
+                    Ok(key) => (key, jsonwebtoken::Algorithm::RS384),
+                    Err(_) => (
+                        EncodingKey::from_ec_pem(&pem).map_err(|_| {
+                            IntrospectionSetupError::Config(format!(
+                                "{} is not an RSA or EC private key in PEM",
+                                path.display()
+                            ))
+                        })?,
+                        jsonwebtoken::Algorithm::ES256,
+                    ),
+                };
+                Credentials::Key(key, alg)
+            }
+        };
+        let endpoint = OnceCell::new_with(config.endpoint.as_ref().map(HttpUrl::as_str));
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            answers: Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(AnswerExpiry)
+                .build(),
+            config,
+            mapping,
+            credentials,
+            http,
+            endpoint,
+        })
+    }
+
+    /// The issuer this client asks.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Should JWTs of this issuer be introspected too?
+    pub fn introspects_jwts(&self) -> bool {
+        self.config.introspect_jwts
+    }
+
+    /// The identity behind `token`: `Ok(None)` when the issuer says it is not active.
+    pub async fn identity(
+        &self,
+        token: &str,
+        key: TokenDigest,
+    ) -> Result<Option<Arc<Identity>>, TokenError> {
+        let answer = self
+            .answers
+            .try_get_with(key, self.ask(token, key))
+            .await
+            .map_err(|error: Arc<TokenError>| match &*error {
+                TokenError::IntrospectionUnavailable { issuer } => {
+                    TokenError::IntrospectionUnavailable {
+                        issuer: issuer.clone(),
+                    }
+                }
+                other => TokenError::Invalid(other.to_string()),
+            })?;
+        // Re-check expiry on every use: the cache's own clock is coarse.
+        match answer {
+            Answer::Active { identity, .. } if still_valid(&identity) => Ok(Some(identity)),
+            Answer::Active { .. } => {
+                self.answers.invalidate(&key).await;
+                Ok(None)
+            }
+            Answer::Inactive { .. } => Ok(None),
+        }
+    }
+
+    /// One introspection call.
+    async fn ask(&self, token: &str, key: TokenDigest) -> Result<Answer, TokenError> {
+        let unavailable = || TokenError::IntrospectionUnavailable {
+            issuer: self.issuer.clone(),
+        };
+        let endpoint = self
+            .endpoint
+            .get_or_try_init(|| self.discover())
+            .await
+            .map_err(|reason| {
+                tracing::warn!(issuer = %self.issuer, %reason, "introspection endpoint not found");
+                unavailable()
+            })?
+            .clone();
+        let mut form: Vec<(&str, String)> = vec![
+            ("token", token.to_owned()),
+            ("token_type_hint", "access_token".to_owned()),
+        ];
+        let mut request = self.http.post(&endpoint);
+        match (&self.credentials, self.config.auth) {
+            (Credentials::Secret(secret), ClientAuth::ClientSecretBasic) => {
+                request = request.basic_auth(
+                    form_encode(&self.config.client_id),
+                    Some(form_encode(secret)),
+                );
+            }
+            (Credentials::Secret(secret), _) => {
+                form.push(("client_id", self.config.client_id.clone()));
+                form.push(("client_secret", secret.clone()));
+            }
+            (Credentials::Key(key, alg), _) => {
+                form.push(("client_id", self.config.client_id.clone()));
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+                ));
+                form.push((
+                    "client_assertion",
+                    self.assertion(&endpoint, key, *alg)
+                        .map_err(|_| unavailable())?,
+                ));
+            }
+        }
+        if let Some(timeout) = self.config.timeout {
+            request = request.timeout(timeout);
+        }
+        let started = std::time::Instant::now();
+        let response = request
+            .header("accept", "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|error| {
+                tracing::warn!(issuer = %self.issuer, %error, "introspection request failed");
+                unavailable()
+            })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|_| unavailable())?;
+        tracing::debug!(
+            issuer = %self.issuer,
+            status = status.as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "introspection answered"
+        );
+        if !status.is_success() || body.len() > MAX_ANSWER {
+            tracing::warn!(issuer = %self.issuer, status = status.as_u16(), "introspection refused");
+            return Err(unavailable());
+        }
+        let claims: Map<String, Value> = serde_json::from_slice(&body).map_err(|_| {
+            tracing::warn!(issuer = %self.issuer, "introspection answer is not a JSON object");
+            unavailable()
+        })?;
+        Ok(self.interpret(claims, key))
+    }
+
+    /// Turns an RFC 7662 answer into an [`Answer`], caching it for the right time.
+    fn interpret(&self, claims: Map<String, Value>, key: TokenDigest) -> Answer {
+        let inactive = Answer::Inactive {
+            ttl: self.config.inactive_ttl,
+        };
+        if claims.get("active") != Some(&Value::Bool(true)) {
+            return inactive;
+        }
+        if let Some(iss) = claims.get("iss").and_then(Value::as_str)
+            && iss != self.issuer
+        {
+            return inactive;
+        }
+        let mut identity = Identity::from_claims(self.issuer.clone(), &claims, &self.mapping);
+        identity
+            .token_id
+            .get_or_insert_with(|| super::cache::digest_label(&key));
+        let left = identity
+            .expires_at
+            .map(|exp| Duration::try_from_secs_f64(exp - unix_now()).unwrap_or(Duration::ZERO))
+            .unwrap_or(self.config.max_ttl);
+        if left.is_zero() {
+            return inactive;
+        }
+        Answer::Active {
+            identity: Arc::new(identity),
+            ttl: left.min(self.config.max_ttl),
+        }
+    }
+
+    fn assertion(
+        &self,
+        audience: &str,
+        key: &EncodingKey,
+        alg: jsonwebtoken::Algorithm,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now() as u64;
+        let claims = serde_json::json!({
+            "iss": self.config.client_id,
+            "sub": self.config.client_id,
+            "aud": audience,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "iat": now,
+            "exp": now + 60,
+        });
+        jsonwebtoken::encode(&Header::new(alg), &claims, key)
+    }
+
+    async fn discover(&self) -> Result<String, String> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let doc: Value = response.json().await.map_err(|e| e.to_string())?;
+        doc.get("introspection_endpoint")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{url} names no introspection_endpoint"))
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of a Basic credential part (RFC 6749 2.3.1).
+fn form_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn still_valid(identity: &Identity) -> bool {
+    identity.expires_at.is_none_or(|exp| exp > unix_now())
+}
