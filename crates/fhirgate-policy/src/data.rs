@@ -16,6 +16,11 @@ const GRANULAR_JSON: &str = include_str!("../data/granular-scope-params.json");
 /// One compartment-linking search parameter of a resource type.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct LinkParam {
+    /// The search parameter name.
+    pub(crate) param: String,
+    /// Resource types its references may point at.
+    #[serde(default)]
+    pub(crate) targets: Vec<String>,
     /// Dotted element paths rooted at the type, e.g. `Observation.subject`.
     #[serde(rename = "elementPaths")]
     pub(crate) element_paths: Vec<String>,

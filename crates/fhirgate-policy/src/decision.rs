@@ -7,10 +7,12 @@
 //! FHIR are silent follow `DESIGN.md` (operations denied unless listed, batches all-or-nothing).
 
 mod criteria;
+mod includes;
 mod ops;
 mod writes;
 
 use crate::grant::Grant;
+use crate::options::{PolicyOptions, ReadRefusal};
 use crate::outcome::IssueCode;
 use crate::request::{FhirRequest, Interaction};
 use crate::scope::{Context, Perms, ResourceScope, TypeSel};
@@ -38,9 +40,16 @@ pub struct Obligations {
     /// Check the response with `verify::verify_resource` or `verify::filter_bundle`
     /// (per `ResponseCheck::expect`).
     pub response_check: Option<ResponseCheck>,
-    /// GET the current target first and check it with `verify_resource(response_check)`;
-    /// a 404/410 target passes (update-as-create, idempotent delete).
-    pub precheck_target: bool,
+    /// Parameters to AND into the `If-None-Exist` criteria of a conditional create (decoded).
+    pub add_if_none_exist: Vec<(String, String)>,
+    /// A check the proxy makes upstream before forwarding a write.
+    pub precheck: Option<Precheck>,
+    /// Bind the status-poll and file URLs of a Bulk Data export started by this request to the
+    /// client that started it (the proxy keeps that state; see docs/ARCHITECTURE.md).
+    pub bind_export_to_client: bool,
+    /// A resource that fails the response check is answered 404 `not-found` instead of 403
+    /// (reads, with `ReadRefusal::NotFound`).
+    pub withheld_as_not_found: bool,
     /// Name of the rule that allowed.
     pub rule: &'static str,
     /// Text of a scope that granted the request.
@@ -58,7 +67,31 @@ impl Obligations {
 
     /// Are there no obligations at all (forward unchanged)?
     pub fn is_empty(&self) -> bool {
-        self.add_params.is_empty() && self.response_check.is_none() && !self.precheck_target
+        self.add_params.is_empty()
+            && self.add_if_none_exist.is_empty()
+            && self.response_check.is_none()
+            && self.precheck.is_none()
+            && !self.bind_export_to_client
+    }
+}
+
+/// A check the proxy makes upstream before it forwards a write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Precheck {
+    /// GET the current target `T/id` and check it with `verify::verify_resource`; a 404/410
+    /// target passes (update-as-create, idempotent delete).
+    Target(Box<ResponseCheck>),
+    /// GET `T?criteria` with the write's (narrowed) criteria and check the matches with
+    /// `verify::check_matches`: every match must be covered, and all must fit in one page.
+    Matches(Box<ResponseCheck>),
+}
+
+impl Precheck {
+    /// The check applied to what the upstream returns.
+    pub fn check(&self) -> &ResponseCheck {
+        match self {
+            Self::Target(c) | Self::Matches(c) => c,
+        }
     }
 }
 
@@ -71,6 +104,8 @@ pub struct Denial {
     pub message: String,
     /// Name of the rule that refused.
     pub rule: &'static str,
+    /// FHIRPath expressions of what was refused (`Bundle.entry[n]` for Bundle entries).
+    pub expression: Vec<String>,
 }
 
 /// Reason classes of a refusal.
@@ -92,6 +127,8 @@ pub enum DenyReason {
     BodyNotCheckable,
     /// The request contradicts itself (type or id mismatch between URL and body) (400).
     BadRequest,
+    /// A read refused while the options answer refused reads as absent (404).
+    NotFound,
 }
 
 impl DenyReason {
@@ -104,6 +141,7 @@ impl DenyReason {
             | Self::UnenforceableQuery
             | Self::OperationNotPermitted => 403,
             Self::NotSupported => 405,
+            Self::NotFound => 404,
             Self::BodyNotCheckable => 415,
             Self::BadRequest => 400,
         }
@@ -114,6 +152,7 @@ impl DenyReason {
         match self {
             Self::NotSupported | Self::BodyNotCheckable => IssueCode::NotSupported,
             Self::BadRequest => IssueCode::Invalid,
+            Self::NotFound => IssueCode::NotFound,
             _ => IssueCode::Forbidden,
         }
     }
@@ -129,6 +168,7 @@ impl DenyReason {
             Self::NotSupported => "not_supported",
             Self::BodyNotCheckable => "body_not_checkable",
             Self::BadRequest => "bad_request",
+            Self::NotFound => "not_found",
         }
     }
 }
@@ -142,6 +182,7 @@ pub(crate) fn denial(reason: DenyReason, rule: &'static str, message: impl Into<
         reason,
         message: message.into(),
         rule,
+        expression: Vec::new(),
     }
 }
 
@@ -240,8 +281,42 @@ pub(crate) fn cover<'a>(grant: &'a Grant, ty: &str, perm: Perms) -> Result<Cover
     ))
 }
 
-/// Decides whether `grant` allows `req`, and under which obligations.
+/// Decides whether `grant` allows `req` under the default [`PolicyOptions`].
 pub fn decide(grant: &Grant, req: &FhirRequest) -> Decision {
+    decide_with(grant, req, &PolicyOptions::default())
+}
+
+/// Decides whether `grant` allows `req`, and under which obligations.
+pub fn decide_with(grant: &Grant, req: &FhirRequest, options: &PolicyOptions) -> Decision {
+    use Interaction as I;
+    let decision = decide_interaction(grant, req, options);
+    let is_read = matches!(req.interaction, I::Read | I::Vread | I::HistoryInstance);
+    if !is_read || options.read_refusal != ReadRefusal::NotFound {
+        return decision;
+    }
+    match decision {
+        Decision::Deny(mut d) if hidden_by_not_found(d.reason) => {
+            d.reason = DenyReason::NotFound;
+            d.message = "resource not found".to_owned();
+            Decision::Deny(d)
+        }
+        Decision::Allow(mut ob) => {
+            ob.withheld_as_not_found = ob.response_check.is_some();
+            Decision::Allow(ob)
+        }
+        other => other,
+    }
+}
+
+/// Refusals that a 404 answers when refused reads are to look absent.
+fn hidden_by_not_found(reason: DenyReason) -> bool {
+    matches!(
+        reason,
+        DenyReason::InsufficientScope | DenyReason::OtherPatient | DenyReason::NoPatientContext
+    )
+}
+
+fn decide_interaction(grant: &Grant, req: &FhirRequest, options: &PolicyOptions) -> Decision {
     use Interaction as I;
     match req.interaction {
         I::Capabilities | I::SmartConfiguration => {
@@ -253,8 +328,9 @@ pub fn decide(grant: &Grant, req: &FhirRequest) -> Decision {
         I::HistoryType => history_type(grant, req),
         I::SearchSystem | I::HistorySystem => system_level(grant, req),
         I::Create | I::Update | I::Patch | I::Delete => writes::decide_write(grant, req),
-        I::Operation => ops::decide_operation(grant, req),
-        I::Batch | I::Transaction => ops::decide_bundle(grant, req),
+        I::Operation => ops::decide_operation(grant, req, options),
+        I::Batch | I::Transaction => ops::decide_bundle(grant, req, options),
+        I::PageContinuation => page_continuation(grant),
     }
 }
 
@@ -299,6 +375,9 @@ fn history_type(grant: &Grant, req: &FhirRequest) -> Decision {
     if let Some(full) = cover.full() {
         return Decision::Allow(Obligations::rule("scope", Some(full)));
     }
+    if cover.only_patient() {
+        return Decision::Deny(history_unbounded());
+    }
     let mut ob = Obligations::rule("history-filtered", cover.first());
     ob.response_check = Some(ResponseCheck::new(
         grant,
@@ -320,6 +399,10 @@ fn system_level(grant: &Grant, req: &FhirRequest) -> Decision {
     if types.is_empty() || types.contains(&"") {
         types = vec!["*"];
     }
+    if let Err(d) = includes::check_includes(grant, req) {
+        return Decision::Deny(d);
+    }
+    let history = req.interaction == Interaction::HistorySystem;
     let mut all_full = true;
     let mut first = None;
     for ty in types {
@@ -327,6 +410,9 @@ fn system_level(grant: &Grant, req: &FhirRequest) -> Decision {
             Ok(c) => c,
             Err(d) => return Decision::Deny(d),
         };
+        if history && cover.full().is_none() && cover.only_patient() {
+            return Decision::Deny(history_unbounded());
+        }
         all_full &= cover.full().is_some();
         first = first.or(cover.first());
     }
@@ -340,6 +426,40 @@ fn system_level(grant: &Grant, req: &FhirRequest) -> Decision {
         Expect::Bundle,
     ));
     Decision::Allow(ob)
+}
+
+/// `GET [base]?_getpages=...`: the page belongs to a search the server holds, whose
+/// narrowing fhirgate cannot see, so every entry is checked unless the grant reads everything.
+fn page_continuation(grant: &Grant) -> Decision {
+    let rs = Perms::R.union(Perms::S);
+    let scope = grant
+        .scopes
+        .resource_scopes()
+        .iter()
+        .filter(|s| s.context != Context::Patient || grant.patient.is_some())
+        .find(|s| s.perms.intersects(rs));
+    let Some(scope) = scope else {
+        return deny(
+            DenyReason::InsufficientScope,
+            "no-covering-scope",
+            "no granted scope permits reading search pages",
+        );
+    };
+    if full_wildcard_read(grant) {
+        return Decision::Allow(Obligations::rule("scope", Some(scope)));
+    }
+    let mut ob = Obligations::rule("page-checked", Some(scope));
+    ob.response_check = Some(ResponseCheck::new(grant, rs, Expect::Bundle));
+    Decision::Allow(ob)
+}
+
+/// Type and system history take no search parameters, so they cannot be bounded to a patient.
+fn history_unbounded() -> Denial {
+    denial(
+        DenyReason::UnenforceableQuery,
+        "history-patient-scope",
+        "type and system history cannot be bounded to the launch patient; read each resource's history instead",
+    )
 }
 
 pub(crate) fn has_includes(req: &FhirRequest) -> bool {

@@ -9,6 +9,7 @@ pub mod compartment;
 pub mod decision;
 pub mod grant;
 pub mod granular;
+pub mod options;
 pub mod outcome;
 pub mod query;
 pub mod request;
@@ -17,9 +18,16 @@ pub mod verify;
 
 mod data;
 
-pub use decision::{Decision, Denial, DenyReason, Obligations, decide, narrowed_query};
+pub use decision::{
+    Decision, Denial, DenyReason, Obligations, Precheck, decide, decide_with, narrowed_query,
+};
 pub use grant::Grant;
+pub use options::{OperationLevel, OperationPolicy, OperationRule, PolicyOptions, ReadRefusal};
 pub use outcome::{IssueCode, OperationOutcome, Severity};
-pub use request::{ClassifyError, FhirRequest, Interaction, RequestParts, classify};
+pub use request::{
+    ClassifyError, FhirRequest, Interaction, Patch, RequestParts, classify, classify_with,
+};
 pub use scope::ScopeSet;
-pub use verify::{FilteredBundle, ResponseCheck, VerifyError, filter_bundle, verify_resource};
+pub use verify::{
+    FilteredBundle, ResponseCheck, VerifyError, check_matches, filter_bundle, verify_resource,
+};

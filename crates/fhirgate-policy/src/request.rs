@@ -11,8 +11,13 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::compartment::is_fhir_id;
+use crate::options::PolicyOptions;
 use crate::query::{QueryError, parse_pairs};
 use crate::scope::is_resource_type;
+
+mod patch;
+
+pub use patch::Patch;
 
 /// The raw parts of an incoming request, as the server received them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,8 +71,11 @@ pub enum Interaction {
     Capabilities,
     /// `GET .well-known/smart-configuration`.
     SmartConfiguration,
-    /// `$operation` at system, type or instance level.
+    /// `$operation` at system, type or instance level (`$graphql` included).
     Operation,
+    /// `GET [base]?_getpages=...`: a further page of an earlier search or history, held by
+    /// the server.
+    PageContinuation,
 }
 
 impl Interaction {
@@ -91,6 +99,7 @@ impl Interaction {
             Self::Capabilities => "capabilities",
             Self::SmartConfiguration => "smart-configuration",
             Self::Operation => "operation",
+            Self::PageContinuation => "page-continuation",
         }
     }
 
@@ -106,6 +115,7 @@ impl Interaction {
                 | Self::SearchSystem
                 | Self::SearchCompartment
                 | Self::Operation
+                | Self::PageContinuation
         )
     }
 }
@@ -135,6 +145,8 @@ pub struct FhirRequest {
     pub if_none_exist: Vec<(String, String)>,
     /// Body resource of create/update (and batch entries), when the body is JSON.
     pub resource: Option<Value>,
+    /// The classified body of a patch.
+    pub patch: Option<Patch>,
     /// Classified batch/transaction entries, in order.
     pub entries: Vec<FhirRequest>,
 }
@@ -153,6 +165,7 @@ impl FhirRequest {
             conditional: false,
             if_none_exist: Vec::new(),
             resource: None,
+            patch: None,
             entries: Vec::new(),
         }
     }
@@ -199,6 +212,9 @@ pub enum ClassifyError {
     /// A body that should be a FHIR JSON resource but is not.
     #[error("request body is not a valid FHIR JSON resource")]
     BadBody,
+    /// An absolute entry URL that does not start with one of the gateway's base URLs.
+    #[error("entry request.url names another server")]
+    ForeignEntryUrl,
     /// A batch/transaction Bundle that cannot be read.
     #[error("unparsable Bundle: {0}")]
     BadBundle(&'static str),
@@ -212,8 +228,17 @@ pub enum ClassifyError {
     },
 }
 
-/// Classifies one request. Batch/transaction entries are classified recursively.
+/// Classifies one request with the default options (absolute Bundle entry URLs refused).
 pub fn classify(parts: &RequestParts<'_>) -> Result<FhirRequest, ClassifyError> {
+    classify_with(parts, &PolicyOptions::default())
+}
+
+/// Classifies one request. Batch/transaction entries are classified recursively; absolute
+/// entry URLs are accepted only under one of `options.base_urls`.
+pub fn classify_with(
+    parts: &RequestParts<'_>,
+    options: &PolicyOptions,
+) -> Result<FhirRequest, ClassifyError> {
     let method = match parts.method {
         "HEAD" => "GET",
         m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => m,
@@ -227,7 +252,7 @@ pub fn classify(parts: &RequestParts<'_>) -> Result<FhirRequest, ClassifyError> 
     let mut req = FhirRequest::new(Interaction::SearchSystem);
     req.params = parse_pairs(parts.query.unwrap_or(""))?;
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    route(method, &segs, parts, &mut req)?;
+    route(method, &segs, parts, &mut req, options)?;
     Ok(req)
 }
 
@@ -302,11 +327,13 @@ fn route(
     segs: &[&str],
     parts: &RequestParts<'_>,
     req: &mut FhirRequest,
+    options: &PolicyOptions,
 ) -> Result<(), ClassifyError> {
     use Interaction as I;
     let interaction = match (method, segs) {
+        ("GET", []) if req.params.iter().any(|(n, _)| n == "_getpages") => I::PageContinuation,
         ("GET", []) => I::SearchSystem,
-        ("POST", []) => return classify_bundle(parts, req),
+        ("POST", []) => return classify_bundle(parts, req, options),
         ("GET", ["metadata"]) => I::Capabilities,
         ("GET", [".well-known", "smart-configuration"]) => I::SmartConfiguration,
         ("GET", ["_history"]) => I::HistorySystem,
@@ -420,7 +447,10 @@ fn write_interaction(
             req.resource = json_body(parts)?;
             Interaction::Update
         }
-        "PATCH" => Interaction::Patch,
+        "PATCH" => {
+            req.patch = Some(patch::classify_patch(parts.content_type, parts.body)?);
+            Interaction::Patch
+        }
         _ => Interaction::Delete,
     })
 }
@@ -500,7 +530,11 @@ struct EntryRequest {
 }
 
 /// `POST [base]` with a batch or transaction Bundle: classify every entry as if sent alone.
-fn classify_bundle(parts: &RequestParts<'_>, req: &mut FhirRequest) -> Result<(), ClassifyError> {
+fn classify_bundle(
+    parts: &RequestParts<'_>,
+    req: &mut FhirRequest,
+    options: &PolicyOptions,
+) -> Result<(), ClassifyError> {
     if !is_json(parts.content_type) {
         return Err(ClassifyError::BadBundle(
             "only JSON Bundles can be authorized",
@@ -522,7 +556,7 @@ fn classify_bundle(parts: &RequestParts<'_>, req: &mut FhirRequest) -> Result<()
         }
     };
     for (index, entry) in bundle.entry.iter().enumerate() {
-        let classified = classify_entry(entry).map_err(|e| ClassifyError::BadEntry {
+        let classified = classify_entry(entry, options).map_err(|e| ClassifyError::BadEntry {
             index,
             source: Box::new(e),
         })?;
@@ -531,19 +565,18 @@ fn classify_bundle(parts: &RequestParts<'_>, req: &mut FhirRequest) -> Result<()
     Ok(())
 }
 
-fn classify_entry(entry: &EntryIn<'_>) -> Result<FhirRequest, ClassifyError> {
+fn classify_entry(
+    entry: &EntryIn<'_>,
+    options: &PolicyOptions,
+) -> Result<FhirRequest, ClassifyError> {
     let request = entry
         .request
         .as_ref()
         .ok_or(ClassifyError::BadBundle("entry without request"))?;
-    if request.url.contains("://") || request.url.starts_with('/') {
-        return Err(ClassifyError::BadBundle(
-            "entry request.url must be relative to the base",
-        ));
-    }
-    let (path, query) = match request.url.split_once('?') {
+    let url = entry_relative_url(&request.url, &options.base_urls)?;
+    let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
-        None => (request.url.as_str(), None),
+        None => (url, None),
     };
     if path.is_empty() {
         return Err(ClassifyError::BadBundle(
@@ -551,18 +584,111 @@ fn classify_entry(entry: &EntryIn<'_>) -> Result<FhirRequest, ClassifyError> {
         ));
     }
     let body = entry.resource.map(|r| r.get().as_bytes());
+    let content_type = if request.method == "PATCH" {
+        // A patch entry carries a Binary (JSON Patch) or Parameters (FHIRPath Patch) resource.
+        patch_entry_content_type(entry.resource)
+    } else {
+        "application/fhir+json"
+    };
+    let binary_patch = binary_patch_body(entry.resource, content_type);
     let parts = RequestParts {
         method: &request.method,
         path,
         query,
-        content_type: Some("application/fhir+json"),
-        body,
+        content_type: Some(content_type),
+        body: binary_patch.as_deref().or(body),
         if_none_exist: request.if_none_exist.as_deref(),
     };
     if parts.method == "POST" && path.ends_with("_search") {
         return Err(ClassifyError::BadBundle("POST _search inside a Bundle"));
     }
-    classify(&parts)
+    classify_with(&parts, options)
+}
+
+/// An entry's `request.url` relative to the base: relative URLs as they are, absolute ones
+/// only under one of the gateway's base URLs. `urn:` and other schemes are refused.
+fn entry_relative_url<'u>(url: &'u str, bases: &[String]) -> Result<&'u str, ClassifyError> {
+    if url.starts_with('/') {
+        return Err(ClassifyError::BadBundle(
+            "entry request.url must be relative to the base or absolute",
+        ));
+    }
+    if !url.contains(':') {
+        return Ok(url);
+    }
+    for base in bases {
+        let base = base.trim_end_matches('/');
+        if let Some(rest) = url.strip_prefix(base).and_then(|r| r.strip_prefix('/')) {
+            return Ok(rest);
+        }
+    }
+    // A colon before any `/` or `?` is a scheme; after it, it is part of the query.
+    let scheme_end = url.find(':').unwrap_or(usize::MAX);
+    let path_end = url.find(['/', '?']).unwrap_or(usize::MAX);
+    if scheme_end < path_end {
+        return Err(ClassifyError::ForeignEntryUrl);
+    }
+    Ok(url)
+}
+
+/// The content type of a PATCH entry: FHIRPath Patch for a Parameters resource, else the
+/// `contentType` of a Binary holding the patch document.
+fn patch_entry_content_type(resource: Option<&RawValue>) -> &'static str {
+    let kind = resource
+        .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+        .and_then(|v| {
+            let ty = v.get("resourceType")?.as_str()?.to_owned();
+            let ct = v
+                .get("contentType")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            Some((ty, ct))
+        });
+    match kind {
+        Some((ty, _)) if ty == "Parameters" => "application/fhir+json",
+        Some((ty, Some(ct))) if ty == "Binary" && ct.starts_with("application/json-patch+json") => {
+            "application/json-patch+json"
+        }
+        _ => "application/octet-stream",
+    }
+}
+
+/// The decoded JSON Patch document of a Binary entry resource.
+fn binary_patch_body(resource: Option<&RawValue>, content_type: &str) -> Option<Vec<u8>> {
+    if content_type != "application/json-patch+json" {
+        return None;
+    }
+    let value: Value = serde_json::from_str(resource?.get()).ok()?;
+    let data = value.get("data")?.as_str()?;
+    decode_base64(data)
+}
+
+/// Standard base64 (with or without padding); `None` when invalid.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        if c == b'=' {
+            break;
+        }
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

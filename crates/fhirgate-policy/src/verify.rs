@@ -87,6 +87,9 @@ pub enum VerifyError {
     /// The body is larger than [`MAX_CHECKED_BODY`] (server: 502).
     #[error("upstream response too large to check")]
     TooLarge,
+    /// A conditional write's criteria match more than one page of resources (server: 412).
+    #[error("the criteria match more resources than can be checked")]
+    TooManyMatches,
     /// The resource is not covered by the grant (server: 403).
     #[error("the returned {resource_type} is not covered by the granted scopes")]
     NotCovered {
@@ -114,6 +117,32 @@ pub fn verify_resource(check: &ResponseCheck, body: &[u8]) -> Result<(), VerifyE
             resource_type: ty.to_owned(),
         })
     }
+}
+
+/// Checks the search answer of a conditional write's criteria (`Precheck::Matches`): every
+/// matching resource must be covered, and the matches must fit in one page (no `next` link).
+/// Returns the number of matches.
+pub fn check_matches(check: &ResponseCheck, body: &[u8]) -> Result<usize, VerifyError> {
+    let filtered = filter_bundle(check, body)?;
+    if filtered.withheld > 0 {
+        return Err(VerifyError::NotCovered {
+            resource_type: "match".to_owned(),
+        });
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| VerifyError::NotFhirJson("Bundle"))?;
+    let has_next = value
+        .get("link")
+        .and_then(Value::as_array)
+        .is_some_and(|links| {
+            links
+                .iter()
+                .any(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+        });
+    if has_next {
+        return Err(VerifyError::TooManyMatches);
+    }
+    Ok(filtered.kept)
 }
 
 /// Result of [`filter_bundle`].

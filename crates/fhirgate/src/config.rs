@@ -9,6 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fhirgate_policy::options::{
+    self as policy, OperationPolicy, OperationRule, PolicyOptions, ReadRefusal,
+};
+use fhirgate_policy::scope::Perms;
 use serde::{Deserialize, Deserializer};
 
 /// The configuration compiled into the binary, used when `--config` is not given.
@@ -31,6 +35,56 @@ pub struct Config {
     /// Limits on what a client may send.
     #[serde(default)]
     pub limits: Limits,
+    /// Authorization choices where SMART and FHIR leave room.
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// Authorization choices where SMART and FHIR leave room (see docs/POLICY.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// How a refused read of one resource is answered.
+    #[serde(default)]
+    pub refused_reads: RefusedReads,
+    /// Operations allowed beyond the built-in `$everything` and `$export` rules.
+    #[serde(default)]
+    pub operations: Vec<Operation>,
+}
+
+/// How a refused read of one resource is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusedReads {
+    /// 403 `forbidden` with `error="insufficient_scope"`.
+    #[default]
+    Forbidden,
+    /// 404 `not-found`: the client cannot tell a refused read from a missing resource.
+    NotFound,
+}
+
+/// One allowed operation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operation {
+    /// Operation name without `$`.
+    pub name: String,
+    /// Where it may be invoked.
+    pub level: OperationLevel,
+    /// Resource type (type and instance level); any type when absent.
+    #[serde(default, rename = "type")]
+    pub resource_type: Option<String>,
+    /// SMART v2 letters (`cruds` subset) the token must hold on the type.
+    pub requires: String,
+}
+
+/// Where an operation is invoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationLevel {
+    System,
+    Type,
+    Instance,
 }
 
 /// The FHIR server behind the gateway.
@@ -244,6 +298,31 @@ impl Config {
         if self.listen == self.admin_listen {
             return Err(("admin_listen".into(), "must differ from listen".into()));
         }
+        for (i, op) in self.policy.operations.iter().enumerate() {
+            let key = |k: &str| format!("policy.operations[{i}].{k}");
+            let name_ok = !op.name.is_empty()
+                && op
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err((key("name"), "must be an operation name without '$'".into()));
+            }
+            if let Some(ty) = &op.resource_type {
+                if op.level == OperationLevel::System {
+                    return Err((key("type"), "is not allowed at system level".into()));
+                }
+                if !fhirgate_policy::scope::is_resource_type(ty) {
+                    return Err((key("type"), "is not an R4 resource type".into()));
+                }
+            }
+            if !matches!(Perms::parse(&op.requires), Some((_, true))) {
+                return Err((
+                    key("requires"),
+                    "must be SMART v2 letters in the order c r u d s, e.g. \"rs\"".into(),
+                ));
+            }
+        }
         if self.limits.max_token_length < 64 {
             return Err((
                 "limits.max_token_length".into(),
@@ -251,6 +330,45 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The policy options the decision takes: the operation table, how refused reads are
+    /// answered, and the base URLs absolute Bundle entry URLs may name (each issuer's
+    /// audience, which is the gateway's public FHIR base, and the upstream's own base).
+    pub fn policy_options(&self) -> PolicyOptions {
+        let rules = self
+            .policy
+            .operations
+            .iter()
+            .map(|op| OperationRule {
+                name: op.name.clone(),
+                level: match op.level {
+                    OperationLevel::System => policy::OperationLevel::System,
+                    OperationLevel::Type => policy::OperationLevel::Type,
+                    OperationLevel::Instance => policy::OperationLevel::Instance,
+                },
+                resource_type: op.resource_type.clone(),
+                requires: Perms::parse(&op.requires).map_or(Perms::ALL, |(p, _)| p),
+            })
+            .collect();
+        let mut base_urls: Vec<String> = self
+            .issuers
+            .iter()
+            .filter(|i| HttpUrl::parse(&i.audience).is_ok())
+            .map(|i| i.audience.trim_end_matches('/').to_owned())
+            .collect();
+        base_urls.push(self.upstream.url.as_str());
+        base_urls.dedup();
+        PolicyOptions {
+            operations: OperationPolicy { rules },
+            read_refusal: match self.policy.refused_reads {
+                RefusedReads::Forbidden => ReadRefusal::Forbidden,
+                RefusedReads::NotFound => ReadRefusal::NotFound,
+            },
+            base_urls,
+        }
     }
 }
 
@@ -367,6 +485,36 @@ fn default_max_token_length() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_operations_are_read_strictly() {
+        let with = |policy: &str| format!("{EMBEDDED_DEFAULT}policy:\n{policy}");
+        let text = with(
+            "  refused_reads: not-found\n  operations:\n    - name: validate\n      level: type\n      type: Observation\n      requires: c\n",
+        );
+        let config = Config::parse(&text, "f.yaml").unwrap();
+        let options = config.policy_options();
+        assert_eq!(options.read_refusal, ReadRefusal::NotFound);
+        assert_eq!(options.operations.rules[0].requires, Perms::C);
+        assert!(
+            options
+                .base_urls
+                .contains(&"http://127.0.0.1:8080/fhir".to_owned())
+        );
+        for bad in [
+            "  operations:\n    - name: validate\n      level: type\n      requires: cx\n",
+            "  operations:\n    - name: $validate\n      level: type\n      requires: c\n",
+            "  operations:\n    - name: x\n      level: system\n      type: Patient\n      requires: r\n",
+            "  operations:\n    - name: x\n      level: galaxy\n      requires: r\n",
+            "  operations:\n    - name: x\n      level: type\n      requires: r\n      extra: 1\n",
+            "  refused_reads: maybe\n",
+        ] {
+            assert!(Config::parse(&with(bad), "f.yaml").is_err(), "{bad}");
+        }
+        let default = Config::embedded_default().policy_options();
+        assert!(default.operations.rules.is_empty());
+        assert_eq!(default.read_refusal, ReadRefusal::Forbidden);
+    }
 
     #[test]
     fn embedded_default_parses() {

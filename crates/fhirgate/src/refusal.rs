@@ -41,6 +41,10 @@ pub enum Refusal {
     UpstreamUnverifiable(String),
     #[error("the resource is outside what the access token allows")]
     ResponseWithheld,
+    #[error("resource not found")]
+    ResponseHidden,
+    #[error("the conditional criteria match more resources than can be checked")]
+    TooManyMatches,
 }
 
 /// The format a client asked for, by `_format` first and `Accept` second.
@@ -65,6 +69,8 @@ impl Refusal {
                 StatusCode::from_u16(denial.reason.status()).unwrap_or(StatusCode::FORBIDDEN)
             }
             Self::ResponseWithheld => StatusCode::FORBIDDEN,
+            Self::ResponseHidden => StatusCode::NOT_FOUND,
+            Self::TooManyMatches => StatusCode::PRECONDITION_FAILED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -85,6 +91,8 @@ impl Refusal {
             Self::Classify(_) | Self::BadRequest(_) => IssueCode::Invalid,
             Self::Policy(denial) => denial.reason.issue_code(),
             Self::ResponseWithheld => IssueCode::Forbidden,
+            Self::ResponseHidden => IssueCode::NotFound,
+            Self::TooManyMatches => IssueCode::Processing,
             Self::NotFound => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
@@ -117,7 +125,8 @@ impl Refusal {
             Self::Token(TokenError::IntrospectionUnavailable { .. }) => "introspection_unavailable",
             Self::Classify(_) | Self::BadRequest(_) => "bad_request",
             Self::Policy(denial) => denial.reason.label(),
-            Self::ResponseWithheld => "response_outside_grant",
+            Self::ResponseWithheld | Self::ResponseHidden => "response_outside_grant",
+            Self::TooManyMatches => "too_many_matches",
             Self::NotFound => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -157,7 +166,12 @@ impl Refusal {
 
     /// The response sent to the client.
     pub fn into_response(self, format: OutcomeFormat) -> Response<Body> {
-        let outcome = OperationOutcome::error(self.issue_code(), self.details());
+        let mut outcome = OperationOutcome::error(self.issue_code(), self.details());
+        if let Self::Policy(denial) = &self {
+            for expression in &denial.expression {
+                outcome = outcome.with_expression(expression.clone());
+            }
+        }
         let (bytes, content_type) = match format {
             OutcomeFormat::Json => (outcome.to_json(), "application/fhir+json; charset=utf-8"),
             OutcomeFormat::Xml => (outcome.to_xml(), "application/fhir+xml; charset=utf-8"),

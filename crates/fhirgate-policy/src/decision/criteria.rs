@@ -67,6 +67,9 @@ fn bounded_search(
     cover: &Cover<'_>,
     narrow_patient: bool,
 ) -> Decision {
+    if let Err(d) = super::includes::check_includes(grant, req) {
+        return Decision::Deny(d);
+    }
     if let Some(full) = cover.full() {
         let mut ob = Obligations::rule("scope", Some(full));
         if has_includes(req) && !full_wildcard_read(grant) {
@@ -77,7 +80,7 @@ fn bounded_search(
     }
     let mut ob = Obligations::rule("scope-with-response-check", cover.first());
     if cover.only_patient() {
-        if let Err(d) = refuse_unbounded(req) {
+        if let Err(d) = refuse_unbounded(&req.params) {
             return Decision::Deny(d);
         }
         let pin = match patient_pin(grant, ty, &req.params) {
@@ -113,16 +116,18 @@ pub(super) fn other_patient_instance(grant: &Grant, ty: &str, id: Option<&str>) 
         .then(|| other_patient("patient-instance-other-patient"))
 }
 
-/// Chained parameters and `_has` cannot be bounded to the compartment.
-pub(super) fn refuse_unbounded(req: &FhirRequest) -> Result<(), Denial> {
-    for (name, _) in &req.params {
+/// Parameters that select by other resources' content (chains, `_has`, `_filter`, named
+/// `_query`) cannot be bounded to the compartment.
+pub(super) fn refuse_unbounded(params: &[(String, String)]) -> Result<(), Denial> {
+    for (name, _) in params {
         let base = name.split(':').next().unwrap_or("");
-        if base == "_has" || (name.contains('.') && !base.starts_with('_')) {
+        let reverse_or_free = matches!(base, "_has" | "_filter" | "_query");
+        if reverse_or_free || (name.contains('.') && !base.starts_with('_')) {
             return Err(denial(
                 DenyReason::UnenforceableQuery,
                 "patient-search-chain",
                 format!(
-                    "parameter '{}' (chain or _has) is not allowed under patient/ scopes",
+                    "parameter '{}' (chain, _has, _filter or _query) is not allowed under patient/ scopes",
                     short(name)
                 ),
             ));

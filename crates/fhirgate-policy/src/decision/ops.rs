@@ -8,14 +8,19 @@
 //! (narrowing, checks) are refused too, since obligations cannot be applied inside a Bundle.
 
 use super::criteria::other_patient;
-use super::{Decision, Denial, DenyReason, Obligations, cover, decide, deny};
+use super::{Decision, Denial, DenyReason, Obligations, Precheck, cover, decide_with, deny};
 use crate::grant::Grant;
+use crate::options::{OperationLevel, OperationRule, PolicyOptions};
 use crate::request::FhirRequest;
 use crate::scope::{Context, Perms, ResourceScope, TypeSel};
 use crate::verify::{Expect, ResponseCheck};
 
-/// Decides `$operation` requests.
-pub(super) fn decide_operation(grant: &Grant, req: &FhirRequest) -> Decision {
+/// Decides `$operation` requests: built-in rules first, then the operator's table.
+pub(super) fn decide_operation(
+    grant: &Grant,
+    req: &FhirRequest,
+    options: &PolicyOptions,
+) -> Decision {
     let op = req.operation.as_deref().unwrap_or("");
     match (op, req.resource_type.as_deref(), req.id.as_deref()) {
         ("everything", Some("Patient"), Some(id)) => everything(grant, id),
@@ -23,15 +28,98 @@ pub(super) fn decide_operation(grant: &Grant, req: &FhirRequest) -> Decision {
             export(grant, req)
         }
         ("export-poll-status", None, None) => poll_status(grant),
+        ("graphql", _, _) => graphql(grant),
+        _ => configured(grant, req, options, op),
+    }
+}
+
+fn not_listed(op: &str) -> Decision {
+    deny(
+        DenyReason::OperationNotPermitted,
+        "operation-not-listed",
+        format!(
+            "operation ${} is not permitted by the access policy",
+            op.chars().take(64).collect::<String>()
+        ),
+    )
+}
+
+/// `$graphql`: a GraphQL document can reach any resource, and its answer is not a Bundle the
+/// gateway can filter; only unrestricted wildcard read and search allow it.
+fn graphql(grant: &Grant) -> Decision {
+    let full = |perm| {
+        grant.scopes.resource_scopes().iter().find(|s| {
+            s.context != Context::Patient
+                && s.resource_type == TypeSel::Any
+                && !s.is_granular()
+                && s.perms.contains(perm)
+        })
+    };
+    match (full(Perms::R), full(Perms::S)) {
+        (Some(r), Some(_)) => Decision::Allow(Obligations::rule("graphql-unrestricted", Some(r))),
         _ => deny(
             DenyReason::OperationNotPermitted,
-            "operation-not-listed",
-            format!(
-                "operation ${} is not permitted by the access policy",
-                op.chars().take(64).collect::<String>()
-            ),
+            "graphql-needs-unrestricted-read",
+            "$graphql needs unrestricted user/ or system/ read and search on every type",
         ),
     }
+}
+
+/// An operation from the operator's table.
+fn configured(grant: &Grant, req: &FhirRequest, options: &PolicyOptions, op: &str) -> Decision {
+    let level = match (req.resource_type.as_deref(), req.id.as_deref()) {
+        (None, _) => OperationLevel::System,
+        (Some(_), None) => OperationLevel::Type,
+        (Some(_), Some(_)) => OperationLevel::Instance,
+    };
+    let ty = req.resource_type.as_deref();
+    let Some(rule) = options.operations.find(op, level, ty) else {
+        return not_listed(op);
+    };
+    configured_rule(grant, req, rule, ty.unwrap_or("*"))
+}
+
+fn configured_rule(grant: &Grant, req: &FhirRequest, rule: &OperationRule, ty: &str) -> Decision {
+    let letters = [Perms::C, Perms::R, Perms::U, Perms::D, Perms::S];
+    let mut all_full = true;
+    let mut first = None;
+    for perm in letters.into_iter().filter(|p| rule.requires.contains(*p)) {
+        let cover = match cover(grant, ty, perm) {
+            Ok(c) => c,
+            Err(d) => return Decision::Deny(d),
+        };
+        all_full &= cover.full().is_some();
+        first = first.or(cover.full()).or(cover.first());
+        if cover.full().is_none()
+            && cover.only_patient()
+            && ty == "Patient"
+            && req
+                .id
+                .as_deref()
+                .is_some_and(|id| Some(id) != grant.patient.as_deref())
+        {
+            return Decision::Deny(other_patient("operation-other-patient"));
+        }
+    }
+    if all_full {
+        return Decision::Allow(Obligations::rule("operation-table", first));
+    }
+    if rule.level != OperationLevel::Instance {
+        return deny(
+            DenyReason::InsufficientScope,
+            "operation-needs-unrestricted-scope",
+            "type and system level operations need unrestricted user/ or system/ scopes",
+        );
+    }
+    // Instance level under patient/ or granular scopes: the instance must be one the grant
+    // covers; the gateway fetches and checks it before forwarding.
+    let mut ob = Obligations::rule("operation-table-instance-checked", first);
+    ob.precheck = Some(Precheck::Target(Box::new(ResponseCheck::new(
+        grant,
+        rule.requires,
+        Expect::Resource,
+    ))));
+    Decision::Allow(ob)
 }
 
 fn everything(grant: &Grant, id: &str) -> Decision {
@@ -100,7 +188,9 @@ fn export(grant: &Grant, req: &FhirRequest) -> Decision {
         };
         first = first.or(Some(scope));
     }
-    Decision::Allow(Obligations::rule("export", first))
+    let mut ob = Obligations::rule("export", first);
+    ob.bind_export_to_client = true;
+    Decision::Allow(ob)
 }
 
 fn poll_status(grant: &Grant) -> Decision {
@@ -110,7 +200,11 @@ fn poll_status(grant: &Grant) -> Decision {
             && s.perms.contains(Perms::R.union(Perms::S))
     });
     match scope {
-        Some(s) => Decision::Allow(Obligations::rule("export-status", Some(s))),
+        Some(s) => {
+            let mut ob = Obligations::rule("export-status", Some(s));
+            ob.bind_export_to_client = true;
+            Decision::Allow(ob)
+        }
         None => deny(
             DenyReason::InsufficientScope,
             "export-status-not-covered",
@@ -119,11 +213,12 @@ fn poll_status(grant: &Grant) -> Decision {
     }
 }
 
-/// Batch and transaction: all entries allowed without obligations, or refused whole.
-pub(super) fn decide_bundle(grant: &Grant, req: &FhirRequest) -> Decision {
+/// Batch and transaction: every entry decided as if sent alone; allowed only when every entry
+/// is allowed without obligations, else refused whole, naming each refused entry.
+pub(super) fn decide_bundle(grant: &Grant, req: &FhirRequest, options: &PolicyOptions) -> Decision {
     let mut refused: Vec<(usize, Denial)> = Vec::new();
     for (index, entry) in req.entries.iter().enumerate() {
-        match decide(grant, entry) {
+        match decide_with(grant, entry, options) {
             Decision::Allow(ob) if ob.is_empty() => {}
             Decision::Allow(_) => refused.push((index, needs_obligations())),
             Decision::Deny(d) => refused.push((index, d)),
@@ -141,17 +236,22 @@ pub(super) fn decide_bundle(grant: &Grant, req: &FhirRequest) -> Decision {
         .map(|(i, d)| format!("Bundle.entry[{i}]: {}", d.message))
         .collect();
     let kind = req.interaction.code();
-    deny(
+    let mut denial = super::denial(
         first.reason,
         "bundle-entry-refused",
         format!("{kind} refused as a whole; {}", listed.join("; ")),
-    )
+    );
+    denial.expression = refused
+        .iter()
+        .map(|(i, _)| format!("Bundle.entry[{i}]"))
+        .collect();
+    Decision::Deny(denial)
 }
 
 fn needs_obligations() -> Denial {
-    Denial {
-        reason: DenyReason::NotSupported,
-        message: "entry needs query narrowing or response checks, which fhirgate cannot apply inside a Bundle; send it on its own".to_owned(),
-        rule: "bundle-entry-needs-obligations",
-    }
+    super::denial(
+        DenyReason::NotSupported,
+        "bundle-entry-needs-obligations",
+        "entry needs query narrowing or checks, which fhirgate cannot apply inside a Bundle; send it on its own",
+    )
 }

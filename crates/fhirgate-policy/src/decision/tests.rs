@@ -1,4 +1,5 @@
 use super::*;
+use crate::options::{OperationLevel, OperationPolicy, OperationRule, PolicyOptions, ReadRefusal};
 use crate::request::{RequestParts, classify};
 use crate::scope::ScopeSet;
 
@@ -133,10 +134,10 @@ fn user_scope_beats_patient_scope() {
     ));
     assert!(ob.is_empty());
     let ob = allow(run(
-        "user/Observation.rs",
+        "user/Observation.rs user/Practitioner.r",
         None,
         "GET",
-        "Observation?_include=Observation:performer",
+        "Observation?_include=Observation:performer:Practitioner",
         None,
     ));
     assert!(ob.response_check.is_some());
@@ -206,7 +207,8 @@ fn writes_under_patient_scopes() {
         "Observation/o1",
         Some(body),
     ));
-    assert!(ob.precheck_target && ob.response_check.is_some());
+    assert!(matches!(ob.precheck, Some(Precheck::Target(_))));
+    assert!(ob.response_check.is_none());
     let d = denial(run(
         "patient/Observation.u",
         Some("123"),
@@ -223,14 +225,14 @@ fn writes_under_patient_scopes() {
         Some(body),
     ));
     assert_eq!(d.reason, DenyReason::InsufficientScope);
-    let cond = allow(run(
+    let cond = denial(run(
         "patient/Observation.d",
         Some("123"),
         "DELETE",
         "Observation?code=x",
         None,
     ));
-    assert_eq!(cond.add_params[0].1, "Patient/123");
+    assert_eq!(cond.reason, DenyReason::UnenforceableQuery);
     let del = allow(run(
         "patient/Observation.d",
         Some("123"),
@@ -238,7 +240,7 @@ fn writes_under_patient_scopes() {
         "Observation/o1",
         None,
     ));
-    assert!(del.precheck_target);
+    assert!(matches!(del.precheck, Some(Precheck::Target(_))));
 }
 
 #[test]
@@ -296,4 +298,443 @@ fn narrowed_query_appends_encoded_pairs() {
         narrowed_query(Some("code=a|b"), &add),
         "code=a|b&subject=Patient%2F1"
     );
+}
+
+fn run_with(
+    scopes: &str,
+    patient: Option<&str>,
+    parts: RequestParts<'_>,
+    options: &PolicyOptions,
+) -> Decision {
+    let grant = Grant::new(ScopeSet::parse(scopes), patient.map(str::to_owned));
+    decide_with(
+        &grant,
+        &crate::request::classify_with(&parts, options).unwrap(),
+        options,
+    )
+}
+
+fn parts<'a>(method: &'a str, url: &'a str) -> RequestParts<'a> {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    RequestParts {
+        method,
+        path,
+        query,
+        ..RequestParts::default()
+    }
+}
+
+// Class of B21/B22: includes of types the grant cannot read.
+#[test]
+fn includes_need_read_on_every_type_they_can_return() {
+    let p = Some("123");
+    for url in [
+        "Observation?patient=123&_include=Observation:subject",
+        "Observation?patient=123&_include=Observation:performer",
+        "Observation?patient=123&_include=*",
+        "Observation?patient=123&_include:iterate=Observation:has-member",
+        "Observation?patient=123&_include=Observation",
+        "Patient?_id=123&_revinclude=*",
+        "Patient?_id=123&_revinclude=Provenance:target",
+        "Patient?_id=123&_revinclude:iterate=Condition:subject",
+    ] {
+        let d = denial(run(
+            "patient/Observation.rs patient/Patient.rs",
+            p,
+            "GET",
+            url,
+            None,
+        ));
+        assert_eq!(d.reason.status(), 403, "{url}");
+    }
+    for url in [
+        "Observation?patient=123&_include=Observation:subject:Patient",
+        "Patient?_id=123&_revinclude=Observation:subject",
+        "Observation?patient=123&_include:iterate=Observation:subject:Patient",
+    ] {
+        let ob = allow(run(
+            "patient/Observation.rs patient/Patient.rs",
+            p,
+            "GET",
+            url,
+            None,
+        ));
+        assert!(ob.response_check.is_some(), "{url}");
+    }
+    let ob = allow(run(
+        "patient/*.rs",
+        p,
+        "GET",
+        "Patient?_id=123&_revinclude=*",
+        None,
+    ));
+    assert!(ob.response_check.is_some());
+    let d = denial(run(
+        "user/Observation.rs",
+        None,
+        "GET",
+        "?_type=Observation&_include=*",
+        None,
+    ));
+    assert_eq!(d.rule, "include-type-not-granted");
+}
+
+// Class of B29: history that cannot be bounded to the patient.
+#[test]
+fn type_and_system_history_need_more_than_patient_scopes() {
+    for url in [
+        "_history",
+        "Observation/_history",
+        "_history?_type=Observation",
+    ] {
+        let d = denial(run("patient/*.rs", Some("123"), "GET", url, None));
+        assert_eq!(d.reason, DenyReason::UnenforceableQuery, "{url}");
+    }
+    assert!(allow(run("user/*.rs", None, "GET", "_history", None)).is_empty());
+    let ob = allow(run(
+        "user/Observation.rs?status=final",
+        None,
+        "GET",
+        "Observation/_history",
+        None,
+    ));
+    assert!(ob.response_check.is_some());
+    let ob = allow(run(
+        "patient/Observation.rs",
+        Some("123"),
+        "GET",
+        "Observation/o1/_history",
+        None,
+    ));
+    assert_eq!(ob.response_check.unwrap().expect, Expect::Bundle);
+}
+
+// Class of B36/B38: conditional writes under patient/ scopes.
+#[test]
+fn conditional_writes_must_name_the_patient_and_check_matches() {
+    let p = Some("123");
+    let body = r#"{"resourceType":"Observation","subject":{"reference":"Patient/123"}}"#;
+    let patch = r#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"replace"},{"name":"path","valueString":"Observation.status"}]}]}"#;
+    for (method, url, body) in [
+        ("DELETE", "Observation?code=x", None),
+        ("DELETE", "Observation?_id=o9", None),
+        ("PUT", "Observation?identifier=s|1", Some(body)),
+        ("PATCH", "Observation?identifier=s|1", Some(patch)),
+    ] {
+        let d = denial(run("patient/Observation.cruds", p, method, url, body));
+        assert_eq!(d.reason.status(), 403, "{method} {url}");
+    }
+    assert_eq!(
+        denial(run(
+            "patient/Observation.cruds",
+            p,
+            "DELETE",
+            "Observation?patient=456",
+            None
+        ))
+        .reason,
+        DenyReason::OtherPatient
+    );
+    for (method, url, body) in [
+        ("DELETE", "Observation?patient=123&code=x", None),
+        (
+            "PUT",
+            "Observation?subject=Patient/123&identifier=s|1",
+            Some(body),
+        ),
+    ] {
+        let ob = allow(run("patient/Observation.cruds", p, method, url, body));
+        assert!(matches!(ob.precheck, Some(Precheck::Matches(_))), "{url}");
+        assert!(ob.response_check.is_none());
+    }
+    let ob = allow(run(
+        "user/Observation.cruds?category=lab",
+        None,
+        "DELETE",
+        "Observation?code=x",
+        None,
+    ));
+    assert_eq!(
+        ob.add_params,
+        vec![("category".to_owned(), "lab".to_owned())]
+    );
+    assert!(
+        allow(run(
+            "user/Observation.d",
+            None,
+            "DELETE",
+            "Observation?code=x",
+            None
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
+fn conditional_create_narrows_its_existence_test() {
+    let body = r#"{"resourceType":"Observation","subject":{"reference":"Patient/123"}}"#;
+    let create = |criteria| RequestParts {
+        content_type: Some("application/fhir+json"),
+        body: Some(body.as_bytes()),
+        if_none_exist: Some(criteria),
+        ..parts("POST", "Observation")
+    };
+    let options = PolicyOptions::default();
+    let ob = allow(run_with(
+        "patient/Observation.c",
+        Some("123"),
+        create("identifier=s|1"),
+        &options,
+    ));
+    assert_eq!(
+        ob.add_if_none_exist,
+        vec![("subject".to_owned(), "Patient/123".to_owned())]
+    );
+    let d = denial(run_with(
+        "patient/Observation.c",
+        Some("123"),
+        create("patient=456"),
+        &options,
+    ));
+    assert_eq!(d.reason, DenyReason::OtherPatient);
+    let d = denial(run_with(
+        "patient/Observation.c",
+        Some("123"),
+        create("subject.name=x"),
+        &options,
+    ));
+    assert_eq!(d.reason, DenyReason::UnenforceableQuery);
+}
+
+#[test]
+fn patches_may_not_touch_what_binds_the_resource() {
+    let patch = |ct: &'static str, body: &'static str| RequestParts {
+        content_type: Some(ct),
+        body: Some(body.as_bytes()),
+        ..parts("PATCH", "Observation/o1")
+    };
+    let options = PolicyOptions::default();
+    let json = "application/json-patch+json";
+    let moves = r#"[{"op":"replace","path":"/subject/reference","value":"Patient/456"}]"#;
+    let value = r#"[{"op":"replace","path":"/valueQuantity/value","value":2}]"#;
+    let d = denial(run_with(
+        "patient/Observation.u",
+        Some("123"),
+        patch(json, moves),
+        &options,
+    ));
+    assert_eq!(d.rule, "patch-touches-binding");
+    let ob = allow(run_with(
+        "patient/Observation.u",
+        Some("123"),
+        patch(json, value),
+        &options,
+    ));
+    assert!(matches!(ob.precheck, Some(Precheck::Target(_))));
+    let fhirpath = r#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"replace"},{"name":"path","valueString":"Observation.performer"}]}]}"#;
+    let d = denial(run_with(
+        "patient/Observation.u",
+        Some("123"),
+        patch("application/fhir+json", fhirpath),
+        &options,
+    ));
+    assert_eq!(d.rule, "patch-touches-binding");
+    let granular = r#"[{"op":"replace","path":"/status","value":"amended"}]"#;
+    let d = denial(run_with(
+        "user/Observation.u?status=final",
+        None,
+        patch(json, granular),
+        &options,
+    ));
+    assert_eq!(d.rule, "patch-touches-binding");
+    let xml = patch("application/xml-patch+xml", "<diff/>");
+    assert_eq!(
+        denial(run_with(
+            "patient/Observation.u",
+            Some("123"),
+            xml,
+            &options
+        ))
+        .reason,
+        DenyReason::BodyNotCheckable
+    );
+    assert!(
+        allow(run_with(
+            "user/Observation.u",
+            None,
+            patch(json, moves),
+            &options
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
+fn free_text_filters_are_refused_under_patient_scopes() {
+    for q in [
+        "_filter=subject.name%20eq%20x",
+        "_query=everyone",
+        "subject:Patient.name=x",
+    ] {
+        let d = denial(run(
+            "patient/*.rs",
+            Some("123"),
+            "GET",
+            &format!("Observation?{q}"),
+            None,
+        ));
+        assert_eq!(d.reason, DenyReason::UnenforceableQuery, "{q}");
+    }
+}
+
+#[test]
+fn graphql_export_and_the_operation_table() {
+    let options = PolicyOptions {
+        operations: OperationPolicy {
+            rules: vec![OperationRule {
+                name: "validate".to_owned(),
+                level: OperationLevel::Type,
+                resource_type: Some("Observation".to_owned()),
+                requires: Perms::C,
+            }],
+        },
+        ..PolicyOptions::default()
+    };
+    let d = denial(run("patient/*.rs", Some("123"), "POST", "$graphql", None));
+    assert_eq!(d.reason, DenyReason::OperationNotPermitted);
+    assert!(
+        allow(run(
+            "user/*.rs",
+            None,
+            "GET",
+            "Patient/1/$graphql?query=x",
+            None
+        ))
+        .is_empty()
+    );
+    let ob = allow(run("system/*.rs", None, "GET", "$export", None));
+    assert!(ob.bind_export_to_client);
+    let d = denial(run(
+        "system/Observation.rs",
+        None,
+        "GET",
+        "$export?_type=Observation,Condition",
+        None,
+    ));
+    assert_eq!(d.reason, DenyReason::InsufficientScope);
+    let validate = parts("POST", "Observation/$validate");
+    assert!(allow(run_with("user/Observation.c", None, validate, &options)).is_empty());
+    let d = denial(run_with(
+        "patient/Observation.c",
+        Some("1"),
+        validate,
+        &options,
+    ));
+    assert_eq!(d.rule, "operation-needs-unrestricted-scope");
+    let d = denial(run_with(
+        "user/*.*",
+        None,
+        parts("POST", "Condition/$validate"),
+        &options,
+    ));
+    assert_eq!(d.reason, DenyReason::OperationNotPermitted);
+    let d = denial(run_with("user/Patient.r", None, validate, &options));
+    assert_eq!(d.reason, DenyReason::InsufficientScope);
+}
+
+#[test]
+fn refused_reads_can_answer_not_found() {
+    let options = PolicyOptions {
+        read_refusal: ReadRefusal::NotFound,
+        ..PolicyOptions::default()
+    };
+    let d = denial(run_with(
+        "patient/*.rs",
+        Some("123"),
+        parts("GET", "Patient/456"),
+        &options,
+    ));
+    assert_eq!(
+        (d.reason.status(), d.reason.issue_code()),
+        (404, IssueCode::NotFound)
+    );
+    let ob = allow(run_with(
+        "patient/*.rs",
+        Some("123"),
+        parts("GET", "Observation/o1"),
+        &options,
+    ));
+    assert!(ob.withheld_as_not_found);
+    let d = denial(run_with(
+        "patient/*.rs",
+        Some("123"),
+        parts("DELETE", "Patient/456"),
+        &options,
+    ));
+    assert_eq!(d.reason.status(), 403);
+}
+
+#[test]
+fn bundle_refusals_name_entries_and_absolute_urls_must_match_the_base() {
+    let options = PolicyOptions {
+        base_urls: vec!["https://gw.test/fhir".to_owned()],
+        ..PolicyOptions::default()
+    };
+    let bundle = |url: &str| {
+        format!(
+            r#"{{"resourceType":"Bundle","type":"transaction","entry":[{{"request":{{"method":"GET","url":"Patient/123"}}}},{{"request":{{"method":"GET","url":"{url}"}}}}]}}"#
+        )
+    };
+    let run_bundle = |url: &str| {
+        let body = bundle(url);
+        let req = crate::request::classify_with(
+            &RequestParts {
+                content_type: Some("application/fhir+json"),
+                body: Some(body.as_bytes()),
+                ..parts("POST", "")
+            },
+            &options,
+        );
+        req.map(|r| {
+            decide_with(
+                &Grant::new(ScopeSet::parse("patient/*.rs"), Some("123".to_owned())),
+                &r,
+                &options,
+            )
+        })
+    };
+    let d = denial(run_bundle("https://gw.test/fhir/Patient/456").unwrap());
+    assert_eq!(d.expression, vec!["Bundle.entry[1]".to_owned()]);
+    assert_eq!(d.reason, DenyReason::OtherPatient);
+    assert!(allow(run_bundle("https://gw.test/fhir/Patient/123").unwrap()).is_empty());
+    for foreign in [
+        "https://evil.test/fhir/Patient/123",
+        "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e0",
+    ] {
+        assert!(run_bundle(foreign).is_err(), "{foreign}");
+    }
+}
+
+#[test]
+fn page_continuations_are_checked() {
+    let ob = allow(run(
+        "patient/Observation.rs",
+        Some("123"),
+        "GET",
+        "?_getpages=abc&_getpagesoffset=10",
+        None,
+    ));
+    assert!(ob.response_check.is_some());
+    assert!(allow(run("user/*.rs", None, "GET", "?_getpages=abc", None)).is_empty());
+    let d = denial(run(
+        "patient/Observation.c",
+        Some("123"),
+        "GET",
+        "?_getpages=abc",
+        None,
+    ));
+    assert_eq!(d.reason, DenyReason::InsufficientScope);
 }

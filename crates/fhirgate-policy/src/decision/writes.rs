@@ -1,69 +1,107 @@
 //! Create, update, patch and delete decisions.
 //!
-//! Under `patient/` (or granular) coverage the submitted resource must be covered itself: same
-//! type as the URL, same id for updates, in the patient's compartment (compartment types) and
-//! matching the scope's granular parameters. Instance updates, patches and deletes also oblige
-//! the proxy to fetch and check the current target first. Conditional writes are narrowed like
-//! searches. Patch documents are not interpreted: a patch that moves a resource out of the
-//! compartment is caught only if the proxy checks the returned representation.
+//! Under `patient/` (or granular) coverage:
+//! - the submitted resource must be covered itself: same type as the URL, same id for updates,
+//!   in the patient's compartment (compartment types) and matching the scope's granular
+//!   parameters;
+//! - instance updates, patches and deletes oblige the proxy to fetch and check the current
+//!   target first ([`Precheck::Target`]);
+//! - conditional update, patch and delete must name the context patient in their criteria
+//!   themselves (their effect happens before any response could be checked, so fhirgate does
+//!   not rewrite what they select); granular parameters are ANDed in, and the proxy searches
+//!   the criteria first and checks every match ([`Precheck::Matches`]);
+//! - conditional create narrows its `If-None-Exist` criteria the same way, so the existence
+//!   test cannot probe another patient's data;
+//! - a patch may not touch what binds the resource to the patient (its compartment-linking
+//!   elements) or to a granular scope (the scope's parameter elements), nor `id`, `meta` or
+//!   the whole resource; patch formats fhirgate cannot read are refused.
 
 use serde_json::Value;
 
 use super::criteria::{
     Pin, narrowing_param, other_patient, other_patient_instance, patient_pin, refuse_unbounded,
 };
-use super::{Cover, Decision, Denial, DenyReason, Obligations, cover, denial};
-use crate::compartment::in_patient_compartment;
-use crate::compartment::is_compartment_type;
+use super::{Cover, Decision, Denial, DenyReason, Obligations, Precheck, cover, denial};
+use crate::compartment::{in_patient_compartment, is_compartment_type};
+use crate::data::{TABLES, granular_paths};
 use crate::grant::Grant;
 use crate::granular::matches_all;
-use crate::request::{FhirRequest, Interaction};
+use crate::request::{FhirRequest, Interaction, Patch};
 use crate::scope::{Context, Perms};
 use crate::verify::{Expect, ResponseCheck};
 
 /// Decides create, update, patch and delete.
 pub(super) fn decide_write(grant: &Grant, req: &FhirRequest) -> Decision {
+    match write(grant, req) {
+        Ok(ob) => Decision::Allow(ob),
+        Err(d) => Decision::Deny(d),
+    }
+}
+
+fn write(grant: &Grant, req: &FhirRequest) -> Result<Obligations, Denial> {
     let ty = req.resource_type.as_deref().unwrap_or("*");
     let perm = match req.interaction {
         Interaction::Create => Perms::C,
         Interaction::Update | Interaction::Patch => Perms::U,
         _ => Perms::D,
     };
-    let cover = match cover(grant, ty, perm) {
-        Ok(c) => c,
-        Err(d) => return Decision::Deny(d),
-    };
+    let cover = cover(grant, ty, perm)?;
     if let Some(full) = cover.full() {
-        return Decision::Allow(Obligations::rule("scope", Some(full)));
+        return Ok(Obligations::rule("scope", Some(full)));
     }
-    let only_patient = cover.only_patient();
-    if let Some(d) = req
-        .id
-        .as_deref()
-        .filter(|_| only_patient)
-        .and_then(|id| other_patient_instance(grant, ty, Some(id)))
+    if cover.only_patient()
+        && let Some(d) = req
+            .id
+            .as_deref()
+            .and_then(|id| other_patient_instance(grant, ty, Some(id)))
     {
-        return Decision::Deny(d);
+        return Err(d);
     }
     let mut ob = Obligations::rule("write-checked", cover.first());
-    let has_body = matches!(req.interaction, Interaction::Create | Interaction::Update);
-    let body_check = if has_body {
-        check_body(grant, req, ty, &cover)
-    } else {
-        Ok(())
-    };
-    if let Err(d) = body_check {
-        return Decision::Deny(d);
+    if matches!(req.interaction, Interaction::Create | Interaction::Update) {
+        check_body(grant, req, ty, &cover)?;
     }
-    if req.conditional && req.interaction != Interaction::Create {
-        if let Err(d) = narrow_conditional(grant, req, ty, &cover, &mut ob) {
-            return Decision::Deny(d);
+    if req.interaction == Interaction::Patch {
+        check_patch(req, ty, &cover)?;
+    }
+    match (req.interaction, req.conditional) {
+        (Interaction::Create, true) => {
+            ob.add_if_none_exist = narrowing(grant, &req.if_none_exist, ty, &cover)?;
+            ob.rule = "conditional-create-narrowed";
         }
-    } else if req.interaction != Interaction::Create {
-        ob.precheck_target = true;
-        ob.response_check = Some(ResponseCheck::new(grant, perm, Expect::Resource));
+        (Interaction::Create, false) => {}
+        (_, true) => {
+            if cover.only_patient()
+                && is_compartment_type(ty)
+                && patient_pin(grant, ty, &req.params)? == Pin::None
+            {
+                return Err(denial(
+                    DenyReason::UnenforceableQuery,
+                    "conditional-write-unpinned",
+                    format!(
+                        "a conditional write under patient/ scopes must name the launch patient in its criteria (e.g. {}=Patient/{})",
+                        narrowing_param(ty, "").0,
+                        grant.patient.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            ob.add_params = narrowing(grant, &req.params, ty, &cover)?;
+            ob.precheck = Some(Precheck::Matches(Box::new(ResponseCheck::new(
+                grant,
+                perm,
+                Expect::Bundle,
+            ))));
+            ob.rule = "conditional-write-narrowed";
+        }
+        (_, false) => {
+            ob.precheck = Some(Precheck::Target(Box::new(ResponseCheck::new(
+                grant,
+                perm,
+                Expect::Resource,
+            ))));
+        }
     }
-    Decision::Allow(ob)
+    Ok(ob)
 }
 
 /// The submitted resource must itself be covered.
@@ -110,29 +148,79 @@ fn check_body(grant: &Grant, req: &FhirRequest, ty: &str, cover: &Cover<'_>) -> 
     }
 }
 
-/// Conditional update/patch/delete: bound the criteria like a search.
-fn narrow_conditional(
-    grant: &Grant,
-    req: &FhirRequest,
-    ty: &str,
-    cover: &Cover<'_>,
-    ob: &mut Obligations,
-) -> Result<(), Denial> {
-    if cover.only_patient() {
-        refuse_unbounded(req)?;
-        if patient_pin(grant, ty, &req.params)? == Pin::None && is_compartment_type(ty) {
-            ob.add_params
-                .push(narrowing_param(ty, grant.patient.as_deref().unwrap_or("")));
+/// Element names a patch may not touch under the covering scopes.
+fn protected_elements(ty: &str, cover: &Cover<'_>) -> Vec<String> {
+    let mut names = vec!["id".to_owned(), "resourceType".to_owned()];
+    let top = |path: &str| path.split('.').nth(1).map(str::to_owned);
+    if cover.scopes.iter().any(|s| s.context == Context::Patient) {
+        if let Some(params) = TABLES.paths.get(ty) {
+            names.extend(
+                params
+                    .iter()
+                    .flat_map(|p| &p.element_paths)
+                    .filter_map(|p| top(p)),
+            );
+        }
+        if ty == "Patient" {
+            names.push("link".to_owned());
         }
     }
-    ob.add_params.extend(cover.granular_params());
-    if ob.add_params.is_empty() && !cover.only_patient() {
+    for scope in cover.scopes.iter().filter(|s| s.is_granular()) {
+        for (name, _) in &scope.params {
+            match TABLES.granular.get(ty).and_then(|m| m.get(name)) {
+                Some(p) => {
+                    names.extend(granular_paths(&p.expression).iter().filter_map(|p| top(p)))
+                }
+                None => names.push("meta".to_owned()),
+            }
+        }
+    }
+    names
+}
+
+/// A patch must leave what binds the resource to the grant untouched.
+fn check_patch(req: &FhirRequest, ty: &str, cover: &Cover<'_>) -> Result<(), Denial> {
+    let Some(patch) = req.patch.as_ref().filter(|p| **p != Patch::Opaque) else {
         return Err(denial(
-            DenyReason::NotSupported,
-            "conditional-write-unbounded",
-            "conditional writes under several granular scopes cannot be bounded",
+            DenyReason::BodyNotCheckable,
+            "patch-not-readable",
+            "only JSON Patch and FHIRPath Patch can be checked against patient/ or granular scopes",
+        ));
+    };
+    let protected = protected_elements(ty, cover);
+    let refs: Vec<&str> = protected.iter().map(String::as_str).collect();
+    if patch.touches(&refs) {
+        return Err(denial(
+            DenyReason::InsufficientScope,
+            "patch-touches-binding",
+            "the patch changes elements that bind the resource to the patient or to a granular scope",
         ));
     }
-    ob.rule = "conditional-write-narrowed";
     Ok(())
+}
+
+/// Parameters to AND into conditional criteria so they only match what the grant covers.
+fn narrowing(
+    grant: &Grant,
+    criteria: &[(String, String)],
+    ty: &str,
+    cover: &Cover<'_>,
+) -> Result<Vec<(String, String)>, Denial> {
+    let mut add = Vec::new();
+    if cover.only_patient() {
+        refuse_unbounded(criteria)?;
+        if patient_pin(grant, ty, criteria)? == Pin::None && is_compartment_type(ty) {
+            add.push(narrowing_param(ty, grant.patient.as_deref().unwrap_or("")));
+        }
+    }
+    let granular = cover.granular_params();
+    if granular.is_empty() && cover.scopes.iter().all(|s| s.is_granular()) {
+        return Err(denial(
+            DenyReason::UnenforceableQuery,
+            "conditional-write-unbounded",
+            "the criteria of a conditional write cannot be bounded by these granular scopes",
+        ));
+    }
+    add.extend(granular);
+    Ok(add)
 }

@@ -17,6 +17,8 @@ use std::sync::Arc;
 pub use self::forward::Upstream;
 pub use self::server::serve;
 
+use fhirgate_policy::options::PolicyOptions;
+
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::token::TokenValidator;
@@ -28,12 +30,16 @@ pub struct Gateway {
     pub tokens: TokenValidator,
     pub upstream: Upstream,
     pub audit: AuditLog,
+    /// Policy options from the configuration, computed once.
+    pub policy: PolicyOptions,
 }
 
 impl Gateway {
     pub fn new(config: Config, tokens: TokenValidator, audit: AuditLog) -> Arc<Self> {
         let upstream = Upstream::new(&config.upstream);
+        let policy = config.policy_options();
         Arc::new(Self {
+            policy,
             config,
             tokens,
             upstream,

@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fhirgate_policy::decision::{self, Decision, Obligations};
+use fhirgate_policy::decision::{self, Decision, Precheck};
 use fhirgate_policy::grant::Grant;
 use fhirgate_policy::request::{self, FhirRequest, Interaction, RequestParts};
 use fhirgate_policy::scope::ScopeSet;
-use fhirgate_policy::verify::{Expect, ResponseCheck};
+use fhirgate_policy::verify::{self as policy_verify, ResponseCheck, VerifyError};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
@@ -160,38 +160,29 @@ async fn run(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let fhir_request = request::classify(&RequestParts {
-        method: parts.method.as_str(),
-        path: relative,
-        query: parts.uri.query(),
-        content_type,
-        body: (!body.is_empty()).then_some(&body[..]),
-        if_none_exist: parts
-            .headers
-            .get("if-none-exist")
-            .and_then(|v| v.to_str().ok()),
-    })?;
+    let fhir_request = request::classify_with(
+        &RequestParts {
+            method: parts.method.as_str(),
+            path: relative,
+            query: parts.uri.query(),
+            content_type,
+            body: (!body.is_empty()).then_some(&body[..]),
+            if_none_exist: parts
+                .headers
+                .get("if-none-exist")
+                .and_then(|v| v.to_str().ok()),
+        },
+        &gateway.policy,
+    )?;
     facts.interaction = Some(fhir_request.interaction);
     facts.resource_type = fhir_request.resource_type.clone();
     facts.resource_id = fhir_request.id.clone();
 
-    let obligations = match decision::decide(&grant, &fhir_request) {
+    let obligations = match decision::decide_with(&grant, &fhir_request, &gateway.policy) {
         Decision::Deny(denial) => return Err(Refusal::Policy(denial)),
         Decision::Allow(obligations) => obligations,
     };
     facts.rule = Some(obligations.rule.to_owned());
-
-    if obligations.precheck_target {
-        precheck_target(
-            gateway,
-            &fhir_request,
-            &obligations,
-            &parts.headers,
-            peer,
-            request_id,
-        )
-        .await?;
-    }
 
     let narrowed;
     let query = if obligations.add_params.is_empty() {
@@ -200,12 +191,39 @@ async fn run(
         narrowed = decision::narrowed_query(parts.uri.query(), &obligations.add_params);
         Some(narrowed.as_str())
     };
+
+    match &obligations.precheck {
+        Some(Precheck::Target(check)) => {
+            precheck_target(
+                gateway,
+                &fhir_request,
+                check,
+                &parts.headers,
+                peer,
+                request_id,
+            )
+            .await?;
+        }
+        Some(Precheck::Matches(check)) => {
+            let target = Target {
+                path: relative,
+                query,
+            };
+            precheck_matches(gateway, target, check, &parts.headers, peer, request_id).await?;
+        }
+        None => {}
+    }
+
     let checked = obligations.response_check.is_some();
+    let mut headers = upstream_headers(&parts.headers, peer, request_id, checked);
+    if !obligations.add_if_none_exist.is_empty() {
+        narrow_if_none_exist(&mut headers, &obligations.add_if_none_exist)?;
+    }
     let outbound = Outbound {
         method: &parts.method,
         path: relative,
         query,
-        headers: upstream_headers(&parts.headers, peer, request_id, checked),
+        headers,
         body,
     };
     let response = gateway.upstream.send(outbound).await?;
@@ -223,7 +241,10 @@ async fn run(
         .upstream
         .read_body(incoming, gateway.config.limits.max_checked_response)
         .await?;
-    let checked = check_body(check, bytes)?;
+    let checked = check_body(check, bytes).map_err(|refusal| match refusal {
+        Refusal::ResponseWithheld if obligations.withheld_as_not_found => Refusal::ResponseHidden,
+        other => other,
+    })?;
     if checked.withheld > 0 {
         facts.withheld = Some(checked.withheld);
     }
@@ -260,41 +281,54 @@ async fn read_request_body(
     }
 }
 
-/// Before an update, patch or delete under `patient/` scopes: the current resource must be one
-/// the token may touch. A target that does not exist yet passes (the body was checked).
-async fn precheck_target(
+/// A conditional create's `If-None-Exist` criteria, with the decision's parameters ANDed in.
+fn narrow_if_none_exist(
+    headers: &mut http::HeaderMap,
+    add: &[(String, String)],
+) -> Result<(), Refusal> {
+    let original = headers
+        .get("if-none-exist")
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| Refusal::BadRequest("If-None-Exist is not valid text".into()))?;
+    let narrowed = decision::narrowed_query(original.as_deref(), add);
+    let value = http::HeaderValue::from_str(&narrowed)
+        .map_err(|_| Refusal::BadRequest("If-None-Exist cannot be narrowed".into()))?;
+    headers.insert(http::HeaderName::from_static("if-none-exist"), value);
+    Ok(())
+}
+
+/// Where a pre-check search goes: the write's path and its (narrowed) criteria.
+struct Target<'a> {
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+/// A GET the gateway makes on its own behalf before a write, without the write's body headers.
+async fn fetch_for_check(
     gateway: &Gateway,
-    fhir_request: &FhirRequest,
-    obligations: &Obligations,
+    target: Target<'_>,
     client_headers: &http::HeaderMap,
     peer: SocketAddr,
     request_id: &str,
-) -> Result<(), Refusal> {
-    let (Some(resource_type), Some(id)) = (&fhir_request.resource_type, &fhir_request.id) else {
-        return Err(Refusal::BadRequest(
-            "the target of this write cannot be checked".into(),
-        ));
-    };
-    let Some(check) = obligations.response_check.as_ref() else {
-        return Ok(());
-    };
-    let path = format!("{resource_type}/{id}");
+) -> Result<Option<Bytes>, Refusal> {
     let mut headers = upstream_headers(client_headers, peer, request_id, true);
     headers.remove(header::CONTENT_TYPE);
     headers.remove(header::IF_MATCH);
+    headers.remove("if-none-exist");
     let outbound = Outbound {
         method: &Method::GET,
-        path: &path,
-        query: None,
+        path: target.path,
+        query: target.query,
         headers,
         body: Bytes::new(),
     };
     let response = gateway.upstream.send(outbound).await?;
     match response.status() {
-        StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(()),
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(None),
         status if !status.is_success() => {
             return Err(Refusal::UpstreamUnverifiable(format!(
-                "target fetch answered {status}"
+                "pre-check fetch answered {status}"
             )));
         }
         _ => {}
@@ -306,11 +340,57 @@ async fn precheck_target(
             gateway.config.limits.max_checked_response,
         )
         .await?;
-    let target_check = ResponseCheck {
-        expect: Expect::Resource,
-        ..check.clone()
+    Ok(Some(bytes))
+}
+
+/// Before an update, patch or delete under `patient/` or granular scopes: the current resource
+/// must be one the token may touch. A target that does not exist yet passes (the body was
+/// checked).
+async fn precheck_target(
+    gateway: &Gateway,
+    fhir_request: &FhirRequest,
+    check: &ResponseCheck,
+    client_headers: &http::HeaderMap,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Result<(), Refusal> {
+    let (Some(resource_type), Some(id)) = (&fhir_request.resource_type, &fhir_request.id) else {
+        return Err(Refusal::BadRequest(
+            "the target of this write cannot be checked".into(),
+        ));
     };
-    check_body(&target_check, bytes).map(|_| ())
+    let path = format!("{resource_type}/{id}");
+    let target = Target {
+        path: &path,
+        query: None,
+    };
+    match fetch_for_check(gateway, target, client_headers, peer, request_id).await? {
+        None => Ok(()),
+        Some(bytes) => check_body(check, bytes).map(|_| ()),
+    }
+}
+
+/// Before a conditional update, patch or delete: search its narrowed criteria and check every
+/// match, so a server that ignored the narrowing cannot be made to write another patient's
+/// data. More matches than one page are refused.
+async fn precheck_matches(
+    gateway: &Gateway,
+    target: Target<'_>,
+    check: &ResponseCheck,
+    client_headers: &http::HeaderMap,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Result<(), Refusal> {
+    let Some(bytes) = fetch_for_check(gateway, target, client_headers, peer, request_id).await?
+    else {
+        return Ok(());
+    };
+    match policy_verify::check_matches(check, &bytes) {
+        Ok(_) => Ok(()),
+        Err(VerifyError::NotCovered { .. }) => Err(Refusal::ResponseWithheld),
+        Err(VerifyError::TooManyMatches) => Err(Refusal::TooManyMatches),
+        Err(error) => Err(Refusal::UpstreamUnverifiable(error.to_string())),
+    }
 }
 
 /// An upstream response on its way to the client, streamed.
