@@ -1,0 +1,335 @@
+//! The attack and regression cases of `attack-cases.json` (FHIR interaction, path and method
+//! override kinds) sent through a running gateway to an upstream that records what reaches it.
+//!
+//! Every expectation of a case is asserted: status (or the accepted alternatives), content
+//! type, the OperationOutcome's first issue code, the `WWW-Authenticate` content, whether the
+//! upstream was reached, what the body must not contain, the audit decision, and the case's
+//! invariants. Failures are collected so one run reports every case that does not hold.
+
+mod support;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use support::*;
+
+const CASES: &str = include_str!("../../fhirgate-policy/tests/data/attack-cases.json");
+
+/// Case kinds this suite runs; token, discovery, rate-limit and raw-HTTP kinds have suites of
+/// their own.
+fn selected(kind: &str) -> bool {
+    kind.starts_with("fhir.") || kind.starts_with("path.") || kind == "http.method_override"
+}
+
+const PATIENT_A: &str = r#"{"resourceType":"Patient","id":"pat-A","name":[{"family":"Alpha"}]}"#;
+const PATIENT_B: &str = r#"{"resourceType":"Patient","id":"pat-B","name":[{"family":"Bravo"}]}"#;
+const OBS_A1: &str = r#"{"resourceType":"Observation","id":"obs-A1","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"subject":{"reference":"Patient/pat-A"},"valueQuantity":{"value":72}}"#;
+const OBS_B1: &str = r#"{"resourceType":"Observation","id":"obs-B1","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"subject":{"reference":"Patient/pat-B"},"valueQuantity":{"value":91}}"#;
+
+/// The upstream's data: two patients and one Observation each, plus the searches over them.
+fn upstream_routes(fhir: &FakeFhir) {
+    for (path, body) in [
+        ("Patient/pat-A", PATIENT_A),
+        ("Patient/pat-B", PATIENT_B),
+        ("Observation/obs-A1", OBS_A1),
+        ("Observation/obs-B1", OBS_B1),
+        ("Patient/pat-A/_history/1", PATIENT_A),
+        ("Patient/pat-B/_history/1", PATIENT_B),
+    ] {
+        fhir.route("GET", path, 200, body);
+    }
+    let searchset = |entries: &[&str]| {
+        let entries: Vec<String> = entries
+            .iter()
+            .map(|r| format!(r#"{{"resource":{r},"search":{{"mode":"match"}}}}"#))
+            .collect();
+        format!(
+            r#"{{"resourceType":"Bundle","type":"searchset","entry":[{}]}}"#,
+            entries.join(",")
+        )
+    };
+    fhir.route("GET", "Observation", 200, &searchset(&[OBS_A1, OBS_B1]));
+    fhir.route("GET", "Patient", 200, &searchset(&[PATIENT_A, PATIENT_B]));
+    fhir.route(
+        "GET",
+        "Patient/pat-B/Observation",
+        200,
+        &searchset(&[OBS_B1]),
+    );
+    fhir.route("GET", "_history", 200, &searchset(&[OBS_A1, OBS_B1]));
+}
+
+/// Replaces `now`, `now+N` and `now-N` with epoch seconds and the conventions' issuer with the
+/// test identity provider's.
+fn claims_for(case_claims: &Map<String, Value>, conventions_issuer: &str, issuer: &str) -> Value {
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    let mut out = Map::new();
+    for (name, value) in case_claims {
+        let value = match value.as_str() {
+            Some("now") => Value::from(now),
+            Some(text) if text.starts_with("now+") => {
+                Value::from(now + text[4..].parse::<i64>().unwrap())
+            }
+            Some(text) if text.starts_with("now-") => {
+                Value::from(now - text[4..].parse::<i64>().unwrap())
+            }
+            Some(text) if name == "iss" && text == conventions_issuer => Value::from(issuer),
+            _ => value.clone(),
+        };
+        out.insert(name.clone(), value);
+    }
+    Value::Object(out)
+}
+
+/// The request target as a client would send it: `|` percent-encoded, all else verbatim.
+fn target_of(path: &str) -> String {
+    path.replace('|', "%7C")
+}
+
+/// The issue code that goes with an accepted status other than the preferred one.
+fn code_for_status(status: u16) -> &'static str {
+    match status {
+        400 => "invalid",
+        401 => "unknown",
+        403 => "forbidden",
+        404 => "not-found",
+        405 | 415 => "not-supported",
+        _ => "exception",
+    }
+}
+
+struct Outcome {
+    request_id: String,
+    expected_decision: Option<String>,
+}
+
+/// Sends one case and checks everything but the audit trail; returns what the audit must show.
+async fn run_case(
+    case: &Value,
+    conventions: &Value,
+    idp: &FakeIdp,
+    fhir: &FakeFhir,
+    gateway: &TestGateway,
+    failures: &mut Vec<String>,
+) -> Outcome {
+    let id = case["id"].as_str().unwrap();
+    let request = &case["request"];
+    let expected = &case["expected"];
+    let mut fail = |what: String| failures.push(format!("{id} ({}): {what}", case["kind"]));
+
+    let token = &request["token"];
+    let signing = token["signing"].as_str().unwrap_or_default();
+    assert!(
+        signing.starts_with("signed with test key k1"),
+        "{id}: this suite signs with the test key only, not '{signing}'"
+    );
+    let claims = claims_for(
+        token["claims"].as_object().unwrap(),
+        conventions["issuer"].as_str().unwrap(),
+        &idp.issuer,
+    );
+    let bearer = sign("rsa-a", Some("rsa-a"), &claims);
+
+    let request_id = format!("{id}-{}", uuid::Uuid::new_v4());
+    let mut headers: Vec<(String, String)> = request["headers"]
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    headers.push(("authorization".into(), format!("Bearer {bearer}")));
+    headers.push(("x-request-id".into(), request_id.clone()));
+    let body = match &request["body"] {
+        Value::Null => Bytes::new(),
+        Value::String(text) => Bytes::from(text.clone()),
+        other => Bytes::from(other.to_string()),
+    };
+
+    fhir.clear();
+    let method = request["method"].as_str().unwrap();
+    let target = target_of(request["path"].as_str().unwrap());
+    let response = send_raw(&gateway.base, method, &target, &headers, body).await;
+    let seen = fhir.seen();
+
+    let accepted: Vec<u16> = match expected.get("status_any_of") {
+        Some(list) => list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap() as u16)
+            .collect(),
+        None => vec![expected["status"].as_u64().unwrap() as u16],
+    };
+    if !accepted.contains(&response.status) {
+        fail(format!(
+            "status {} not in {accepted:?}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        ));
+    }
+
+    if response.status >= 400 {
+        if let Some(wanted) = expected["content_type"].as_str() {
+            let got = response
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !got.starts_with(wanted) {
+                fail(format!("content type '{got}', expected {wanted}"));
+            }
+        }
+        // The case's code goes with its preferred status; an accepted alternative status
+        // carries the code that belongs to it.
+        let preferred = expected["status"].as_u64().map(|s| s as u16);
+        let mut wanted_codes = vec![code_for_status(response.status)];
+        if let Some(code) = expected["operation_outcome"]["issue_code"].as_str()
+            && preferred.is_none_or(|p| p == response.status)
+        {
+            wanted_codes = vec![code];
+            if preferred.is_none() {
+                wanted_codes.push(code_for_status(response.status));
+            }
+        }
+        let outcome: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        if outcome["resourceType"] != "OperationOutcome" {
+            fail("refusal body is not an OperationOutcome".into());
+        } else {
+            let issue = &outcome["issue"][0];
+            if !wanted_codes.iter().any(|code| issue["code"] == *code) {
+                fail(format!(
+                    "issue code {}, expected {wanted_codes:?}",
+                    issue["code"]
+                ));
+            }
+            if let Some(severity) = expected["operation_outcome"]["severity"].as_str()
+                && issue["severity"] != severity
+            {
+                fail(format!(
+                    "severity {}, expected {severity}",
+                    issue["severity"]
+                ));
+            }
+        }
+        if let Some(parts) = expected["www_authenticate_contains"].as_array() {
+            let challenge = response
+                .headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            for part in parts {
+                let part = part.as_str().unwrap();
+                if !challenge.contains(part) {
+                    fail(format!("WWW-Authenticate '{challenge}' lacks {part}"));
+                }
+            }
+        }
+    }
+
+    match &expected["upstream_reached"] {
+        Value::Bool(false) if !seen.is_empty() => fail(format!(
+            "upstream reached: {:?}",
+            seen.iter()
+                .map(|s| format!("{} {}", s.method, s.uri))
+                .collect::<Vec<_>>()
+        )),
+        Value::Bool(true) if seen.is_empty() => fail("upstream not reached".into()),
+        _ => {}
+    }
+
+    let text = String::from_utf8_lossy(&response.body);
+    for forbidden in expected["response_body_must_not_contain"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let forbidden = forbidden.as_str().unwrap();
+        if text.contains(forbidden) {
+            fail(format!("response body contains '{forbidden}'"));
+        }
+    }
+
+    if case["kind"] == "http.method_override" {
+        for s in &seen {
+            for name in [
+                "x-http-method-override",
+                "x-http-method",
+                "x-method-override",
+            ] {
+                if s.headers.contains_key(name) {
+                    fail(format!("upstream received {name}"));
+                }
+            }
+            if s.method != method {
+                fail(format!("upstream saw {} instead of {method}", s.method));
+            }
+        }
+        if response.status == 200 && seen.iter().any(|s| s.method != "GET") {
+            fail("200 although the upstream did not see a plain GET".into());
+        }
+    }
+
+    Outcome {
+        request_id,
+        expected_decision: expected["audit_decision"].as_str().map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn fhir_path_and_method_override_cases_hold_through_the_proxy() {
+    let file: Value = serde_json::from_str(CASES).unwrap();
+    let conventions = &file["conventions"]["default_token"]["claims"]
+        .as_object()
+        .map(|claims| serde_json::json!({"issuer": claims["iss"]}))
+        .unwrap();
+    let cases: Vec<&Value> = file["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| selected(c["kind"].as_str().unwrap()))
+        .collect();
+    assert!(cases.len() >= 17, "only {} cases selected", cases.len());
+
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let fhir = FakeFhir::start().await;
+    upstream_routes(&fhir);
+    let gateway = TestGateway::start(&idp, fhir.addr, "").await;
+
+    let mut failures = Vec::new();
+    let mut outcomes = Vec::new();
+    for case in &cases {
+        outcomes.push(run_case(case, conventions, &idp, &fhir, &gateway, &mut failures).await);
+    }
+
+    let audit = gateway.stop().await;
+    for outcome in outcomes {
+        let lines: Vec<&Value> = audit
+            .iter()
+            .filter(|line| line["request_id"] == outcome.request_id.as_str())
+            .collect();
+        if lines.len() != 1 {
+            failures.push(format!(
+                "{}: {} audit lines",
+                outcome.request_id,
+                lines.len()
+            ));
+            continue;
+        }
+        if let Some(decision) = outcome.expected_decision
+            && lines[0]["decision"] != decision.as_str()
+        {
+            failures.push(format!(
+                "{}: audit decision {}, expected {decision}",
+                outcome.request_id, lines[0]["decision"]
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
