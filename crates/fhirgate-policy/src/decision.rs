@@ -410,8 +410,13 @@ fn system_level(grant: &Grant, req: &FhirRequest) -> Decision {
             Ok(c) => c,
             Err(d) => return Decision::Deny(d),
         };
-        if history && cover.full().is_none() && cover.only_patient() {
-            return Decision::Deny(history_unbounded());
+        if cover.full().is_none() && cover.only_patient() {
+            if history {
+                return Decision::Deny(history_unbounded());
+            }
+            if let Err(d) = criteria::refuse_unbounded(&req.params) {
+                return Decision::Deny(d);
+            }
         }
         all_full &= cover.full().is_some();
         first = first.or(cover.first());

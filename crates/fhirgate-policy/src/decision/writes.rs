@@ -213,14 +213,9 @@ fn narrowing(
             add.push(narrowing_param(ty, grant.patient.as_deref().unwrap_or("")));
         }
     }
+    // Several granular scopes that cannot be ANDed in as one set: nothing is added, and the
+    // match pre-check (every match covered by some scope) bounds the write instead.
     let granular = cover.granular_params();
-    if granular.is_empty() && cover.scopes.iter().all(|s| s.is_granular()) {
-        return Err(denial(
-            DenyReason::UnenforceableQuery,
-            "conditional-write-unbounded",
-            "the criteria of a conditional write cannot be bounded by these granular scopes",
-        ));
-    }
     add.extend(granular);
     Ok(add)
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::options::PolicyOptions;
 
 fn get(path: &str, query: Option<&str>) -> Result<FhirRequest, ClassifyError> {
     classify(&RequestParts {
@@ -226,4 +227,150 @@ fn bundles_classify_each_entry() {
     })
     .unwrap_err();
     assert!(matches!(err, ClassifyError::BadEntry { index: 0, .. }));
+}
+
+#[test]
+fn every_rest_form_has_an_interaction() {
+    use Interaction as I;
+    let cases: &[(&str, &str, Option<&str>, I)] = &[
+        ("GET", "Observation/o1", None, I::Read),
+        ("HEAD", "Observation/o1", None, I::Read),
+        ("GET", "Observation/o1/_history/2", None, I::Vread),
+        (
+            "GET",
+            "Observation/o1/_history",
+            Some("_count=5"),
+            I::HistoryInstance,
+        ),
+        (
+            "GET",
+            "Observation/_history",
+            Some("_since=2020-01-01"),
+            I::HistoryType,
+        ),
+        ("GET", "_history", Some("_at=2020"), I::HistorySystem),
+        ("GET", "Observation", Some("code=x"), I::SearchType),
+        (
+            "GET",
+            "",
+            Some("_type=Observation,Condition"),
+            I::SearchSystem,
+        ),
+        ("GET", "Patient/1/Observation", None, I::SearchCompartment),
+        ("GET", "Patient/1/*", None, I::SearchCompartment),
+        ("DELETE", "Observation/o1", None, I::Delete),
+        ("DELETE", "Observation", Some("code=x"), I::Delete),
+        ("PATCH", "Observation", Some("code=x"), I::Patch),
+        ("GET", "metadata", None, I::Capabilities),
+        ("GET", "$export", None, I::Operation),
+        ("GET", "Patient/$export", None, I::Operation),
+        ("GET", "Group/g1/$export", None, I::Operation),
+        ("POST", "$graphql", None, I::Operation),
+        ("GET", "Patient/1/$graphql", Some("query=x"), I::Operation),
+        ("GET", "Observation/$lastn", None, I::Operation),
+        (
+            "GET",
+            "",
+            Some("_getpages=abc&_getpagesoffset=20"),
+            I::PageContinuation,
+        ),
+    ];
+    for (method, path, query, expected) in cases {
+        let r = classify(&RequestParts {
+            method,
+            path,
+            query: *query,
+            ..RequestParts::default()
+        })
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert_eq!(r.interaction, *expected, "{method} {path}");
+    }
+}
+
+#[test]
+fn compartment_post_search_reads_url_and_body() {
+    let r = classify(&RequestParts {
+        method: "POST",
+        path: "Patient/1/Observation/_search",
+        query: Some("code=x"),
+        content_type: Some("application/x-www-form-urlencoded"),
+        body: Some(b"status=final"),
+        if_none_exist: None,
+    })
+    .unwrap();
+    assert_eq!(r.interaction, Interaction::SearchCompartment);
+    assert_eq!(r.compartment, Some(("Patient".to_owned(), "1".to_owned())));
+    assert_eq!(r.params.len(), 2);
+}
+
+#[test]
+fn patch_documents_are_classified() {
+    let json = classify(&RequestParts {
+        method: "PATCH",
+        path: "Observation/o1",
+        content_type: Some("application/json-patch+json"),
+        body: Some(br#"[{"op":"replace","path":"/subject/reference","value":"Patient/2"}]"#),
+        ..RequestParts::default()
+    })
+    .unwrap();
+    assert!(json.patch.as_ref().unwrap().touches(&["subject"]));
+    let bad = classify(&RequestParts {
+        method: "PATCH",
+        path: "Observation/o1",
+        content_type: Some("application/json-patch+json"),
+        body: Some(b"{}"),
+        ..RequestParts::default()
+    });
+    assert_eq!(bad, Err(ClassifyError::BadBody));
+}
+
+#[test]
+fn bundle_entry_urls_relative_absolute_and_urn() {
+    let options = PolicyOptions {
+        base_urls: vec!["https://gw.test/fhir/".to_owned()],
+        ..PolicyOptions::default()
+    };
+    let bundle = |url: &str, method: &str| {
+        format!(
+            r#"{{"resourceType":"Bundle","type":"transaction","entry":[{{"fullUrl":"urn:uuid:6f1d3b1e-9a0e-4a51-8f4c-0d6f4e2b7a10","resource":{{"resourceType":"Observation","id":"o1"}},"request":{{"method":"{method}","url":"{url}"}}}}]}}"#
+        )
+    };
+    let run = |url: &str, method: &str| {
+        let body = bundle(url, method);
+        classify_with(
+            &RequestParts {
+                method: "POST",
+                path: "",
+                content_type: Some("application/fhir+json"),
+                body: Some(body.as_bytes()),
+                ..RequestParts::default()
+            },
+            &options,
+        )
+    };
+    let abs = run("https://gw.test/fhir/Observation/o1", "PUT").unwrap();
+    assert_eq!(abs.entries[0].interaction, Interaction::Update);
+    assert_eq!(abs.entries[0].id.as_deref(), Some("o1"));
+    let query_colon = run("Observation?identifier=http://x|1", "PUT").unwrap();
+    assert!(query_colon.entries[0].conditional);
+    for foreign in [
+        "https://gw.test/fhirx/Observation/o1",
+        "https://other.test/fhir/Observation/o1",
+        "urn:uuid:6f1d3b1e-9a0e-4a51-8f4c-0d6f4e2b7a10",
+        "/Observation/o1",
+    ] {
+        assert!(run(foreign, "PUT").is_err(), "{foreign}");
+    }
+    // A patch entry: FHIRPath Patch as Parameters, JSON Patch as a Binary.
+    let binary = r#"{"resourceType":"Bundle","type":"batch","entry":[{"resource":{"resourceType":"Binary","contentType":"application/json-patch+json","data":"W3sib3AiOiJyZW1vdmUiLCJwYXRoIjoiL3N1YmplY3QifV0="},"request":{"method":"PATCH","url":"Observation/o1"}}]}"#;
+    let r = classify(&RequestParts {
+        method: "POST",
+        path: "",
+        content_type: Some("application/fhir+json"),
+        body: Some(binary.as_bytes()),
+        ..RequestParts::default()
+    })
+    .unwrap();
+    assert!(r.entries[0].patch.as_ref().unwrap().touches(&["subject"]));
+    assert!(!r.entries[0].patch.as_ref().unwrap().touches(&["status"]));
 }
