@@ -393,8 +393,13 @@ impl ScopeSet {
 
     /// A set holding only `scope` (used to test the union property).
     pub fn single(scope: ResourceScope) -> Self {
+        Self::of(vec![scope])
+    }
+
+    /// A set holding exactly `scopes`.
+    pub fn of(scopes: Vec<ResourceScope>) -> Self {
         Self {
-            resources: vec![scope],
+            resources: scopes,
             ..Self::default()
         }
     }

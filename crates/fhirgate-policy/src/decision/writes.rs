@@ -27,7 +27,7 @@ use crate::data::{TABLES, granular_paths};
 use crate::grant::Grant;
 use crate::granular::matches_all;
 use crate::request::{FhirRequest, Interaction, Patch};
-use crate::scope::{Context, Perms};
+use crate::scope::{Context, Perms, ResourceScope, ScopeSet};
 use crate::verify::{Expect, ResponseCheck};
 
 /// Decides create, update, patch and delete.
@@ -61,8 +61,13 @@ fn write(grant: &Grant, req: &FhirRequest) -> Result<Obligations, Denial> {
     if matches!(req.interaction, Interaction::Create | Interaction::Update) {
         check_body(grant, req, ty, &cover)?;
     }
+    // The scopes the target must be covered by: for a patch, only those it leaves bound.
+    let mut target_grant = grant.clone();
     if req.interaction == Interaction::Patch {
-        check_patch(req, ty, &cover)?;
+        target_grant = Grant {
+            patient: grant.patient.clone(),
+            ..patch_scopes(req, ty, &cover)?
+        };
     }
     match (req.interaction, req.conditional) {
         (Interaction::Create, true) => {
@@ -87,7 +92,7 @@ fn write(grant: &Grant, req: &FhirRequest) -> Result<Obligations, Denial> {
             }
             ob.add_params = narrowing(grant, &req.params, ty, &cover)?;
             ob.precheck = Some(Precheck::Matches(Box::new(ResponseCheck::new(
-                grant,
+                &target_grant,
                 perm,
                 Expect::Bundle,
             ))));
@@ -95,7 +100,7 @@ fn write(grant: &Grant, req: &FhirRequest) -> Result<Obligations, Denial> {
         }
         (_, false) => {
             ob.precheck = Some(Precheck::Target(Box::new(ResponseCheck::new(
-                grant,
+                &target_grant,
                 perm,
                 Expect::Resource,
             ))));
@@ -148,11 +153,11 @@ fn check_body(grant: &Grant, req: &FhirRequest, ty: &str, cover: &Cover<'_>) -> 
     }
 }
 
-/// Element names a patch may not touch under the covering scopes.
-fn protected_elements(ty: &str, cover: &Cover<'_>) -> Vec<String> {
+/// Element names a patch may not touch for `scope` to cover it.
+fn protected_elements(ty: &str, scope: &ResourceScope) -> Vec<String> {
     let mut names = vec!["id".to_owned(), "resourceType".to_owned()];
     let top = |path: &str| path.split('.').nth(1).map(str::to_owned);
-    if cover.scopes.iter().any(|s| s.context == Context::Patient) {
+    if scope.context == Context::Patient {
         if let Some(params) = TABLES.paths.get(ty) {
             names.extend(
                 params
@@ -165,21 +170,18 @@ fn protected_elements(ty: &str, cover: &Cover<'_>) -> Vec<String> {
             names.push("link".to_owned());
         }
     }
-    for scope in cover.scopes.iter().filter(|s| s.is_granular()) {
-        for (name, _) in &scope.params {
-            match TABLES.granular.get(ty).and_then(|m| m.get(name)) {
-                Some(p) => {
-                    names.extend(granular_paths(&p.expression).iter().filter_map(|p| top(p)))
-                }
-                None => names.push("meta".to_owned()),
-            }
+    for (name, _) in &scope.params {
+        match TABLES.granular.get(ty).and_then(|m| m.get(name)) {
+            Some(p) => names.extend(granular_paths(&p.expression).iter().filter_map(|p| top(p))),
+            None => names.push("meta".to_owned()),
         }
     }
     names
 }
 
-/// A patch must leave what binds the resource to the grant untouched.
-fn check_patch(req: &FhirRequest, ty: &str, cover: &Cover<'_>) -> Result<(), Denial> {
+/// The covering scopes whose binding elements a patch leaves untouched: the target must be
+/// covered by one of them (the pre-check uses only these), else the patch is refused.
+fn patch_scopes(req: &FhirRequest, ty: &str, cover: &Cover<'_>) -> Result<Grant, Denial> {
     let Some(patch) = req.patch.as_ref().filter(|p| **p != Patch::Opaque) else {
         return Err(denial(
             DenyReason::BodyNotCheckable,
@@ -187,16 +189,24 @@ fn check_patch(req: &FhirRequest, ty: &str, cover: &Cover<'_>) -> Result<(), Den
             "only JSON Patch and FHIRPath Patch can be checked against patient/ or granular scopes",
         ));
     };
-    let protected = protected_elements(ty, cover);
-    let refs: Vec<&str> = protected.iter().map(String::as_str).collect();
-    if patch.touches(&refs) {
+    let keeping: Vec<ResourceScope> = cover
+        .scopes
+        .iter()
+        .filter(|s| {
+            let protected = protected_elements(ty, s);
+            let refs: Vec<&str> = protected.iter().map(String::as_str).collect();
+            !patch.touches(&refs)
+        })
+        .map(|s| (*s).clone())
+        .collect();
+    if keeping.is_empty() {
         return Err(denial(
             DenyReason::InsufficientScope,
             "patch-touches-binding",
             "the patch changes elements that bind the resource to the patient or to a granular scope",
         ));
     }
-    Ok(())
+    Ok(Grant::new(ScopeSet::of(keeping), None))
 }
 
 /// Parameters to AND into conditional criteria so they only match what the grant covers.
