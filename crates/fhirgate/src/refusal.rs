@@ -145,7 +145,7 @@ impl Refusal {
     }
 
     /// Text for the OperationOutcome: says what is wrong, never echoes a token or upstream detail.
-    fn details(&self) -> String {
+    pub fn details(&self) -> String {
         match self {
             Self::Token(TokenError::Missing) => "An access token is required".into(),
             Self::Token(TokenError::Malformed(what)) => format!("Malformed credentials: {what}"),
@@ -300,6 +300,7 @@ mod tests {
         let invalid = Refusal::Token(TokenError::Expired).challenge().unwrap();
         assert!(invalid.ends_with("error=\"invalid_token\""));
         assert!(Refusal::UpstreamTimeout.challenge().is_none());
+        assert!(Refusal::ResponseHidden.challenge().is_none());
         assert_eq!(
             Refusal::ResponseWithheld.challenge().unwrap(),
             "Bearer realm=\"fhirgate\", error=\"insufficient_scope\""
@@ -319,6 +320,8 @@ mod tests {
             (Refusal::UpstreamUnavailable, 502, "transient"),
             (Refusal::UpstreamTimeout, 504, "timeout"),
             (Refusal::BodyTooLarge { limit: 1 }, 413, "too-long"),
+            (Refusal::ResponseHidden, 404, "not-found"),
+            (Refusal::TooManyMatches, 412, "processing"),
         ];
         for (refusal, status, code) in cases {
             assert_eq!(refusal.status().as_u16(), status);
