@@ -10,7 +10,7 @@
 use super::criteria::other_patient;
 use super::{Decision, Denial, DenyReason, Obligations, Precheck, cover, decide_with, deny};
 use crate::grant::Grant;
-use crate::options::{OperationLevel, OperationRule, PolicyOptions};
+use crate::options::{OperationLevel, OperationRule, PolicyOptions, ReadRefusal};
 use crate::request::FhirRequest;
 use crate::scope::{Context, Perms, ResourceScope, TypeSel};
 use crate::verify::{Expect, ResponseCheck};
@@ -216,9 +216,14 @@ fn poll_status(grant: &Grant) -> Decision {
 /// Batch and transaction: every entry decided as if sent alone; allowed only when every entry
 /// is allowed without obligations, else refused whole, naming each refused entry.
 pub(super) fn decide_bundle(grant: &Grant, req: &FhirRequest, options: &PolicyOptions) -> Decision {
+    // A refused entry refuses the Bundle, which is never answered as "not found".
+    let entry_options = PolicyOptions {
+        read_refusal: ReadRefusal::Forbidden,
+        ..options.clone()
+    };
     let mut refused: Vec<(usize, Denial)> = Vec::new();
     for (index, entry) in req.entries.iter().enumerate() {
-        match decide_with(grant, entry, options) {
+        match decide_with(grant, entry, &entry_options) {
             Decision::Allow(ob) if ob.is_empty() => {}
             Decision::Allow(_) => refused.push((index, needs_obligations())),
             Decision::Deny(d) => refused.push((index, d)),

@@ -254,6 +254,18 @@ fn granular_search_params_are_anded_in() {
         None,
     ));
     assert_eq!(ob.add_params, vec![("category".to_owned(), lab.to_owned())]);
+    let either = "user/Observation.rs?category=a user/Observation.rs?category=b";
+    let ob = allow(run(either, None, "GET", "Observation", None));
+    assert_eq!(
+        ob.add_params,
+        vec![("category".to_owned(), "a,b".to_owned())]
+    );
+    let moot = "patient/Observation.rs patient/Observation.rs?category=a";
+    let ob = allow(run(moot, Some("123"), "GET", "Observation", None));
+    assert_eq!(
+        ob.add_params,
+        vec![("subject".to_owned(), "Patient/123".to_owned())]
+    );
     let two = "user/Observation.rs?category=a user/Observation.rs?status=final";
     let ob = allow(run(two, None, "GET", "Observation", None));
     assert!(ob.add_params.is_empty() && ob.response_check.is_some());
