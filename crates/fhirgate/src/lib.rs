@@ -10,6 +10,7 @@ pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod config;
+pub mod explain;
 pub mod proxy;
 pub mod refusal;
 pub mod run;

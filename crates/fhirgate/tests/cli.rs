@@ -53,3 +53,351 @@ fn check_reports_a_missing_file() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"));
 }
+
+mod support;
+
+/// Synthetic claims of a patient-context token from the embedded default's issuer.
+fn patient_claims(scope: &str) -> serde_json::Value {
+    serde_json::json!({
+        "iss": "http://127.0.0.1:9000",
+        "aud": "http://127.0.0.1:8080/fhir",
+        "sub": "user-7",
+        "client_id": "growth-chart",
+        "patient": "Patient/p-1001",
+        "exp": 4_102_444_800u64,
+        "scope": scope,
+    })
+}
+
+/// A scratch directory removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("fhirgate-explain-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, contents: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn fhirgate(args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `fhirgate explain --claims <file> ARGS...` with `scope` in patient claims.
+fn explain_claims(scope: &str, args: &[&str]) -> Run {
+    let scratch = Scratch::new();
+    let claims = scratch.file("claims.json", &patient_claims(scope).to_string());
+    let mut all = vec!["explain", "--claims", claims.to_str().unwrap()];
+    all.extend_from_slice(args);
+    fhirgate(&all)
+}
+
+#[test]
+fn explain_allows_a_read_of_the_context_patient() {
+    let run = explain_claims(
+        "launch/patient patient/Patient.r",
+        &["GET", "/fhir/Patient/p-1001"],
+    );
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("Decision: ALLOW by rule patient-scope"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("interaction: read"), "{}", run.stdout);
+    assert!(run.stdout.contains("patient: p-1001"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("upstream request: GET http://127.0.0.1:8091/fhir/Patient/p-1001"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("launch/patient (launch)"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn explain_shows_the_patient_parameter_added_to_a_search() {
+    let url = "http://127.0.0.1:8080/fhir/Condition?clinical-status=active";
+    let run = explain_claims("patient/Condition.rs", &["GET", url]);
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("interaction: search-type"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("added to the query: patient=Patient/p-1001"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(
+            "http://127.0.0.1:8091/fhir/Condition?clinical-status=active&patient=Patient%2Fp-1001"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("response check (bundle)"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn explain_refuses_a_read_of_another_patient_with_403() {
+    let run = explain_claims("patient/Patient.r", &["GET", "/fhir/Patient/p-2002"]);
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("Decision: DENY"), "{}", run.stdout);
+    assert!(run.stdout.contains("403 Forbidden"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("error=\"insufficient_scope\""),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("audit reason: other_patient"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn explain_reports_malformed_scopes_as_granting_nothing() {
+    let scope = "openid patient/Observation.sr patient/observation.rs patient/Observation.rs";
+    let run = explain_claims(scope, &["GET", "/fhir/Observation/o-1"]);
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    let malformed = run
+        .stdout
+        .split("malformed, grant nothing:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no malformed section: {}", run.stdout));
+    assert!(malformed.starts_with("    patient/Observation.sr\n    patient/observation.rs\n"));
+
+    let json = explain_claims(scope, &["--format", "json", "GET", "/fhir/Observation/o-1"]);
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        report["grant"]["malformed"],
+        serde_json::json!(["patient/Observation.sr", "patient/observation.rs"])
+    );
+    assert_eq!(report["grant"]["ignored"][0]["kind"], "identity");
+    assert_eq!(report["grant"]["resource_scopes"][0]["permissions"], "rs");
+}
+
+#[test]
+fn explain_json_carries_the_decision_and_obligations() {
+    let run = explain_claims(
+        "patient/Condition.rs",
+        &["--format", "json", "GET", "/fhir/Condition"],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["version"], 1);
+    assert_eq!(report["token"]["verified"], false);
+    assert_eq!(
+        report["request"]["classified"]["interaction"],
+        "search-type"
+    );
+    let decision = &report["decision"];
+    assert_eq!(decision["outcome"], "allow");
+    assert_eq!(decision["rule"], "patient-search");
+    assert_eq!(
+        decision["obligations"]["added_parameters"],
+        serde_json::json!([{"name": "patient", "value": "Patient/p-1001"}])
+    );
+
+    let refused = explain_claims(
+        "patient/Condition.rs",
+        &["--format", "json", "DELETE", "/fhir/Condition/c-1"],
+    );
+    assert_eq!(refused.code, Some(1));
+    let report: serde_json::Value = serde_json::from_str(&refused.stdout).unwrap();
+    assert_eq!(report["decision"]["outcome"], "deny");
+    assert_eq!(report["decision"]["answer"]["status"], 403);
+    assert_eq!(report["decision"]["answer"]["error"], "insufficient_scope");
+}
+
+#[test]
+fn explain_lists_transaction_entries_and_names_the_refused_one() {
+    let scratch = Scratch::new();
+    let bundle = scratch.file(
+        "tx.json",
+        r#"{"resourceType":"Bundle","type":"transaction","entry":[
+            {"request":{"method":"GET","url":"Patient/p-1001"}},
+            {"request":{"method":"GET","url":"Patient/p-2002"}}]}"#,
+    );
+    let run = explain_claims(
+        "patient/Patient.r",
+        &["--body", bundle.to_str().unwrap(), "POST", "/fhir"],
+    );
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("interaction: transaction"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("[0] read Patient/p-1001\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("[1] read Patient/p-2002\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("expression: Bundle.entry[1]"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn explain_decodes_a_token_without_verifying_it_and_says_what_the_gateway_would_refuse() {
+    let mut claims = patient_claims("patient/Patient.r");
+    claims["exp"] = serde_json::json!(1_000_000_000u64);
+    claims["aud"] = serde_json::json!("https://elsewhere.test/fhir");
+    let token = support::sign("rsa-a", Some("k1"), &claims);
+    let run = fhirgate(&["explain", "--token", &token, "GET", "/fhir/Patient/p-1001"]);
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("decoded, NOT verified"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("- token expired: 401 Unauthorized"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("- audience not accepted: 401 Unauthorized"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("does NOT match the issuer's audience"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn explain_usage_errors_exit_2() {
+    let scratch = Scratch::new();
+    let claims = scratch.file("claims.json", &patient_claims("patient/*.rs").to_string());
+    let bad = scratch.file("bad.json", "{\"scope\": ");
+    let claims = claims.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--claims", claims, "GET", "/other/Patient"],
+            "not under the public FHIR base",
+        ),
+        (
+            &["--claims", claims, "GET", "Patient/1"],
+            "not under the public FHIR base",
+        ),
+        (
+            &[
+                "--claims",
+                claims,
+                "GET",
+                "https://elsewhere.test/fhir/Patient/1",
+            ],
+            "not under the public FHIR base",
+        ),
+        (
+            &["--claims", bad.to_str().unwrap(), "GET", "/fhir/Patient"],
+            "not valid JSON",
+        ),
+        (
+            &[
+                "--claims",
+                "/nonexistent/claims.json",
+                "GET",
+                "/fhir/Patient",
+            ],
+            "cannot read",
+        ),
+        (
+            &[
+                "--claims",
+                claims,
+                "--body",
+                "/nonexistent/body.json",
+                "POST",
+                "/fhir/Patient",
+            ],
+            "cannot read",
+        ),
+        (
+            &["--token", "opaque-token", "GET", "/fhir/Patient"],
+            "not a JWT",
+        ),
+        (
+            &[
+                "--claims",
+                claims,
+                "--header",
+                "no colon",
+                "GET",
+                "/fhir/Patient",
+            ],
+            "Name: value",
+        ),
+        (&["GET", "/fhir/Patient"], "--claims"),
+        (
+            &[
+                "--config",
+                "/nonexistent/fhirgate.yaml",
+                "--claims",
+                claims,
+                "GET",
+                "/fhir",
+            ],
+            "cannot read",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut all = vec!["explain"];
+        all.extend_from_slice(args);
+        let run = fhirgate(&all);
+        assert_eq!(run.code, Some(2), "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains(message), "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+    }
+}

@@ -37,6 +37,19 @@ pub struct Upstream {
     connect_timeout: Duration,
 }
 
+/// The upstream URL of a request: the upstream base, the base-relative path and the query.
+pub fn target_url(base: &str, path: &str, query: Option<&str>) -> String {
+    let mut target = format!("{base}/{path}");
+    if path.is_empty() {
+        target.pop();
+    }
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(query);
+    }
+    target
+}
+
 /// What is sent upstream.
 pub struct Outbound<'a> {
     pub method: &'a Method,
@@ -71,14 +84,7 @@ impl Upstream {
 
     /// Sends a request and waits for the status line and headers.
     pub async fn send(&self, outbound: Outbound<'_>) -> Result<Response<Incoming>, Refusal> {
-        let mut target = format!("{}/{}", self.base, outbound.path);
-        if outbound.path.is_empty() {
-            target.pop();
-        }
-        if let Some(query) = outbound.query.filter(|q| !q.is_empty()) {
-            target.push('?');
-            target.push_str(query);
-        }
+        let target = target_url(&self.base, outbound.path, outbound.query);
         let uri: Uri = target
             .parse()
             .map_err(|_| Refusal::BadRequest("request target cannot be forwarded".into()))?;

@@ -14,7 +14,9 @@ mod verify;
 
 use std::sync::Arc;
 
-pub use self::forward::Upstream;
+pub use self::accept::accept;
+pub use self::forward::{Upstream, target_url};
+pub use self::pipeline::{classify_and_decide, grant_for, is_public, reads_body};
 pub use self::server::serve;
 
 use fhirgate_policy::options::PolicyOptions;

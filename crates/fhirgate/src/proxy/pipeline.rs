@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fhirgate_policy::decision::{self, Decision, Precheck};
 use fhirgate_policy::grant::Grant;
+use fhirgate_policy::options::PolicyOptions;
 use fhirgate_policy::request::{self, FhirRequest, Interaction, RequestParts};
 use fhirgate_policy::scope::ScopeSet;
 use fhirgate_policy::verify::{self as policy_verify, ResponseCheck, VerifyError};
@@ -144,10 +145,7 @@ async fn run(
 
     let token = bearer_token(&parts.headers)?;
     let identity = gateway.tokens.verify(token).await?;
-    let grant = Grant::new(
-        ScopeSet::parse(identity.scope.as_deref().unwrap_or("")),
-        identity.patient.clone(),
-    );
+    let grant = grant_for(&identity);
     facts.identity = Some(identity);
 
     let body = read_request_body(
@@ -156,29 +154,20 @@ async fn run(
         gateway.config.limits.max_request_body,
     )
     .await?;
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let fhir_request = request::classify_with(
-        &RequestParts {
-            method: parts.method.as_str(),
-            path: relative,
-            query: parts.uri.query(),
-            content_type,
-            body: (!body.is_empty()).then_some(&body[..]),
-            if_none_exist: parts
-                .headers
-                .get("if-none-exist")
-                .and_then(|v| v.to_str().ok()),
-        },
+    let (fhir_request, decision) = classify_and_decide(
+        &parts.method,
+        relative,
+        parts.uri.query(),
+        &parts.headers,
+        &body,
+        &grant,
         &gateway.policy,
     )?;
     facts.interaction = Some(fhir_request.interaction);
     facts.resource_type = fhir_request.resource_type.clone();
     facts.resource_id = fhir_request.id.clone();
 
-    let obligations = match decision::decide_with(&grant, &fhir_request, &gateway.policy) {
+    let obligations = match decision {
         Decision::Deny(denial) => return Err(Refusal::Policy(denial)),
         Decision::Allow(obligations) => obligations,
     };
@@ -259,8 +248,49 @@ async fn run(
 }
 
 /// `metadata` and SMART discovery are public, as SMART App Launch requires.
-fn is_public(method: &Method, relative: &str) -> bool {
+pub fn is_public(method: &Method, relative: &str) -> bool {
     (*method == Method::GET || *method == Method::HEAD) && relative == "metadata"
+}
+
+/// The grant of a verified caller: its scopes and its patient context.
+pub fn grant_for(identity: &Identity) -> Grant {
+    Grant::new(
+        ScopeSet::parse(identity.scope.as_deref().unwrap_or("")),
+        identity.patient.clone(),
+    )
+}
+
+/// Does the gateway read (and classify) the body of requests with this method?
+pub fn reads_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// Classifies a request from what the gateway received (method, path relative to the public
+/// base, raw query, headers, body as read) and decides it against `grant`. The pipeline and
+/// `fhirgate explain` both come here, so they cannot disagree.
+pub fn classify_and_decide(
+    method: &Method,
+    relative: &str,
+    query: Option<&str>,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    grant: &Grant,
+    policy: &PolicyOptions,
+) -> Result<(FhirRequest, Decision), Refusal> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let fhir_request = request::classify_with(
+        &RequestParts {
+            method: method.as_str(),
+            path: relative,
+            query,
+            content_type: text(header::CONTENT_TYPE.as_str()),
+            body: (!body.is_empty()).then_some(body),
+            if_none_exist: text("if-none-exist"),
+        },
+        policy,
+    )?;
+    let decision = decision::decide_with(grant, &fhir_request, policy);
+    Ok((fhir_request, decision))
 }
 
 /// Reads the request body of methods that have one; it is needed to classify and check them.
@@ -269,7 +299,7 @@ async fn read_request_body(
     incoming: Incoming,
     limit: usize,
 ) -> Result<Bytes, Refusal> {
-    if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+    if !reads_body(method) {
         return Ok(Bytes::new());
     }
     match Limited::new(incoming, limit).collect().await {

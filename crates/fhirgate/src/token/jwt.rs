@@ -100,6 +100,13 @@ pub fn peek_issuer(parts: &Parts<'_>) -> Result<String, TokenError> {
         .ok_or_else(|| TokenError::Invalid("token has no issuer".into()))
 }
 
+/// Every claim of the payload, unverified: for `fhirgate explain`, never for a decision.
+pub fn peek_claims(
+    parts: &Parts<'_>,
+) -> Result<serde_json::Map<String, serde_json::Value>, TokenError> {
+    decode_segment(parts.payload, "claims")
+}
+
 fn decode_segment<T: for<'de> Deserialize<'de>>(
     segment: &str,
     what: &'static str,
