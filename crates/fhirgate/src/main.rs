@@ -28,8 +28,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Explain what the gateway would decide for one request, and why: exit 0 when it would
-    /// allow it, 1 when it would refuse it, 2 on a usage, configuration or input error.
+    /// Explain what the gateway would decide for one request, and why: exit 0 when the
+    /// decision allows it, 1 when it refuses it, 2 on a usage, configuration or input error.
     #[command(group(clap::ArgGroup::new("credentials").required(true).args(["token", "claims"])))]
     Explain {
         /// Configuration file (YAML); the embedded default when absent.
