@@ -61,6 +61,7 @@ MODULE_ORDER = [
     "test_auth",
     "test_fhirclient",
     "test_cli",
+    "test_interactions",
     "test_upstream_failures",
     "test_zz_audit",
 ]

@@ -25,6 +25,10 @@ const INCLUDE_PARAMS: &[&str] = &["_include", "_revinclude"];
 
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one Decision per request, moved once; boxing would only add an allocation"
+)]
 pub enum Decision {
     /// Forward, honouring the obligations.
     Allow(Obligations),
@@ -54,6 +58,23 @@ pub struct Obligations {
     pub rule: &'static str,
     /// Text of a scope that granted the request.
     pub scope: Option<String>,
+    /// Batch and transaction entries allowed with obligations the proxy carries out inside
+    /// the Bundle, in entry order.
+    pub entries: Vec<EntryObligations>,
+    /// Batch entries refused on their own (with `BatchRefusal::PerEntry`): left out of what
+    /// goes upstream and answered in place in the batch-response.
+    pub refused_entries: Vec<(usize, Denial)>,
+}
+
+/// What the proxy does for one Bundle entry, as it would for the same request sent alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryObligations {
+    /// Position of the entry in the request Bundle.
+    pub index: usize,
+    /// Parameters to AND into the query of the entry's `request.url` (decoded).
+    pub add_params: Vec<(String, String)>,
+    /// Check of the `resource` the response entry carries.
+    pub response_check: Option<ResponseCheck>,
 }
 
 impl Obligations {
@@ -72,6 +93,17 @@ impl Obligations {
             && self.response_check.is_none()
             && self.precheck.is_none()
             && !self.bind_export_to_client
+            && self.entries.is_empty()
+            && self.refused_entries.is_empty()
+    }
+
+    /// Can the proxy carry these out for a Bundle entry (narrowing and response checks only;
+    /// pre-checks and narrowed `If-None-Exist` criteria need a request of their own)?
+    fn fits_inside_bundle(&self) -> bool {
+        self.precheck.is_none()
+            && self.add_if_none_exist.is_empty()
+            && !self.bind_export_to_client
+            && !self.withheld_as_not_found
     }
 }
 

@@ -16,6 +16,20 @@ pub struct PolicyOptions {
     /// Public base URLs (`https://gw.example/fhir`) that absolute Bundle entry URLs may start
     /// with; any other absolute URL is refused.
     pub base_urls: Vec<String>,
+    /// How a batch with refused entries is answered (transactions are always all-or-nothing).
+    pub batch_refusal: BatchRefusal,
+}
+
+/// How a batch with some refused entries is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchRefusal {
+    /// The whole batch is refused, naming each refused entry; nothing reaches the upstream.
+    #[default]
+    WholeBundle,
+    /// Only the allowed entries go upstream; each refused one is answered in place in the
+    /// batch-response with its own status and OperationOutcome, as FHIR batch semantics have
+    /// it.
+    PerEntry,
 }
 
 /// How a refused read of one resource is answered.

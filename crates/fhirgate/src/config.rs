@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fhirgate_policy::options::{
-    self as policy, OperationPolicy, OperationRule, PolicyOptions, ReadRefusal,
+    self as policy, BatchRefusal, OperationPolicy, OperationRule, PolicyOptions, ReadRefusal,
 };
 use fhirgate_policy::scope::Perms;
 use serde::{Deserialize, Deserializer};
@@ -50,6 +50,20 @@ pub struct Policy {
     /// Operations allowed beyond the built-in `$everything` and `$export` rules.
     #[serde(default)]
     pub operations: Vec<Operation>,
+    /// How a batch with refused entries is answered (transactions are all-or-nothing).
+    #[serde(default)]
+    pub refused_batch_entries: RefusedBatchEntries,
+}
+
+/// How a batch with refused entries is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusedBatchEntries {
+    /// The whole batch is refused with 403, naming each refused entry.
+    #[default]
+    RefuseBatch,
+    /// The allowed entries are forwarded; each refused one is answered in the batch-response.
+    AnswerInBatch,
 }
 
 /// How a refused read of one resource is answered.
@@ -368,6 +382,10 @@ impl Config {
                 RefusedReads::NotFound => ReadRefusal::NotFound,
             },
             base_urls,
+            batch_refusal: match self.policy.refused_batch_entries {
+                RefusedBatchEntries::RefuseBatch => BatchRefusal::WholeBundle,
+                RefusedBatchEntries::AnswerInBatch => BatchRefusal::PerEntry,
+            },
         }
     }
 }

@@ -22,8 +22,9 @@ pub use self::report::Report;
 pub use self::token::Credentials;
 
 use self::report::{
-    Answer, CheckReport, Classified, Compartment, DecisionReport, GrantReport, HeaderReport,
-    IgnoredScope, ObligationsReport, Param, PrecheckReport, RequestReport, ScopeReport,
+    Answer, CheckReport, Classified, Compartment, DecisionReport, EntryReport, GrantReport,
+    HeaderReport, IgnoredScope, ObligationsReport, Param, PrecheckReport, RefusedEntryReport,
+    RequestReport, ScopeReport,
 };
 use crate::config::Config;
 use crate::proxy;
@@ -524,41 +525,30 @@ fn obligations_report(
             },
         }
     });
-    let response_check = obligations.response_check.as_ref().map(|check| {
-        let (expect, checks, fails_with) = match check.expect {
-            Expect::Resource => {
-                let refusal = if obligations.withheld_as_not_found {
-                    Refusal::ResponseHidden
-                } else {
-                    Refusal::ResponseWithheld
-                };
-                (
-                    "resource",
-                    format!(
-                        "the returned resource must be covered: {}",
-                        covered_by(check)
-                    ),
-                    Some(answer(&refusal)),
-                )
-            }
-            Expect::Bundle => (
-                "bundle",
-                format!(
-                    "each Bundle entry must be covered: {}; entries that are not are withheld \
-                     and a warning OperationOutcome entry says how many",
-                    covered_by(check)
-                ),
-                None,
-            ),
-        };
-        CheckReport {
-            expect,
-            permissions: check.perms.to_string(),
-            patient: check.patient.clone(),
-            checks,
-            fails_with,
-        }
-    });
+    let response_check = obligations
+        .response_check
+        .as_ref()
+        .map(|check| check_report(check, obligations.withheld_as_not_found));
+    let bundle_entries = obligations
+        .entries
+        .iter()
+        .map(|entry| EntryReport {
+            entry: format!("Bundle.entry[{}]", entry.index),
+            added_parameters: params(&entry.add_params),
+            response_check: entry
+                .response_check
+                .as_ref()
+                .map(|check| check_report(check, false)),
+        })
+        .collect();
+    let refused_entries = obligations
+        .refused_entries
+        .iter()
+        .map(|(index, denial)| RefusedEntryReport {
+            entry: format!("Bundle.entry[{index}]"),
+            answer: answer(&Refusal::Policy(denial.clone())),
+        })
+        .collect();
     ObligationsReport {
         none: obligations.is_empty(),
         added_parameters: params(&obligations.add_params),
@@ -570,6 +560,45 @@ fn obligations_report(
         response_check,
         withheld_as_not_found: obligations.withheld_as_not_found,
         bind_export_to_client: obligations.bind_export_to_client,
+        bundle_entries,
+        refused_entries,
+    }
+}
+
+/// A response check in words, with the answer when a single resource fails it.
+fn check_report(check: &ResponseCheck, withheld_as_not_found: bool) -> CheckReport {
+    let (expect, checks, fails_with) = match check.expect {
+        Expect::Resource => {
+            let refusal = if withheld_as_not_found {
+                Refusal::ResponseHidden
+            } else {
+                Refusal::ResponseWithheld
+            };
+            (
+                "resource",
+                format!(
+                    "the returned resource must be covered: {}",
+                    covered_by(check)
+                ),
+                Some(answer(&refusal)),
+            )
+        }
+        Expect::Bundle => (
+            "bundle",
+            format!(
+                "each Bundle entry must be covered: {}; entries that are not are withheld \
+                 and a warning OperationOutcome entry says how many",
+                covered_by(check)
+            ),
+            None,
+        ),
+    };
+    CheckReport {
+        expect,
+        permissions: check.perms.to_string(),
+        patient: check.patient.clone(),
+        checks,
+        fails_with,
     }
 }
 

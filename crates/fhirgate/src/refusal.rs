@@ -164,14 +164,20 @@ impl Refusal {
         }
     }
 
-    /// The response sent to the client.
-    pub fn into_response(self, format: OutcomeFormat) -> Response<Body> {
+    /// The OperationOutcome that explains the refusal.
+    pub fn outcome(&self) -> OperationOutcome {
         let mut outcome = OperationOutcome::error(self.issue_code(), self.details());
-        if let Self::Policy(denial) = &self {
+        if let Self::Policy(denial) = self {
             for expression in &denial.expression {
                 outcome = outcome.with_expression(expression.clone());
             }
         }
+        outcome
+    }
+
+    /// The response sent to the client.
+    pub fn into_response(self, format: OutcomeFormat) -> Response<Body> {
+        let outcome = self.outcome();
         let (bytes, content_type) = match format {
             OutcomeFormat::Json => (outcome.to_json(), "application/fhir+json; charset=utf-8"),
             OutcomeFormat::Xml => (outcome.to_xml(), "application/fhir+xml; charset=utf-8"),

@@ -154,3 +154,85 @@ async fn a_refused_transaction_names_its_entry() {
     assert_eq!(outcome["issue"][0]["expression"][0], "Bundle.entry[1]");
     assert!(w.fhir.seen().is_empty());
 }
+
+#[tokio::test]
+async fn a_batch_answered_per_entry_forwards_only_allowed_entries_and_checks_each_answer() {
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let fhir = FakeFhir::start().await;
+    let gateway = TestGateway::start(
+        &idp,
+        fhir.addr,
+        "policy:\n  refused_batch_entries: answer-in-batch",
+    )
+    .await;
+    // An upstream that ignores the narrowing and answers a read of pat-B's record as asked.
+    let patient_a = r#"{"resourceType":"Patient","id":"pat-A"}"#;
+    let answer = format!(
+        r#"{{"resourceType":"Bundle","type":"batch-response","entry":[
+        {{"resource":{patient_a},"response":{{"status":"200 OK"}}}},
+        {{"resource":{},"response":{{"status":"200 OK"}}}},
+        {{"resource":{OBS_B1},"response":{{"status":"200 OK"}}}}]}}"#,
+        searchset(&[OBS_A1, OBS_B1])
+    );
+    fhir.route("POST", "", 200, &answer);
+    let batch = r#"{"resourceType":"Bundle","type":"batch","entry":[
+        {"request":{"method":"GET","url":"Patient/pat-A"}},
+        {"request":{"method":"GET","url":"Patient/pat-B"}},
+        {"request":{"method":"GET","url":"Observation?code=x"}},
+        {"request":{"method":"GET","url":"Observation/obs-B1"}}]}"#;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    let response = client()
+        .post(&gateway.base)
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+json")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+
+    let seen = fhir.seen();
+    assert_eq!(seen.len(), 1, "one Bundle upstream");
+    let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    let urls: Vec<&str> = sent["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "Patient/pat-A",
+            "Observation?code=x&subject=Patient%2Fpat-A",
+            "Observation/obs-B1"
+        ],
+        "the refused entry never reaches the upstream; the search is narrowed"
+    );
+
+    assert!(!text.contains("obs-B1"), "pat-B's record leaked: {text}");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let entries = doc["entry"].as_array().unwrap();
+    let statuses: Vec<&str> = entries
+        .iter()
+        .map(|e| &e["response"]["status"].as_str().unwrap()[..3])
+        .collect();
+    assert_eq!(statuses, ["200", "403", "200", "403"]);
+    assert_eq!(
+        entries[1]["response"]["outcome"]["issue"][0]["expression"][0],
+        "Bundle.entry[1]"
+    );
+    let found: Vec<&str> = entries[2]["resource"]["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert!(found.contains(&"obs-A1"), "{found:?}");
+    let records = gateway.stop().await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["decision"], "allow");
+    assert_eq!(records[0]["rule"], "batch-entries-decided-alone");
+    assert_eq!(records[0]["withheld"], 2);
+}

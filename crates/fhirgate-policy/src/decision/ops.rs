@@ -2,16 +2,22 @@
 //!
 //! Operations are denied unless listed here (DESIGN.md): `$everything` on the context patient
 //! (wildcard read and search), Bulk Data `$export` for unrestricted `system/` scopes with read
-//! and search on every exported type, and `$export-poll-status` for such clients. Batches and
-//! transactions are all-or-nothing: every entry is decided as if sent alone; any refused entry
-//! refuses the whole Bundle, naming `Bundle.entry[n]`. Entries that would need obligations
-//! (narrowing, checks) are refused too, since obligations cannot be applied inside a Bundle.
+//! and search on every exported type, and `$export-poll-status` for such clients.
+//!
+//! Every entry of a batch or transaction is decided as if sent alone. Narrowing and response
+//! checks become entry obligations the proxy carries out inside the Bundle; entries that need
+//! a request of their own first (a target pre-check, narrowed `If-None-Exist`) are refused.
+//! Transactions are all-or-nothing: any refused entry refuses the whole Bundle, naming
+//! `Bundle.entry[n]`. Batches are refused whole too, unless the options answer refused entries
+//! in place (`BatchRefusal::PerEntry`).
 
 use super::criteria::other_patient;
-use super::{Decision, Denial, DenyReason, Obligations, Precheck, cover, decide_with, deny};
+use super::{
+    Decision, Denial, DenyReason, EntryObligations, Obligations, Precheck, cover, decide_with, deny,
+};
 use crate::grant::Grant;
-use crate::options::{OperationLevel, OperationRule, PolicyOptions, ReadRefusal};
-use crate::request::FhirRequest;
+use crate::options::{BatchRefusal, OperationLevel, OperationRule, PolicyOptions, ReadRefusal};
+use crate::request::{FhirRequest, Interaction};
 use crate::scope::{Context, Perms, ResourceScope, TypeSel};
 use crate::verify::{Expect, ResponseCheck};
 
@@ -216,33 +222,58 @@ fn poll_status(grant: &Grant) -> Decision {
 /// Batch and transaction: every entry decided as if sent alone; allowed only when every entry
 /// is allowed without obligations, else refused whole, naming each refused entry.
 pub(super) fn decide_bundle(grant: &Grant, req: &FhirRequest, options: &PolicyOptions) -> Decision {
-    // A refused entry refuses the Bundle, which is never answered as "not found".
+    // A refused entry is never answered as "not found": the batch-response names it.
     let entry_options = PolicyOptions {
         read_refusal: ReadRefusal::Forbidden,
         ..options.clone()
     };
+    let mut entries: Vec<EntryObligations> = Vec::new();
     let mut refused: Vec<(usize, Denial)> = Vec::new();
     for (index, entry) in req.entries.iter().enumerate() {
         match decide_with(grant, entry, &entry_options) {
             Decision::Allow(ob) if ob.is_empty() => {}
-            Decision::Allow(_) => refused.push((index, needs_obligations())),
+            Decision::Allow(ob) if ob.fits_inside_bundle() => entries.push(EntryObligations {
+                index,
+                add_params: ob.add_params,
+                response_check: ob.response_check,
+            }),
+            Decision::Allow(_) => refused.push((index, needs_own_request())),
             Decision::Deny(d) => refused.push((index, d)),
         }
     }
-    let Some((_, first)) = refused
+    let answered_in_place = req.interaction == Interaction::Batch
+        && options.batch_refusal == BatchRefusal::PerEntry
+        && refused.len() < req.entries.len();
+    if refused.is_empty() || answered_in_place {
+        let rule = if refused.is_empty() {
+            "bundle-all-entries-allowed"
+        } else {
+            "batch-entries-decided-alone"
+        };
+        let mut ob = Obligations::rule(rule, None);
+        ob.entries = entries;
+        ob.refused_entries = refused
+            .into_iter()
+            .map(|(index, mut denial)| {
+                denial.expression = vec![format!("Bundle.entry[{index}]")];
+                (index, denial)
+            })
+            .collect();
+        return Decision::Allow(ob);
+    }
+    let first = refused
         .iter()
         .find(|(_, d)| d.reason != DenyReason::NotSupported)
         .or(refused.first())
-    else {
-        return Decision::Allow(Obligations::rule("bundle-all-entries-allowed", None));
-    };
+        .map(|(_, d)| d.reason)
+        .unwrap_or(DenyReason::InsufficientScope);
     let listed: Vec<String> = refused
         .iter()
         .map(|(i, d)| format!("Bundle.entry[{i}]: {}", d.message))
         .collect();
     let kind = req.interaction.code();
     let mut denial = super::denial(
-        first.reason,
+        first,
         "bundle-entry-refused",
         format!("{kind} refused as a whole; {}", listed.join("; ")),
     );
@@ -253,10 +284,11 @@ pub(super) fn decide_bundle(grant: &Grant, req: &FhirRequest, options: &PolicyOp
     Decision::Deny(denial)
 }
 
-fn needs_obligations() -> Denial {
+fn needs_own_request() -> Denial {
     super::denial(
         DenyReason::NotSupported,
-        "bundle-entry-needs-obligations",
-        "entry needs query narrowing or checks, which fhirgate cannot apply inside a Bundle; send it on its own",
+        "bundle-entry-needs-own-request",
+        "entry needs a check of its target or narrowed If-None-Exist criteria before it is \
+         written, which fhirgate cannot apply inside a Bundle; send it on its own",
     )
 }

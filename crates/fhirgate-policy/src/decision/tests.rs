@@ -298,9 +298,132 @@ fn operations_and_bundles() {
     );
     let batch = r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Observation/1"}}]}"#;
     assert!(allow(run("user/*.rs", None, "POST", "", Some(batch))).is_empty());
-    let d = denial(run("patient/*.rs", Some("1"), "POST", "", Some(batch)));
+    // Under patient/ scopes the read is allowed with its response check, carried into the
+    // Bundle as an entry obligation.
+    let ob = allow(run("patient/*.rs", Some("1"), "POST", "", Some(batch)));
+    assert_eq!(ob.entries.len(), 1);
+    assert_eq!(ob.entries[0].index, 0);
+    assert!(ob.entries[0].add_params.is_empty());
+    assert_eq!(
+        ob.entries[0].response_check.as_ref().map(|c| c.expect),
+        Some(crate::verify::Expect::Resource)
+    );
+}
+
+fn bundle(kind: &str, entries: &[(&str, &str, Option<&str>)]) -> String {
+    let entries: Vec<String> = entries
+        .iter()
+        .map(|(method, url, resource)| match resource {
+            Some(r) => {
+                format!(r#"{{"resource":{r},"request":{{"method":"{method}","url":"{url}"}}}}"#)
+            }
+            None => format!(r#"{{"request":{{"method":"{method}","url":"{url}"}}}}"#),
+        })
+        .collect();
+    format!(
+        r#"{{"resourceType":"Bundle","type":"{kind}","entry":[{}]}}"#,
+        entries.join(",")
+    )
+}
+
+fn decide_bundle_with(body: &str, scopes: &str, options: &PolicyOptions) -> Decision {
+    let parts = RequestParts {
+        method: "POST",
+        path: "",
+        query: None,
+        content_type: Some("application/fhir+json"),
+        body: Some(body.as_bytes()),
+        if_none_exist: None,
+    };
+    run_with(scopes, Some("A"), parts, options)
+}
+
+const MIXED: &[(&str, &str, Option<&str>)] = &[
+    ("GET", "Patient/A", None),
+    ("GET", "Patient/B", None),
+    ("GET", "Observation?code=8867-4", None),
+    ("GET", "Condition/c1", None),
+];
+
+#[test]
+fn a_batch_with_a_refused_entry_is_refused_whole_by_default() {
+    let body = bundle("batch", MIXED);
+    let d = denial(decide_bundle_with(
+        &body,
+        "patient/*.rs",
+        &PolicyOptions::default(),
+    ));
+    assert_eq!(d.reason, DenyReason::OtherPatient);
+    assert_eq!(d.expression, ["Bundle.entry[1]"]);
+}
+
+#[test]
+fn per_entry_batches_forward_the_rest_with_their_obligations() {
+    let options = PolicyOptions {
+        batch_refusal: crate::options::BatchRefusal::PerEntry,
+        ..PolicyOptions::default()
+    };
+    let ob = allow(decide_bundle_with(
+        &bundle("batch", MIXED),
+        "patient/*.rs",
+        &options,
+    ));
+    let refused: Vec<usize> = ob.refused_entries.iter().map(|(i, _)| *i).collect();
+    assert_eq!(refused, [1]);
+    assert_eq!(ob.refused_entries[0].1.expression, ["Bundle.entry[1]"]);
+    let indexes: Vec<usize> = ob.entries.iter().map(|e| e.index).collect();
+    assert_eq!(
+        indexes,
+        [2, 3],
+        "Patient/A needs nothing; the others need checks"
+    );
+    assert_eq!(
+        ob.entries[0].add_params,
+        vec![("subject".to_owned(), "Patient/A".to_owned())],
+        "a search entry is narrowed like the search sent alone"
+    );
+    assert!(ob.entries.iter().all(|e| e.response_check.is_some()));
+
+    // A transaction stays all-or-nothing whatever the option says.
+    let d = denial(decide_bundle_with(
+        &bundle("transaction", MIXED),
+        "patient/*.cruds",
+        &options,
+    ));
+    assert_eq!(d.expression, ["Bundle.entry[1]"]);
+
+    // Nothing left to forward: refused as a whole.
+    let all_refused = bundle(
+        "batch",
+        &[("GET", "Patient/B", None), ("GET", "Patient/C", None)],
+    );
+    let d = denial(decide_bundle_with(&all_refused, "patient/*.rs", &options));
+    assert_eq!(d.expression, ["Bundle.entry[0]", "Bundle.entry[1]"]);
+}
+
+#[test]
+fn entries_that_need_a_request_of_their_own_are_refused() {
+    let obs = r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/A"}}"#;
+    // An update under patient/ scopes checks its current target first: not inside a Bundle.
+    let body = bundle("transaction", &[("PUT", "Observation/o1", Some(obs))]);
+    let d = denial(decide_bundle_with(
+        &body,
+        "patient/*.cruds",
+        &PolicyOptions::default(),
+    ));
     assert_eq!(d.reason, DenyReason::NotSupported);
-    assert!(d.message.contains("Bundle.entry[0]"));
+    assert_eq!(d.rule, "bundle-entry-refused");
+    assert!(d.message.contains("send it on its own"), "{}", d.message);
+    // A create needs only its body checked, which the decision does itself.
+    let body = bundle("transaction", &[("POST", "Observation", Some(obs))]);
+    assert!(
+        allow(decide_bundle_with(
+            &body,
+            "patient/*.cruds",
+            &PolicyOptions::default()
+        ))
+        .is_empty()
+    );
 }
 
 #[test]

@@ -391,6 +391,32 @@ fn decision(out: &mut String, report: &Report) {
                 line(out, 6, format!("on failure: {}", answer_summary(answer)));
             }
         }
+        for entry in &obligations.bundle_entries {
+            line(out, 4, format!("{}:", entry.entry));
+            if !entry.added_parameters.is_empty() {
+                line(
+                    out,
+                    6,
+                    format!("added to its URL: {}", pairs(&entry.added_parameters)),
+                );
+            }
+            if let Some(check) = &entry.response_check {
+                line(out, 6, format!("response check ({}):", check.expect));
+                line(out, 8, &check.checks);
+            }
+        }
+        for entry in &obligations.refused_entries {
+            line(
+                out,
+                4,
+                format!(
+                    "{}: not forwarded; answered in the batch-response with {}",
+                    entry.entry,
+                    answer_summary(&entry.answer)
+                ),
+            );
+            line(out, 6, format!("message: {}", entry.answer.message));
+        }
         if obligations.withheld_as_not_found {
             line(
                 out,

@@ -229,6 +229,29 @@ pub struct ObligationsReport {
     pub withheld_as_not_found: bool,
     /// Bulk Data status and file URLs are bound to the client that started the export.
     pub bind_export_to_client: bool,
+    /// Bundle entries forwarded with obligations of their own.
+    pub bundle_entries: Vec<EntryReport>,
+    /// Batch entries left out of the upstream Bundle and answered in the batch-response.
+    pub refused_entries: Vec<RefusedEntryReport>,
+}
+
+/// The obligations of one Bundle entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryReport {
+    /// `Bundle.entry[n]`.
+    pub entry: String,
+    /// Parameters ANDed into the entry's `request.url`.
+    pub added_parameters: Vec<Param>,
+    pub response_check: Option<CheckReport>,
+}
+
+/// A batch entry refused on its own.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedEntryReport {
+    /// `Bundle.entry[n]`.
+    pub entry: String,
+    /// What the batch-response says for it.
+    pub answer: Answer,
 }
 
 /// A fetch the gateway makes before forwarding a write.

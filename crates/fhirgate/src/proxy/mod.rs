@@ -2,10 +2,11 @@
 //!
 //! The pipeline steps each live in a module of their own and run in this order:
 //! accept ([`accept`]) → route → public? → authenticate ([`crate::token`]) → classify and
-//! authorize ([`fhirgate_policy`]) → forward ([`forward`]) → verify ([`verify`]) → record
+//! authorize ([`fhirgate_policy`]) → forward ([`forward`]) → verify ([`verify`], [`bundle`] for Bundle entries) → record
 //! ([`crate::audit`]). [`pipeline`] strings them together.
 
 mod accept;
+mod bundle;
 mod forward;
 mod headers;
 mod pipeline;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::Gateway;
 use super::accept::accept;
+use super::bundle::BundlePlan;
 use super::forward::{Outbound, upstream_headers};
 use super::headers::{self, REQUEST_ID};
 use super::verify::check_body;
@@ -203,7 +204,12 @@ async fn run(
         None => {}
     }
 
-    let checked = obligations.response_check.is_some();
+    let plan = BundlePlan::new(&obligations, &body);
+    let body = match &plan {
+        Some(plan) => plan.upstream_body(&body)?,
+        None => body,
+    };
+    let checked = obligations.response_check.is_some() || plan.is_some();
     let mut headers = upstream_headers(&parts.headers, peer, request_id, checked);
     if !obligations.add_if_none_exist.is_empty() {
         narrow_if_none_exist(&mut headers, &obligations.add_if_none_exist)?;
@@ -218,33 +224,47 @@ async fn run(
     let response = gateway.upstream.send(outbound).await?;
     facts.upstream_status = Some(response.status().as_u16());
 
-    let Some(check) = obligations.response_check.as_ref() else {
-        return Ok(pass_through(response));
-    };
-    if !response.status().is_success() || parts.method == Method::HEAD {
+    if !checked || !response.status().is_success() || parts.method == Method::HEAD {
         // Errors (an OperationOutcome at most) and bodiless answers carry no clinical data.
         return Ok(pass_through(response));
     }
-    let (mut head, incoming) = response.into_parts();
+    let (head, incoming) = response.into_parts();
     let bytes = gateway
         .upstream
         .read_body(incoming, gateway.config.limits.max_checked_response)
         .await?;
-    let checked = check_body(check, bytes).map_err(|refusal| match refusal {
-        Refusal::ResponseWithheld if obligations.withheld_as_not_found => Refusal::ResponseHidden,
-        other => other,
-    })?;
-    if checked.withheld > 0 {
-        facts.withheld = Some(checked.withheld);
+    let (body, withheld) = match (&plan, obligations.response_check.as_ref()) {
+        (Some(plan), _) => {
+            let checked = plan.checked_response(&bytes)?;
+            (checked.body, checked.withheld)
+        }
+        (None, Some(check)) => {
+            let checked = check_body(check, bytes).map_err(|refusal| match refusal {
+                Refusal::ResponseWithheld if obligations.withheld_as_not_found => {
+                    Refusal::ResponseHidden
+                }
+                other => other,
+            })?;
+            (checked.body, checked.withheld)
+        }
+        (None, None) => (bytes, 0),
+    };
+    if withheld > 0 {
+        facts.withheld = Some(withheld);
     }
+    Ok(checked_reply(head, body, withheld > 0 || plan.is_some()))
+}
+
+/// A response whose body the gateway checked (and may have changed).
+fn checked_reply(mut head: http::response::Parts, body: Bytes, changed: bool) -> Response<Body> {
     super::headers::remove_hop_by_hop(&mut head.headers);
     head.headers.remove(header::CONTENT_LENGTH);
     head.headers.remove(header::CONTENT_ENCODING);
-    if checked.withheld > 0 {
+    if changed {
         // The body changed, so validators of the old one no longer hold.
         head.headers.remove(header::ETAG);
     }
-    Ok(Response::from_parts(head, body::full(checked.body)))
+    Response::from_parts(head, body::full(body))
 }
 
 /// `metadata` and SMART discovery are public, as SMART App Launch requires.

@@ -211,12 +211,16 @@ impl FakeFhir {
         Self { addr, routes, seen }
     }
 
-    /// Answers `METHOD /fhir/path` with `body`.
+    /// Answers `METHOD /fhir/path` (`METHOD /fhir` for an empty path) with `body`.
     pub fn route(&self, method: &str, path: &str, status: u16, body: &str) {
+        let key = match path {
+            "" => format!("{method} /fhir"),
+            path => format!("{method} /fhir/{path}"),
+        };
         self.routes
             .lock()
             .unwrap()
-            .insert(format!("{method} /fhir/{path}"), (status, body.to_owned()));
+            .insert(key, (status, body.to_owned()));
     }
 
     pub fn seen(&self) -> Vec<Seen> {
