@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Run every test of fhirgate from a clean clone:
 #   1. cargo test --workspace
-#   2. install the end-to-end tools (npm ci, Python venvs) when missing
-#   3. bring up the authorization server and the upstream FHIR server (test ports)
-#   4. build fhirgate (debug) and start it with e2e/fhirgate-e2e.yaml
-#   5. run the end-to-end suite (pytest e2e/tests)
+#   2. build the fuzz targets (fuzz/, uninstrumented)
+#   3. install the end-to-end tools (npm ci, Python venvs) when missing
+#   4. bring up the authorization server and the upstream FHIR server (test ports)
+#   5. build fhirgate (debug) and start it with e2e/fhirgate-e2e.yaml
+#   6. run the end-to-end suite (pytest e2e/tests)
 # The gateway and the stack are stopped on exit, also after a failure. Exits non-zero
 # when any phase failed.
 #
 # Environment: PYTEST_ARGS (extra pytest arguments), SKIP_CARGO_TEST=1 (skip phase 1),
-# FHIRGATE_WORK (work folder, default .work).
+# SKIP_FUZZ_BUILD=1 (skip phase 2), FHIRGATE_WORK (work folder, default .work).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$FHIRGATE_ROOT"
@@ -54,7 +55,7 @@ trap 'exit 130' INT TERM
 mkdir -p "$WORK_DIR"
 
 # ---------------------------------------------------------------- 1. unit tests
-section "1/5 cargo test --workspace"
+section "1/6 cargo test --workspace"
 if [[ "${SKIP_CARGO_TEST:-0}" == 1 ]]; then
   record "cargo test" "ok (skipped: SKIP_CARGO_TEST=1)"
 else
@@ -66,8 +67,24 @@ else
   fi
 fi
 
-# ---------------------------------------------------------------- 2. tools
-section "2/5 install end-to-end tools"
+# ---------------------------------------------------------------- 2. fuzz targets
+# Only built here, without libFuzzer's instrumentation, from the dependencies phase 1 already
+# compiled; the long instrumented runs are documented in docs/FUZZING.md.
+section "2/6 build fuzz targets"
+if [[ "${SKIP_FUZZ_BUILD:-0}" == 1 ]]; then
+  record "fuzz build" "ok (skipped: SKIP_FUZZ_BUILD=1)"
+else
+  started=$SECONDS
+  if cargo build -p fhirgate-fuzz --bins >"$WORK_DIR/fuzz-build.log" 2>&1; then
+    record "fuzz build" "ok ($((SECONDS - started))s)"
+  else
+    tail -n 30 "$WORK_DIR/fuzz-build.log"
+    record "fuzz build" "FAILED (log: $WORK_DIR/fuzz-build.log)"
+  fi
+fi
+
+# ---------------------------------------------------------------- 3. tools
+section "3/6 install end-to-end tools"
 started=$SECONDS
 require_tools
 require_node
@@ -77,8 +94,8 @@ ensure_venv validator "$FHIRGATE_ROOT/e2e/validator/requirements.txt" >/dev/null
 ensure_venv fhir "$FHIRGATE_ROOT/e2e/fhir/requirements.txt" >/dev/null
 record "install tools" "ok ($((SECONDS - started))s)"
 
-# ---------------------------------------------------------------- 3. stack
-section "3/5 stack up (idp :$IDP_PORT, fhir :$FHIR_PORT)"
+# ---------------------------------------------------------------- 4. stack
+section "4/6 stack up (idp :$IDP_PORT, fhir :$FHIR_PORT)"
 started=$SECONDS
 # a fresh upstream database each run: restart whatever a previous run left behind
 "$FHIRGATE_ROOT/scripts/stack.sh" down >/dev/null 2>&1 || true
@@ -88,8 +105,8 @@ if ! "$FHIRGATE_ROOT/scripts/stack.sh" up; then
 fi
 record "stack up" "ok ($((SECONDS - started))s)"
 
-# ---------------------------------------------------------------- 4. gateway
-section "4/5 build and start fhirgate"
+# ---------------------------------------------------------------- 5. gateway
+section "5/6 build and start fhirgate"
 started=$SECONDS
 if ! cargo build -p fhirgate 2>&1 | tee "$WORK_DIR/cargo-build.log" | tail -n 3; then
   record "cargo build -p fhirgate" "FAILED (log: $WORK_DIR/cargo-build.log)"
@@ -114,8 +131,8 @@ if ! "$PYTHON" "$FHIRGATE_ROOT/scripts/httpcheck.py" wait "$FHIRGATE_ADMIN/ready
 fi
 record "start fhirgate" "ok ($((SECONDS - started))s)"
 
-# ---------------------------------------------------------------- 5. e2e
-section "5/5 end-to-end tests (pytest e2e/tests)"
+# ---------------------------------------------------------------- 6. e2e
+section "6/6 end-to-end tests (pytest e2e/tests)"
 started=$SECONDS
 rc=0
 # shellcheck disable=SC2086
