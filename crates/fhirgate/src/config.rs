@@ -28,6 +28,11 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The FHIR server behind the gateway.
     pub upstream: Upstream,
+    /// The gateway's public FHIR base URL as clients address it (`https://gw.example/fhir`);
+    /// DPoP proofs must name URLs under it. When absent, the request's `Host` header and the
+    /// public base path make it, with the `http` scheme.
+    #[serde(default)]
+    pub public_url: Option<HttpUrl>,
     /// Token issuers whose access tokens are accepted.
     pub issuers: Vec<Issuer>,
     /// Where the audit trail goes.
@@ -158,6 +163,42 @@ pub struct Issuer {
     /// all opaque (no JWKS is fetched then).
     #[serde(default = "default_true")]
     pub jwt: bool,
+    /// DPoP-bound tokens (RFC 9449) of this issuer, and whether unbound ones are accepted.
+    #[serde(default)]
+    pub dpop: DpopSettings,
+}
+
+/// Proof-of-possession rules for one issuer's tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpopSettings {
+    /// Refuse tokens that are not DPoP-bound.
+    pub required: bool,
+    /// Algorithms a proof may be signed with.
+    pub algorithms: Vec<Algorithm>,
+    /// Oldest proof accepted (by its `iat`).
+    #[serde(deserialize_with = "duration")]
+    pub proof_max_age: Duration,
+    /// Clock skew tolerated on a proof's `iat`.
+    #[serde(deserialize_with = "duration")]
+    pub proof_leeway: Duration,
+}
+
+impl Default for DpopSettings {
+    fn default() -> Self {
+        Self {
+            required: false,
+            algorithms: vec![
+                Algorithm::ES256,
+                Algorithm::ES384,
+                Algorithm::RS256,
+                Algorithm::PS256,
+                Algorithm::EdDSA,
+            ],
+            proof_max_age: Duration::from_secs(60),
+            proof_leeway: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Asymmetric JWS algorithms the gateway can verify. `none` and HMAC are not among them.
@@ -284,6 +325,12 @@ impl Config {
             if issuer.algorithms.is_empty() {
                 return Err((
                     key("algorithms"),
+                    "at least one algorithm is required".into(),
+                ));
+            }
+            if issuer.dpop.algorithms.is_empty() {
+                return Err((
+                    key("dpop.algorithms"),
                     "at least one algorithm is required".into(),
                 ));
             }

@@ -11,7 +11,7 @@ use fhirgate_policy::request::ClassifyError;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, Body};
-use crate::token::TokenError;
+use crate::token::{DpopChallenge, TokenError};
 
 /// The realm named in every Bearer challenge.
 const REALM: &str = "fhirgate";
@@ -57,9 +57,12 @@ pub enum OutcomeFormat {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Token(TokenError::Missing | TokenError::Invalid(_) | TokenError::Expired) => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::Token(
+                TokenError::Missing
+                | TokenError::Invalid(_)
+                | TokenError::Expired
+                | TokenError::Dpop { .. },
+            ) => StatusCode::UNAUTHORIZED,
             Self::Token(TokenError::Malformed(_)) => StatusCode::BAD_REQUEST,
             Self::Token(
                 TokenError::KeysUnavailable { .. } | TokenError::IntrospectionUnavailable { .. },
@@ -82,7 +85,7 @@ impl Refusal {
     pub fn issue_code(&self) -> IssueCode {
         match self {
             Self::Token(TokenError::Missing) => IssueCode::Login,
-            Self::Token(TokenError::Invalid(_)) => IssueCode::Unknown,
+            Self::Token(TokenError::Invalid(_) | TokenError::Dpop { .. }) => IssueCode::Unknown,
             Self::Token(TokenError::Expired) => IssueCode::Expired,
             Self::Token(TokenError::Malformed(_)) => IssueCode::Invalid,
             Self::Token(
@@ -101,8 +104,24 @@ impl Refusal {
         }
     }
 
-    /// The `WWW-Authenticate` challenge (RFC 6750 section 3), on 401 and 403 only.
+    /// The `WWW-Authenticate` challenge (RFC 6750 section 3, RFC 9449 section 7.1), on 401
+    /// and 403 only.
     pub fn challenge(&self) -> Option<String> {
+        if let Self::Token(TokenError::Dpop {
+            challenge,
+            detail,
+            algs,
+        }) = self
+        {
+            let error = match challenge {
+                DpopChallenge::InvalidProof => "invalid_dpop_proof",
+                DpopChallenge::InvalidToken => "invalid_token",
+            };
+            return Some(format!(
+                "DPoP algs=\"{algs}\", error=\"{error}\", error_description=\"{}\"",
+                detail.replace(['"', '\\'], "'")
+            ));
+        }
         let error = match self {
             Self::Token(TokenError::Missing) => return Some(format!("Bearer realm=\"{REALM}\"")),
             Self::Token(TokenError::Invalid(_) | TokenError::Expired) => "invalid_token",
@@ -120,6 +139,14 @@ impl Refusal {
             Self::Token(TokenError::Missing) => "no_token",
             Self::Token(TokenError::Malformed(_)) => "invalid_request",
             Self::Token(TokenError::Invalid(_)) => "invalid_token",
+            Self::Token(TokenError::Dpop {
+                challenge: DpopChallenge::InvalidProof,
+                ..
+            }) => "invalid_dpop_proof",
+            Self::Token(TokenError::Dpop {
+                challenge: DpopChallenge::InvalidToken,
+                ..
+            }) => "dpop_binding",
             Self::Token(TokenError::Expired) => "token_expired",
             Self::Token(TokenError::KeysUnavailable { .. }) => "keys_unavailable",
             Self::Token(TokenError::IntrospectionUnavailable { .. }) => "introspection_unavailable",
@@ -150,6 +177,9 @@ impl Refusal {
             Self::Token(TokenError::Missing) => "An access token is required".into(),
             Self::Token(TokenError::Malformed(what)) => format!("Malformed credentials: {what}"),
             Self::Token(TokenError::Invalid(what)) => format!("Access token rejected: {what}"),
+            Self::Token(TokenError::Dpop { detail, .. }) => {
+                format!("Proof of possession rejected: {detail}")
+            }
             Self::Token(TokenError::Expired) => "Access token expired".into(),
             Self::Token(TokenError::KeysUnavailable { .. }) => {
                 "The token issuer's signing keys are unavailable; try again later".into()

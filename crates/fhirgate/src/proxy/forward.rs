@@ -18,8 +18,9 @@ use crate::refusal::Refusal;
 
 /// Headers a client may not set for the upstream: credentials, and what the gateway itself
 /// says about the request.
-const CLIENT_MAY_NOT_SET: [&str; 6] = [
+const CLIENT_MAY_NOT_SET: [&str; 7] = [
     "authorization",
+    "dpop",
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-proto",

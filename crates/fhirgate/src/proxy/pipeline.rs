@@ -24,7 +24,7 @@ use super::verify::check_body;
 use crate::audit::{self, AuditDecision, AuditRecord};
 use crate::body::{self, Body};
 use crate::refusal::{OutcomeFormat, Refusal};
-use crate::token::{Identity, bearer_token};
+use crate::token::{Identity, Presentation};
 
 /// What the steps learn about a request, for its audit record.
 #[derive(Default)]
@@ -144,8 +144,13 @@ async fn run(
         return Ok(pass_through(response));
     }
 
-    let token = bearer_token(&parts.headers)?;
-    let identity = gateway.tokens.verify(token).await?;
+    let url = request_url(gateway, &parts, relative);
+    let presentation = Presentation {
+        headers: &parts.headers,
+        method: parts.method.as_str(),
+        url: &url,
+    };
+    let identity = gateway.tokens.authenticate(&presentation).await?;
     let grant = grant_for(&identity);
     facts.identity = Some(identity);
 
@@ -265,6 +270,31 @@ fn checked_reply(mut head: http::response::Parts, body: Bytes, changed: bool) ->
         head.headers.remove(header::ETAG);
     }
     Response::from_parts(head, body::full(body))
+}
+
+/// The URL the client addressed, without query: under `public_url` when configured, else
+/// made of the `Host` the client sent and the public base path.
+fn request_url(gateway: &Gateway, parts: &http::request::Parts, relative: &str) -> String {
+    let base = match &gateway.config.public_url {
+        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+        None => {
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                .unwrap_or("localhost");
+            format!(
+                "http://{host}{}",
+                gateway.config.upstream.public_base_path.as_str()
+            )
+        }
+    };
+    if relative.is_empty() {
+        base
+    } else {
+        format!("{base}/{relative}")
+    }
 }
 
 /// `metadata` and SMART discovery are public, as SMART App Launch requires.

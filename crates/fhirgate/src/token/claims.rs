@@ -61,6 +61,22 @@ pub struct Identity {
     pub token_id: Option<String>,
     /// `exp` as Unix seconds, where the token has one.
     pub expires_at: Option<f64>,
+    /// What the token is bound to (its `cnf` claim, RFC 7800).
+    pub binding: Binding,
+}
+
+/// The sender constraint of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Binding {
+    /// A bearer token: whoever holds it may use it.
+    #[default]
+    Unbound,
+    /// Bound to a DPoP key (RFC 9449): the thumbprint from `cnf.jkt`.
+    Dpop(String),
+    /// Bound to a client certificate (RFC 8705): the thumbprint from `cnf.x5t#S256`.
+    Certificate(String),
+    /// A `cnf` claim the gateway cannot check; such a token is never accepted.
+    Unsupported,
 }
 
 impl Identity {
@@ -97,7 +113,21 @@ impl Identity {
             scope,
             token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
             expires_at: claims.get("exp").and_then(Value::as_f64),
+            binding: binding(claims),
         }
+    }
+}
+
+/// The sender constraint a `cnf` claim (RFC 7800) sets.
+fn binding(claims: &Map<String, Value>) -> Binding {
+    let Some(cnf) = claims.get("cnf") else {
+        return Binding::Unbound;
+    };
+    let member = |name: &str| cnf.get(name).and_then(Value::as_str).map(str::to_owned);
+    match (member("jkt"), member("x5t#S256")) {
+        (Some(jkt), None) => Binding::Dpop(jkt),
+        (None, Some(x5t)) => Binding::Certificate(x5t),
+        _ => Binding::Unsupported,
     }
 }
 
@@ -135,6 +165,28 @@ mod tests {
     fn identity(json: &str) -> Identity {
         let claims: Map<String, Value> = serde_json::from_str(json).unwrap();
         Identity::from_claims("i".into(), &claims, &ClaimMapping::default())
+    }
+
+    #[test]
+    fn confirmation_claims_set_the_binding() {
+        use serde_json::json;
+        let of = |cnf: Value| {
+            let claims = json!({ "sub": "s", "cnf": cnf });
+            Identity::from_claims(
+                "i".into(),
+                claims.as_object().unwrap(),
+                &ClaimMapping::default(),
+            )
+            .binding
+        };
+        assert_eq!(of(json!({"jkt": "abc"})), Binding::Dpop("abc".into()));
+        assert_eq!(
+            of(json!({"x5t#S256": "def"})),
+            Binding::Certificate("def".into())
+        );
+        assert_eq!(of(json!({"jwk": {"kty": "EC"}})), Binding::Unsupported);
+        assert_eq!(of(json!({"jkt": 7})), Binding::Unsupported);
+        assert_eq!(of(json!("x")), Binding::Unsupported);
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! issuers configured for it, in order. Verified JWTs are remembered ([`cache`]) until they
 //! expire; introspection answers have their own cache so revocation is honoured.
 
-mod bearer;
 mod cache;
 mod claims;
+mod credentials;
+mod dpop;
 mod introspect;
 mod jwks;
 /// Public for the fuzz targets, which drive the checks made before any key is touched.
@@ -18,15 +19,16 @@ pub mod jwt;
 
 use std::sync::Arc;
 
-pub use self::bearer::bearer_token;
 pub use self::cache::{TokenDigest, VerifiedTokens, digest};
-pub use self::claims::{ClaimMapping, Identity};
+pub use self::claims::{Binding, ClaimMapping, Identity};
+pub use self::credentials::{Credentials, Scheme, bearer_token, credentials};
+pub use self::dpop::{ProofError, ProofTarget, ProofVerifier, thumbprint};
 pub use self::introspect::{
     ClientAuth, IntrospectionConfig, IntrospectionSetupError, Introspector,
 };
 pub use self::jwks::IssuerKeys;
 
-use crate::config::Config;
+use crate::config::{Config, DpopSettings};
 
 /// Why a request's credentials are not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,33 @@ pub enum TokenError {
     /// The issuer's introspection endpoint cannot answer right now; not the client's fault.
     #[error("token introspection at {issuer} is unavailable")]
     IntrospectionUnavailable { issuer: String },
+    /// A DPoP-bound token without a good proof, a proof with an unbound token, or an unbound
+    /// token where the issuer requires DPoP (RFC 9449): answered with a `DPoP` challenge.
+    #[error("{detail}")]
+    Dpop {
+        challenge: DpopChallenge,
+        detail: String,
+        /// The proof algorithms the issuer accepts, for the challenge's `algs`.
+        algs: String,
+    },
+}
+
+/// The RFC 9449 error code of a [`TokenError::Dpop`] challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpopChallenge {
+    /// `invalid_dpop_proof`: the proof is missing, malformed, stale, replayed or mismatched.
+    InvalidProof,
+    /// `invalid_token`: the token is not bound where it must be, or is bound but presented as
+    /// a bearer token.
+    InvalidToken,
+}
+
+/// What a proof of possession is checked against: the request as the client sent it.
+pub struct Presentation<'a> {
+    pub headers: &'a http::HeaderMap,
+    pub method: &'a str,
+    /// The request URL as the client addressed it, without query.
+    pub url: &'a str,
 }
 
 /// One trusted issuer: its keys, its optional introspection client, its claim mapping.
@@ -58,6 +87,13 @@ struct TrustedIssuer {
     /// Absent for an issuer whose tokens are all opaque.
     keys: Option<Arc<IssuerKeys>>,
     introspector: Option<Introspector>,
+    dpop: DpopSettings,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Most verified tokens remembered at once.
@@ -71,6 +107,7 @@ pub struct TokenValidator {
     issuers: Vec<TrustedIssuer>,
     max_token_length: usize,
     verified: VerifiedTokens,
+    proofs: ProofVerifier,
 }
 
 impl TokenValidator {
@@ -93,13 +130,99 @@ impl TokenValidator {
                     .jwt
                     .then(|| Arc::new(IssuerKeys::new(issuer.clone(), http.clone()))),
                 introspector,
+                dpop: issuer.dpop.clone(),
             });
         }
+        // A proof id is remembered as long as some issuer could still accept the proof.
+        let replay_window = issuers
+            .iter()
+            .map(|i| i.dpop.proof_max_age + i.dpop.proof_leeway * 2)
+            .max()
+            .unwrap_or_default();
         Ok(Self {
             issuers,
             max_token_length: config.limits.max_token_length,
             verified: VerifiedTokens::new(VERIFIED_CAPACITY, VERIFIED_MAX_AGE),
+            proofs: ProofVerifier::new(replay_window),
         })
+    }
+
+    /// Reads the request's credentials, verifies the token and, for a sender-constrained
+    /// token, its proof of possession.
+    pub async fn authenticate(
+        &self,
+        request: &Presentation<'_>,
+    ) -> Result<Arc<Identity>, TokenError> {
+        let presented = credentials(request.headers)?;
+        let identity = self.verify(presented.token).await?;
+        self.check_binding(&identity, presented, request)?;
+        Ok(identity)
+    }
+
+    /// A bound token needs its proof; an unbound one must not come under the DPoP scheme and
+    /// is refused where its issuer requires DPoP.
+    fn check_binding(
+        &self,
+        identity: &Identity,
+        presented: Credentials<'_>,
+        request: &Presentation<'_>,
+    ) -> Result<(), TokenError> {
+        let settings = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer == identity.issuer)
+            .map(|i| &i.dpop)
+            .ok_or_else(|| TokenError::Invalid("issuer not trusted".into()))?;
+        let refuse = |challenge, detail: &str| TokenError::Dpop {
+            challenge,
+            detail: detail.to_owned(),
+            algs: settings
+                .algorithms
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        match (&identity.binding, presented.scheme) {
+            (Binding::Dpop(jkt), Scheme::Dpop) => {
+                let proofs: Vec<&str> = request
+                    .headers
+                    .get_all("dpop")
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or(""))
+                    .collect();
+                let target = ProofTarget {
+                    method: request.method,
+                    url: request.url,
+                    access_token: presented.token,
+                    jkt,
+                    now: unix_now(),
+                };
+                self.proofs
+                    .check(&proofs, &target, settings)
+                    .map_err(|e| refuse(DpopChallenge::InvalidProof, &e.to_string()))
+            }
+            (Binding::Dpop(_), Scheme::Bearer) => Err(refuse(
+                DpopChallenge::InvalidToken,
+                "the token is DPoP-bound and must be sent with the DPoP scheme and a proof",
+            )),
+            (Binding::Unbound, Scheme::Dpop) => Err(refuse(
+                DpopChallenge::InvalidToken,
+                "the token is not DPoP-bound",
+            )),
+            (Binding::Unbound, Scheme::Bearer) if settings.required => Err(refuse(
+                DpopChallenge::InvalidToken,
+                "this issuer's tokens must be DPoP-bound",
+            )),
+            (Binding::Unbound, Scheme::Bearer) => Ok(()),
+            (Binding::Certificate(_), _) => Err(TokenError::Invalid(
+                "the token is bound to a client certificate; mutual TLS is not terminated here"
+                    .into(),
+            )),
+            (Binding::Unsupported, _) => Err(TokenError::Invalid(
+                "the token's confirmation claim names a binding the gateway cannot check".into(),
+            )),
+        }
     }
 
     /// The key store of every issuer that accepts JWTs.

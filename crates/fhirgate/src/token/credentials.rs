@@ -1,15 +1,42 @@
-//! Reading the bearer token from the request headers (RFC 6750 section 2.1).
+//! Reading the access token from the request headers: `Authorization: Bearer` (RFC 6750
+//! section 2.1) or `Authorization: DPoP` (RFC 9449 section 7.1).
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use super::TokenError;
 
-/// The token of the one `Authorization: Bearer` header, if there is one.
+/// How the client presented its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    /// With a proof of possession in the `DPoP` header.
+    Dpop,
+}
+
+/// The access token of a request and the scheme it came under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials<'a> {
+    pub scheme: Scheme,
+    pub token: &'a str,
+}
+
+/// The token of the one `Authorization: Bearer` header, if there is one (see [`credentials`]).
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
+    match credentials(headers)? {
+        Credentials {
+            scheme: Scheme::Bearer,
+            token,
+        } => Ok(token),
+        Credentials { .. } => Err(TokenError::Missing),
+    }
+}
+
+/// The token of the one `Authorization` header with the `Bearer` or `DPoP` scheme.
 ///
 /// Another scheme counts as no credentials (a bare challenge follows); two `Authorization`
 /// headers, an empty token or characters outside RFC 6750's `b64token` are malformed.
-pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
+pub fn credentials(headers: &HeaderMap) -> Result<Credentials<'_>, TokenError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(TokenError::Missing);
@@ -21,9 +48,13 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
         .to_str()
         .map_err(|_| TokenError::Malformed("Authorization header is not ASCII"))?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Err(TokenError::Missing);
-    }
+    };
     let token = rest.trim_matches(' ');
     if token.is_empty() {
         return Err(TokenError::Malformed("empty bearer token"));
@@ -33,7 +64,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
             "bearer token has characters outside b64token",
         ));
     }
-    Ok(token)
+    Ok(Credentials { scheme, token })
 }
 
 fn is_b64token(token: &str) -> bool {
@@ -64,6 +95,18 @@ mod tests {
             "abc.def.ghi"
         );
         assert_eq!(bearer_token(&headers(&["bearer abc"])).unwrap(), "abc");
+    }
+
+    #[test]
+    fn reads_dpop_tokens_with_their_scheme() {
+        let sent = headers(&["DPoP abc.def.ghi"]);
+        let got = credentials(&sent).unwrap();
+        assert_eq!(got.scheme, Scheme::Dpop);
+        assert_eq!(got.token, "abc.def.ghi");
+        assert!(matches!(
+            bearer_token(&headers(&["DPoP abc"])),
+            Err(TokenError::Missing)
+        ));
     }
 
     #[test]
