@@ -277,7 +277,10 @@ fuzz_target!(|input: Input<'_>| {
             run_check(check, &response);
         }
         for entry in &obligations.entries {
-            assert!(entry.index < req.entries.len(), "entry obligation out of range");
+            assert!(
+                entry.index < req.entries.len(),
+                "entry obligation out of range"
+            );
             if let Some(check) = &entry.response_check {
                 run_check(check, &response);
             }
