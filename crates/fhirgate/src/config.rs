@@ -143,9 +143,17 @@ pub struct Issuer {
     /// Minimum time between two JWKS fetches caused by tokens naming an unknown key.
     #[serde(default = "default_refetch_cooldown", deserialize_with = "duration")]
     pub jwks_refetch_cooldown: Duration,
-    /// How often the JWKS is fetched again in the background.
+    /// How often the JWKS is fetched again in the background, at most: a shorter
+    /// `Cache-Control: max-age` on the JWKS response brings the next fetch forward.
     #[serde(default = "default_refresh_interval", deserialize_with = "duration")]
     pub jwks_refresh_interval: Duration,
+    /// The shortest wait between background fetches, whatever `max-age` says; also the retry
+    /// delay after a failed fetch.
+    #[serde(
+        default = "default_min_refresh_interval",
+        deserialize_with = "duration"
+    )]
+    pub jwks_min_refresh_interval: Duration,
     /// Longest accepted lifetime (`exp - iat`); tokens without `iat` are refused when set.
     #[serde(default, deserialize_with = "option_duration")]
     pub max_token_lifetime: Option<Duration>,
@@ -529,6 +537,9 @@ fn default_leeway() -> Duration {
     Duration::from_secs(30)
 }
 fn default_refetch_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_min_refresh_interval() -> Duration {
     Duration::from_secs(30)
 }
 fn default_refresh_interval() -> Duration {

@@ -95,12 +95,7 @@ async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, StartError> 
 /// Keeps an issuer's keys fresh: on its interval once loaded, every few seconds until then.
 async fn refresh_keys(issuer: Arc<crate::token::IssuerKeys>) {
     loop {
-        let wait = if issuer.has_keys() {
-            issuer.refresh_interval()
-        } else {
-            Duration::from_secs(5)
-        };
-        tokio::time::sleep(wait).await;
+        issuer.refresh_due().await;
         if let Err(error) = issuer.refresh().await {
             tracing::warn!(issuer = %issuer.issuer(), %error, "JWKS refresh failed; keeping the last good keys");
         }

@@ -69,6 +69,10 @@ pub struct IssuerKeys {
     http: reqwest::Client,
     keys: ArcSwap<KeySet>,
     fetch: Mutex<FetchState>,
+    /// When the background task should fetch next, as the last fetch decided.
+    next_refresh: std::sync::Mutex<Duration>,
+    /// Woken by every fetch, so the background wait starts again from it.
+    fetched: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for IssuerKeys {
@@ -84,9 +88,11 @@ impl IssuerKeys {
     pub fn new(config: Issuer, http: reqwest::Client) -> Self {
         let jwks_uri = config.jwks_uri.as_ref().map(|u| u.as_str());
         Self {
-            config,
             http,
             keys: ArcSwap::from_pointee(KeySet::default()),
+            next_refresh: std::sync::Mutex::new(config.jwks_refresh_interval),
+            fetched: tokio::sync::Notify::new(),
+            config,
             fetch: Mutex::new(FetchState {
                 last_on_demand: None,
                 jwks_uri,
@@ -106,15 +112,52 @@ impl IssuerKeys {
         !self.keys.load().keys.is_empty()
     }
 
-    /// How often the background task should call [`IssuerKeys::refresh`].
+    /// Returns when the background task should call [`IssuerKeys::refresh`]: the wait of
+    /// [`IssuerKeys::refresh_interval`] after the latest fetch, whoever made it; every few
+    /// seconds while no keys are loaded.
+    pub async fn refresh_due(&self) {
+        loop {
+            let wait = if self.has_keys() {
+                self.refresh_interval()
+            } else {
+                Duration::from_secs(5).min(self.refresh_interval())
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => return,
+                () = self.fetched.notified() => {}
+            }
+        }
+    }
+
+    /// How long to wait after the latest fetch: the JWKS response's `Cache-Control: max-age`
+    /// within the configured bounds, the configured interval without one, and the lower bound
+    /// after a failed fetch.
     pub fn refresh_interval(&self) -> Duration {
-        self.config.jwks_refresh_interval
+        *self
+            .next_refresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Fetches the JWKS now, whatever the cool-down says.
     pub async fn refresh(&self) -> Result<(), FetchError> {
         let mut state = self.fetch.lock().await;
         self.fetch_locked(&mut state).await
+    }
+
+    fn schedule(&self, max_age: Option<Duration>, fetched: bool) {
+        let high = self.config.jwks_refresh_interval;
+        let low = self.config.jwks_min_refresh_interval.min(high);
+        let next = match (fetched, max_age) {
+            (false, _) => low,
+            (true, Some(age)) => age.clamp(low, high),
+            (true, None) => high,
+        };
+        *self
+            .next_refresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        self.fetched.notify_waiters();
     }
 
     /// The key for a token header, fetching the JWKS again if the key id is unknown.
@@ -163,12 +206,23 @@ impl IssuerKeys {
                 uri
             }
         };
-        let body = self.get(&jwks_uri).await?;
-        let keys =
-            parse_jwks(&body, &self.config.algorithms).map_err(|reason| FetchError::Document {
-                url: jwks_uri.clone(),
-                reason,
+        let fetched = self.get(&jwks_uri).await.and_then(|(body, max_age)| {
+            let keys = parse_jwks(&body, &self.config.algorithms).map_err(|reason| {
+                FetchError::Document {
+                    url: jwks_uri.clone(),
+                    reason,
+                }
             })?;
+            Ok((keys, max_age))
+        });
+        let (keys, max_age) = match fetched {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                self.schedule(None, false);
+                return Err(error);
+            }
+        };
+        self.schedule(max_age, true);
         let generation = self.keys.load().generation + 1;
         tracing::info!(
             issuer = %self.config.issuer,
@@ -190,7 +244,7 @@ impl IssuerKeys {
             "{}/.well-known/openid-configuration",
             self.config.issuer.trim_end_matches('/')
         );
-        let body = self.get(&url).await?;
+        let (body, _) = self.get(&url).await?;
         let doc: Discovery = serde_json::from_slice(&body).map_err(|e| FetchError::Document {
             url: url.clone(),
             reason: e.to_string(),
@@ -207,7 +261,8 @@ impl IssuerKeys {
         })
     }
 
-    async fn get(&self, url: &str) -> Result<bytes::Bytes, FetchError> {
+    /// A document and the `max-age` its `Cache-Control` header gives, if any.
+    async fn get(&self, url: &str) -> Result<(bytes::Bytes, Option<Duration>), FetchError> {
         let http_error = |e: reqwest::Error| FetchError::Http {
             url: url.to_owned(),
             reason: e.to_string(),
@@ -220,6 +275,11 @@ impl IssuerKeys {
                 status: status.as_u16(),
             });
         }
+        let max_age = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
         if response
             .content_length()
             .is_some_and(|n| n > MAX_DOCUMENT as u64)
@@ -236,7 +296,7 @@ impl IssuerKeys {
                 reason: "document too large".into(),
             });
         }
-        Ok(body)
+        Ok((body, max_age))
     }
 }
 
@@ -260,6 +320,25 @@ impl VerifyKey {
         };
         kind_fits && self.alg.is_none_or(|pinned| pinned == alg)
     }
+}
+
+/// `max-age` of a `Cache-Control` value; `no-store`/`no-cache` count as zero.
+fn max_age(value: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in value.split(',').map(str::trim) {
+        let (name, arg) = directive.split_once('=').unwrap_or((directive, ""));
+        if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache") {
+            return Some(Duration::ZERO);
+        }
+        if name.eq_ignore_ascii_case("max-age") {
+            age = arg
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    age
 }
 
 /// The key a token header asks for: by `kid`, or the only fitting key when there is no `kid`.
@@ -385,6 +464,21 @@ mod tests {
             doc.as_bytes(),
             &[config::Algorithm::RS256, config::Algorithm::ES256],
         )
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(
+            max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            max_age("max-age=\"60\", must-revalidate"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
+        assert_eq!(max_age("max-age=soon"), None);
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub enum JwksMode {
     Fail500,
     Hang,
     Garbage,
+    /// Serve the keys with `Cache-Control: max-age=N`.
+    ServeMaxAge(u32),
 }
 
 /// A fake OpenID provider: discovery and JWKS, with a fetch counter.
@@ -110,6 +112,16 @@ impl FakeIdp {
                             JwksMode::Serve => {
                                 let doc = json!({"keys": keys.lock().unwrap().clone()});
                                 respond(StatusCode::OK, "application/json", doc.to_string())
+                            }
+                            JwksMode::ServeMaxAge(age) => {
+                                let doc = json!({"keys": keys.lock().unwrap().clone()});
+                                let mut response =
+                                    respond(StatusCode::OK, "application/json", doc.to_string());
+                                response.headers_mut().insert(
+                                    http::header::CACHE_CONTROL,
+                                    format!("public, max-age={age}").parse().unwrap(),
+                                );
+                                response
                             }
                             JwksMode::Fail500 => {
                                 respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "down")
@@ -283,13 +295,17 @@ issuers:
     audience: "https://gw.test/fhir"
     algorithms: ["RS256", "ES256"]
     leeway: "5s"
-    jwks_refetch_cooldown: "60s"
-{issuer_extra}
+{cooldown}{issuer_extra}
 audit:
   path: "{audit}"
 "#,
             issuer = idp.issuer,
             audit = audit_path.display(),
+            cooldown = if issuer_extra.contains("jwks_refetch_cooldown") {
+                ""
+            } else {
+                "    jwks_refetch_cooldown: \"60s\"\n"
+            },
         );
         let config = fhirgate::config::Config::parse(&yaml, "test").expect("test config");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -433,4 +449,128 @@ pub async fn send_raw(
         headers,
         body,
     }
+}
+
+/// Replaces `now`, `now+N` and `now-N` with epoch seconds and the conventions' issuer with the
+/// test identity provider's.
+pub fn claims_for(
+    case_claims: &serde_json::Map<String, Value>,
+    conventions_issuer: &str,
+    issuer: &str,
+) -> Value {
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    let mut out = serde_json::Map::new();
+    for (name, value) in case_claims {
+        let value = match value.as_str() {
+            Some("now") => Value::from(now),
+            Some(text) if text.starts_with("now+") => {
+                Value::from(now + text[4..].parse::<i64>().unwrap())
+            }
+            Some(text) if text.starts_with("now-") => {
+                Value::from(now - text[4..].parse::<i64>().unwrap())
+            }
+            // A look-alike issuer (`…/realms/smart-evil`) stays a look-alike of the test one.
+            Some(text) if name == "iss" && text.starts_with(conventions_issuer) => {
+                Value::from(format!("{issuer}{}", &text[conventions_issuer.len()..]))
+            }
+            _ => value.clone(),
+        };
+        out.insert(name.clone(), value);
+    }
+    Value::Object(out)
+}
+
+/// The issue code that goes with an accepted status other than the preferred one.
+fn code_for_status(status: u16) -> &'static str {
+    match status {
+        400 => "invalid",
+        401 => "unknown",
+        403 => "forbidden",
+        404 => "not-found",
+        405 | 415 => "not-supported",
+        _ => "exception",
+    }
+}
+
+/// Checks a case's expected answer (status or accepted statuses, and for refusals the content
+/// type, the OperationOutcome's first issue and the `WWW-Authenticate` parts); returns what
+/// does not hold.
+pub fn check_answer(expected: &Value, response: &RawResponse) -> Vec<String> {
+    let mut problems = Vec::new();
+    let accepted: Vec<u16> = match expected.get("status_any_of") {
+        Some(list) => list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap() as u16)
+            .collect(),
+        None => vec![expected["status"].as_u64().unwrap() as u16],
+    };
+    if !accepted.contains(&response.status) {
+        problems.push(format!(
+            "status {} not in {accepted:?}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        ));
+    }
+
+    if response.status >= 400 {
+        if let Some(wanted) = expected["content_type"].as_str() {
+            let got = response
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !got.starts_with(wanted) {
+                problems.push(format!("content type '{got}', expected {wanted}"));
+            }
+        }
+        // The case's code goes with its preferred status; an accepted alternative status
+        // carries the code that belongs to it.
+        let preferred = expected["status"].as_u64().map(|s| s as u16);
+        let mut wanted_codes = vec![code_for_status(response.status)];
+        if let Some(code) = expected["operation_outcome"]["issue_code"].as_str()
+            && preferred.is_none_or(|p| p == response.status)
+        {
+            wanted_codes = vec![code];
+            if preferred.is_none() {
+                wanted_codes.push(code_for_status(response.status));
+            }
+        }
+        let outcome: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        if outcome["resourceType"] != "OperationOutcome" {
+            problems.push("refusal body is not an OperationOutcome".into());
+        } else {
+            let issue = &outcome["issue"][0];
+            if !wanted_codes.iter().any(|code| issue["code"] == *code) {
+                problems.push(format!(
+                    "issue code {}, expected {wanted_codes:?}",
+                    issue["code"]
+                ));
+            }
+            if let Some(severity) = expected["operation_outcome"]["severity"].as_str()
+                && issue["severity"] != severity
+            {
+                problems.push(format!(
+                    "severity {}, expected {severity}",
+                    issue["severity"]
+                ));
+            }
+        }
+        if let Some(parts) = expected["www_authenticate_contains"].as_array() {
+            let challenge = response
+                .headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            for part in parts {
+                let part = part.as_str().unwrap();
+                if !challenge.contains(part) {
+                    problems.push(format!("WWW-Authenticate '{challenge}' lacks {part}"));
+                }
+            }
+        }
+    }
+
+    problems
 }
