@@ -439,6 +439,37 @@ async fn a_jwt_of_the_opaque_only_issuer_is_refused_without_any_fetch() {
 }
 
 #[tokio::test]
+async fn an_unsigned_jwt_is_refused_without_introspection() {
+    let w = world().await;
+    // Like oidc-provider, the endpoint refuses JWT-shaped tokens with an error status: were
+    // the token asked about, the answer would be a 503.
+    w.introspection.set_mode(Mode::Fail500);
+    let b64 = |v: &Value| {
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            v.to_string(),
+        )
+    };
+    let claims = claims(&w.idp.issuer, "patient/*.rs");
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "kid": "rsa-a"})),
+        b64(&claims)
+    );
+    let (status, headers, body) = get(&w, "Patient/pat-A", &unsigned).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(issue_code(&body), "unknown");
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+    assert_eq!(w.introspection.calls(), 0);
+    assert!(w.fhir.seen().is_empty());
+}
+
+#[tokio::test]
 async fn revocation_of_jwts_is_honoured_when_configured() {
     let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
     let fhir = FakeFhir::start().await;
@@ -469,4 +500,46 @@ async fn revocation_of_jwts_is_honoured_when_configured() {
     introspection.set(&token, json!({"active": false}));
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(status(token.clone()).await, 401, "revoked at the issuer");
+}
+
+#[tokio::test]
+async fn an_introspected_token_for_another_audience_is_invalid() {
+    let w = world().await;
+    let with_aud = |aud: Value| {
+        let mut answer = active("Patient/pat-A", "patient/*.rs");
+        answer["aud"] = aud;
+        answer
+    };
+    w.introspection
+        .set("other-api", with_aud(json!("https://other-api.test")));
+    w.introspection.set(
+        "other-list",
+        with_aud(json!(["https://other-api.test", "urn:x"])),
+    );
+    w.introspection
+        .set("ours", with_aud(json!(["urn:x", "https://gw.test/fhir"])));
+    w.introspection
+        .set("no-aud", active("Patient/pat-A", "patient/*.rs"));
+    for (token, expected) in [
+        ("other-api", 401),
+        ("other-list", 401),
+        ("ours", 200),
+        ("no-aud", 200),
+    ] {
+        let (status, headers, body) = get(&w, "Patient/pat-A", token).await;
+        assert_eq!(status, expected, "{token}: {body}");
+        if expected == 401 {
+            assert!(
+                headers["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .contains("error=\"invalid_token\"")
+            );
+        }
+    }
+    assert_eq!(
+        w.fhir.seen().len(),
+        2,
+        "only the gateway's own tokens got through"
+    );
 }

@@ -101,6 +101,8 @@ enum Answer {
 /// The introspection client of one issuer.
 pub struct Introspector {
     issuer: String,
+    /// The audience the issuer's tokens must name when the answer carries `aud`.
+    audience: String,
     config: IntrospectionConfig,
     mapping: ClaimMapping,
     credentials: Credentials,
@@ -149,6 +151,7 @@ impl Introspector {
     /// Builds the client; reads secrets and keys from files now so a mistake fails start-up.
     pub fn new(
         issuer: &str,
+        audience: &str,
         config: IntrospectionConfig,
         mapping: ClaimMapping,
         http: reqwest::Client,
@@ -197,6 +200,7 @@ impl Introspector {
         let endpoint = OnceCell::new_with(config.endpoint.as_ref().map(HttpUrl::as_str));
         Ok(Self {
             issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
             answers: Cache::builder()
                 .max_capacity(100_000)
                 .expire_after(AnswerExpiry)
@@ -334,6 +338,16 @@ impl Introspector {
         if let Some(iss) = claims.get("iss").and_then(Value::as_str)
             && iss != self.issuer
         {
+            return inactive;
+        }
+        // A token for another resource server is not one for this gateway, active or not.
+        // RFC 7662 makes `aud` optional; an answer without it is judged by the issuer alone.
+        let names_audience = |aud: &Value| match aud {
+            Value::String(one) => *one == self.audience,
+            Value::Array(many) => many.iter().any(|a| a.as_str() == Some(&self.audience)),
+            _ => false,
+        };
+        if claims.get("aud").is_some_and(|aud| !names_audience(aud)) {
             return inactive;
         }
         let mut identity = Identity::from_claims(self.issuer.clone(), &claims, &self.mapping);

@@ -118,6 +118,7 @@ impl TokenValidator {
             let introspector = match &issuer.introspection {
                 Some(settings) => Some(Introspector::new(
                     &issuer.issuer,
+                    &issuer.audience,
                     settings.clone(),
                     issuer.claims.clone(),
                     http.clone(),
@@ -255,8 +256,26 @@ impl TokenValidator {
         if let Some(identity) = self.verified.get(&key) {
             return Ok(identity);
         }
-        let Ok(parts) = jwt::split(token) else {
-            return self.verify_opaque(token, key).await;
+        self.verify_uncached(token, key).await
+    }
+
+    /// Checks a token without looking in the verified-token cache (what a token seen for the
+    /// first time costs); a verified JWT is remembered all the same.
+    pub async fn verify_uncached(
+        &self,
+        token: &str,
+        key: TokenDigest,
+    ) -> Result<Arc<Identity>, TokenError> {
+        if token.len() > self.max_token_length {
+            return Err(TokenError::Invalid("token too long".into()));
+        }
+        let parts = match jwt::split(token) {
+            Ok(parts) => parts,
+            // A JWS without its signature or a JWE is a JWT fhirgate refuses, not an opaque
+            // token: it is never shown to an introspection endpoint (which may answer it with
+            // an error, as oidc-provider does, and turn the refusal into a 503).
+            Err(error) if matches!(token.matches('.').count(), 2 | 4) => return Err(error),
+            Err(_) => return self.verify_opaque(token, key).await,
         };
         let header = jwt::peek_header(&parts)?;
         let iss = jwt::peek_issuer(&parts)?;
