@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command demo of fhirgate with real parts around it:
-#   - the test authorization server on 127.0.0.1:9000 and the upstream FHIR server
-#     (sekmet-fhir with synthetic patients) on 127.0.0.1:8091   (scripts/stack.sh)
+#   - the test authorization server on 127.0.0.1:9000 (and a second one issuing opaque
+#     tokens on 127.0.0.1:9002) and the upstream FHIR server (sekmet-fhir with synthetic
+#     patients) on 127.0.0.1:8091   (scripts/stack.sh)
 #   - fhirgate built in release mode and started with its built-in default configuration
 #     (listen 127.0.0.1:8080, admin 127.0.0.1:8081, audit file fhirgate-audit.jsonl in
 #     its working folder .work/demo/)
@@ -44,6 +45,7 @@ stop_all() {
     section "left running (--keep)"
     echo "  FHIR base through the gateway: $FHIRGATE_URL   (admin $ADMIN_URL/healthz)"
     echo "  authorization server:          $IDP_URL"
+    echo "  opaque-token issuer:           http://127.0.0.1:${IDP2_PORT:-9002}  (not trusted by the default configuration)"
     echo "  get a token:  scripts/get-token.sh --patient ID patient-app patient-secret 'patient/*.rs'"
     echo "  audit trail:  $FHIRGATE_AUDIT"
     echo "  stop it all:  scripts/demo.sh stop"

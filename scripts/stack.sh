@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Bring the real third-party parts around fhirgate up or down: the test authorization
-# server (e2e/idp, oidc-provider) and the upstream FHIR R4 server (sekmet-fhir) loaded
-# with the synthetic data in e2e/data. Everything listens on 127.0.0.1 only.
+# servers (e2e/idp, oidc-provider: one issuing JWT access tokens, a second one issuing
+# opaque tokens that fhirgate checks by introspection) and the upstream FHIR R4 server
+# (sekmet-fhir) loaded with the synthetic data in e2e/data. Everything listens on
+# 127.0.0.1 only.
 #
 #   scripts/stack.sh up|down|status|restart
 #
-# Environment (defaults are the demo's; the tests use 19000/18091/18080):
-#   IDP_PORT=9000  FHIR_PORT=8091  GATEWAY_PORT=8080
-#   IDP_AUDIENCE   audience of issued tokens (http://127.0.0.1:$GATEWAY_PORT/fhir)
+# Environment (defaults are the demo's; the tests use 19000/19002/18091/18080):
+#   IDP_PORT=9000  IDP2_PORT=9002  FHIR_PORT=8091  GATEWAY_PORT=8080
+#   IDP_AUDIENCE   audience of issued tokens, both issuers (http://127.0.0.1:$GATEWAY_PORT/fhir)
 #   IDP_ALG        RS256 (default) or ES256
 #   STACK_TIMEOUT  seconds to wait for each server to answer (180)
 #   FHIRGATE_WORK  work folder for venvs, logs, pid files and state (.work)
@@ -18,6 +20,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 IDP_PORT="${IDP_PORT:-9000}"
+IDP2_PORT="${IDP2_PORT:-9002}"
 FHIR_PORT="${FHIR_PORT:-8091}"
 GATEWAY_PORT="${GATEWAY_PORT:-8080}"
 IDP_AUDIENCE="${IDP_AUDIENCE:-http://127.0.0.1:$GATEWAY_PORT/fhir}"
@@ -25,6 +28,7 @@ IDP_ALG="${IDP_ALG:-RS256}"
 STACK_TIMEOUT="${STACK_TIMEOUT:-180}"
 
 IDP_URL="http://127.0.0.1:$IDP_PORT"
+IDP2_URL="http://127.0.0.1:$IDP2_PORT"
 FHIR_BASE="http://127.0.0.1:$FHIR_PORT/fhir"
 
 IDP_DIR="$FHIRGATE_ROOT/e2e/idp"
@@ -32,6 +36,9 @@ DATA_DIR="$FHIRGATE_ROOT/e2e/data"
 IDP_PID="$WORK_DIR/idp-$IDP_PORT.pid"
 IDP_LOG="$WORK_DIR/idp-$IDP_PORT.log"
 IDP_STATE="$WORK_DIR/idp-state-$IDP_PORT"
+IDP2_PID="$WORK_DIR/idp-$IDP2_PORT.pid"
+IDP2_LOG="$WORK_DIR/idp-$IDP2_PORT.log"
+IDP2_STATE="$WORK_DIR/idp-state-$IDP2_PORT"
 FHIR_PID="$WORK_DIR/fhir-$FHIR_PORT.pid"
 FHIR_LOG="$WORK_DIR/fhir-$FHIR_PORT.log"
 FHIR_RUN="$WORK_DIR/fhir-$FHIR_PORT"
@@ -39,7 +46,7 @@ IDP_PATTERN="server.mjs"
 FHIR_PATTERN="sekmet"
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -50,22 +57,25 @@ check_port_free() {
   fi
 }
 
+# start_idp NAME PORT PIDFILE LOGFILE STATEDIR TOKEN_FORMAT (jwt | opaque)
 start_idp() {
-  if pid_alive "$IDP_PID" "$IDP_PATTERN"; then
-    log "idp: already running (pid $(cat "$IDP_PID")) at $IDP_URL"
+  local name="$1" port="$2" pidfile="$3" logfile="$4" state="$5" format="$6"
+  local url="http://127.0.0.1:$port"
+  if pid_alive "$pidfile" "$IDP_PATTERN"; then
+    log "$name: already running (pid $(cat "$pidfile")) at $url"
     return 0
   fi
-  rm -f "$IDP_PID"
+  rm -f "$pidfile"
   ensure_node_modules "$IDP_DIR"
-  check_port_free "$IDP_PORT" idp
-  mkdir -p "$IDP_STATE"
-  log "idp: starting on $IDP_URL (audience $IDP_AUDIENCE, log $IDP_LOG)"
+  check_port_free "$port" "$name"
+  mkdir -p "$state"
+  log "$name: starting on $url ($format access tokens, audience $IDP_AUDIENCE, log $logfile)"
   (
     cd "$IDP_DIR"
-    IDP_PORT="$IDP_PORT" IDP_AUDIENCE="$IDP_AUDIENCE" IDP_ALG="$IDP_ALG" IDP_STATE_DIR="$IDP_STATE" \
-      exec setsid node server.mjs </dev/null >>"$IDP_LOG" 2>&1
+    IDP_PORT="$port" IDP_AUDIENCE="$IDP_AUDIENCE" IDP_ALG="$IDP_ALG" IDP_STATE_DIR="$state" \
+      IDP_TOKEN_FORMAT="$format" exec setsid node server.mjs </dev/null >>"$logfile" 2>&1
   ) &
-  echo $! >"$IDP_PID"
+  echo $! >"$pidfile"
 }
 
 start_fhir() {
@@ -113,23 +123,29 @@ cmd_up() {
   require_tools
   require_node
   mkdir -p "$WORK_DIR"
-  start_idp
+  [[ "$IDP2_PORT" != "$IDP_PORT" ]] || die "IDP2_PORT must differ from IDP_PORT ($IDP_PORT)"
+  start_idp idp "$IDP_PORT" "$IDP_PID" "$IDP_LOG" "$IDP_STATE" jwt
+  start_idp idp2 "$IDP2_PORT" "$IDP2_PID" "$IDP2_LOG" "$IDP2_STATE" opaque
   start_fhir
   wait_http "$IDP_URL/.well-known/openid-configuration" "$STACK_TIMEOUT" "$(cat "$IDP_PID")" "$IDP_LOG" idp
-  log "idp: ready at $IDP_URL"
+  log "idp: ready at $IDP_URL (JWT access tokens)"
+  wait_http "$IDP2_URL/.well-known/openid-configuration" "$STACK_TIMEOUT" "$(cat "$IDP2_PID")" "$IDP2_LOG" idp2
+  log "idp2: ready at $IDP2_URL (opaque access tokens, introspection)"
   wait_http "$FHIR_BASE/metadata" "$STACK_TIMEOUT" "$(cat "$FHIR_PID")" "$FHIR_LOG" fhir
   log "fhir: ready at $FHIR_BASE"
   load_data
   cat >"$WORK_DIR/stack-$IDP_PORT-$FHIR_PORT.env" <<EOF
 IDP_URL=$IDP_URL
+IDP2_URL=$IDP2_URL
 IDP_AUDIENCE=$IDP_AUDIENCE
 FHIR_DIRECT=$FHIR_BASE
 EOF
-  log "stack up in $((SECONDS - started))s: idp $IDP_URL, fhir $FHIR_BASE, token audience $IDP_AUDIENCE"
+  log "stack up in $((SECONDS - started))s: idp $IDP_URL, idp2 $IDP2_URL, fhir $FHIR_BASE, token audience $IDP_AUDIENCE"
 }
 
 cmd_down() {
   stop_pidfile "$IDP_PID" idp "$IDP_PATTERN"
+  stop_pidfile "$IDP2_PID" idp2 "$IDP_PATTERN"
   stop_pidfile "$FHIR_PID" fhir "$FHIR_PATTERN"
 }
 
@@ -139,6 +155,11 @@ cmd_status() {
     echo "idp:  running (pid $(cat "$IDP_PID")) $IDP_URL  log $IDP_LOG"
   else
     echo "idp:  stopped"; rc=3
+  fi
+  if pid_alive "$IDP2_PID" "$IDP_PATTERN"; then
+    echo "idp2: running (pid $(cat "$IDP2_PID")) $IDP2_URL  log $IDP2_LOG"
+  else
+    echo "idp2: stopped"; rc=3
   fi
   if pid_alive "$FHIR_PID" "$FHIR_PATTERN"; then
     echo "fhir: running (pid $(cat "$FHIR_PID")) $FHIR_BASE  log $FHIR_LOG"

@@ -3,7 +3,7 @@
 #   1. cargo test --workspace
 #   2. build the fuzz targets (fuzz/, uninstrumented)
 #   3. install the end-to-end tools (npm ci, Python venvs) when missing
-#   4. bring up the authorization server and the upstream FHIR server (test ports)
+#   4. bring up the two authorization servers and the upstream FHIR server (test ports)
 #   5. build fhirgate (debug) and start it with e2e/fhirgate-e2e.yaml
 #   6. run the end-to-end suite (pytest e2e/tests)
 # The gateway and the stack are stopped on exit, also after a failure. Exits non-zero
@@ -15,12 +15,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$FHIRGATE_ROOT"
 
-export IDP_PORT=19000 FHIR_PORT=18091 GATEWAY_PORT=18080
+export IDP_PORT=19000 IDP2_PORT=19002 FHIR_PORT=18091 GATEWAY_PORT=18080
 export IDP_AUDIENCE="http://127.0.0.1:$GATEWAY_PORT/fhir"
 export FHIRGATE_URL="http://127.0.0.1:$GATEWAY_PORT/fhir"
 export FHIRGATE_ADMIN="http://127.0.0.1:18081"
 export FHIR_DIRECT="http://127.0.0.1:$FHIR_PORT/fhir"
 export IDP_URL="http://127.0.0.1:$IDP_PORT"
+export IDP2_URL="http://127.0.0.1:$IDP2_PORT"
 export FHIRGATE_BIN="$FHIRGATE_ROOT/target/debug/fhirgate"
 export FHIRGATE_CONFIG="$FHIRGATE_ROOT/e2e/fhirgate-e2e.yaml"
 export FHIRGATE_AUDIT="$FHIRGATE_ROOT/.work/e2e-audit.jsonl"
@@ -95,7 +96,7 @@ ensure_venv fhir "$FHIRGATE_ROOT/e2e/fhir/requirements.txt" >/dev/null
 record "install tools" "ok ($((SECONDS - started))s)"
 
 # ---------------------------------------------------------------- 4. stack
-section "4/6 stack up (idp :$IDP_PORT, fhir :$FHIR_PORT)"
+section "4/6 stack up (idp :$IDP_PORT, idp2 :$IDP2_PORT, fhir :$FHIR_PORT)"
 started=$SECONDS
 # a fresh upstream database each run: restart whatever a previous run left behind
 "$FHIRGATE_ROOT/scripts/stack.sh" down >/dev/null 2>&1 || true

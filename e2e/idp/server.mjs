@@ -2,6 +2,9 @@
 //
 // Issues RFC 9068 JWT access tokens (typ "at+jwt") carrying SMART claims through the
 // client_credentials grant, so every test can mint the token it needs without a browser.
+// With IDP_TOKEN_FORMAT=opaque it issues opaque access tokens instead, answers RFC 7662
+// introspection (with the same SMART claims) and RFC 7009 revocation: the second issuer of
+// the end-to-end suite, which fhirgate checks by introspection.
 // Listens on 127.0.0.1 only. Never use it outside a test machine: secrets are fixed and
 // the /admin endpoints are unauthenticated.
 //
@@ -14,6 +17,11 @@
 //   IDP_TOKEN_TTL       lifetime of ordinary tokens in seconds (300)
 //   IDP_SHORT_TTL       lifetime of short-app tokens in seconds (2)
 //   IDP_STATE_DIR       where signing keys and rotation state are kept (./.idp-state)
+//   IDP_TOKEN_FORMAT    jwt (default) | opaque: format of the access tokens
+//   IDP_INTROSPECTION_CLIENT       opaque only: client id of the resource server allowed to
+//                                  introspect (fhirgate)
+//   IDP_INTROSPECTION_SECRET_FILE  opaque only: file holding that client's secret, trailing
+//                                  newline ignored (introspection-client.secret next to this file)
 //
 // Clients (all client_secret_basic or client_secret_post, grant client_credentials):
 //   patient-app / patient-secret  token request may carry patient=<id> (and fhirUser=<ref>)
@@ -21,6 +29,15 @@
 //   short-app   / short-secret    like patient-app, tokens live IDP_SHORT_TTL seconds
 // The scope parameter is granted verbatim (SMART v1, v2 and granular forms alike).
 // resource=<IDP_OTHER_AUDIENCE> yields a token for the other audience.
+//
+// Opaque format only (IDP_TOKEN_FORMAT=opaque):
+//   fhirgate / <secret file>      client_secret_basic, no grant: the only client whose
+//                                 introspection calls (POST /token/introspection) are
+//                                 answered; every other caller is told active=false
+//   POST /token/revocation        RFC 7009; a token can be revoked by the client it was
+//                                 issued to. Introspection answers carry active, scope,
+//                                 client_id, sub (the client id, as in the JWTs), exp, iat,
+//                                 iss, aud, token_type and the patient and fhirUser claims.
 //
 // Test-only endpoints:
 //   POST /admin/rotate   sign with the next key of the pool; publish [new, previous]
@@ -31,6 +48,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -44,6 +62,13 @@ const ALG = process.env.IDP_ALG ?? 'RS256';
 const TOKEN_TTL = Number.parseInt(process.env.IDP_TOKEN_TTL ?? '300', 10);
 const SHORT_TTL = Number.parseInt(process.env.IDP_SHORT_TTL ?? '2', 10);
 const STATE_DIR = path.resolve(process.env.IDP_STATE_DIR ?? '.idp-state');
+const TOKEN_FORMAT = process.env.IDP_TOKEN_FORMAT ?? 'jwt';
+const OPAQUE = TOKEN_FORMAT === 'opaque';
+const INTROSPECTION_CLIENT = process.env.IDP_INTROSPECTION_CLIENT ?? 'fhirgate';
+const INTROSPECTION_SECRET_FILE = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  process.env.IDP_INTROSPECTION_SECRET_FILE ?? 'introspection-client.secret',
+);
 const POOL_SIZE = 4;
 
 const FAMILIES = {
@@ -59,6 +84,27 @@ if (!Number.isInteger(PORT) || PORT <= 0 || PORT > 65535) {
   console.error(`IDP_PORT is not a valid port: ${process.env.IDP_PORT}`);
   process.exit(2);
 }
+if (TOKEN_FORMAT !== 'jwt' && TOKEN_FORMAT !== 'opaque') {
+  console.error(`IDP_TOKEN_FORMAT must be jwt or opaque, not ${TOKEN_FORMAT}`);
+  process.exit(2);
+}
+
+// The introspection client's secret, read like fhirgate reads client_secret_file.
+function readIntrospectionSecret() {
+  let secret;
+  try {
+    secret = fs.readFileSync(INTROSPECTION_SECRET_FILE, 'utf8').replace(/[\r\n]+$/, '');
+  } catch (err) {
+    console.error(`cannot read the introspection client secret ${INTROSPECTION_SECRET_FILE}: ${err.message}`);
+    process.exit(2);
+  }
+  if (secret === '') {
+    console.error(`the introspection client secret file ${INTROSPECTION_SECRET_FILE} is empty`);
+    process.exit(2);
+  }
+  return secret;
+}
+const INTROSPECTION_SECRET = OPAQUE ? readIntrospectionSecret() : undefined;
 
 // ---------------------------------------------------------------- key pool and state
 
@@ -148,6 +194,17 @@ const clientMetadata = Object.entries(CLIENTS).map(([clientId, c]) => ({
   redirect_uris: [],
   token_endpoint_auth_method: 'client_secret_basic',
 }));
+if (OPAQUE) {
+  // The resource server (fhirgate): it obtains no tokens, it only introspects them.
+  clientMetadata.push({
+    client_id: INTROSPECTION_CLIENT,
+    client_secret: INTROSPECTION_SECRET,
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'client_secret_basic',
+  });
+}
 
 const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 const REFERENCE_PATTERN = /^[A-Za-z]{1,64}\/[A-Za-z0-9\-.]{1,64}$/;
@@ -171,8 +228,22 @@ const configuration = {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
-    introspection: { enabled: false },
-    revocation: { enabled: false },
+    introspection: {
+      enabled: OPAQUE,
+      // Only the resource server learns what a token grants; any other caller, even the
+      // token's own client, gets {"active": false}.
+      allowedPolicy: (ctx, client) => client.clientId === INTROSPECTION_CLIENT,
+    },
+    revocation: {
+      enabled: OPAQUE,
+      // RFC 7009: the client a token was issued to may revoke it.
+      allowedPolicy(ctx, client, token) {
+        if (token.clientId !== client.clientId) {
+          throw new errors.InvalidRequest('client is not authorized to revoke the presented token');
+        }
+        return true;
+      },
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => AUDIENCE,
@@ -188,8 +259,9 @@ const configuration = {
           scope: requested,
           audience: resourceIndicator,
           accessTokenTTL: CLIENTS[client?.clientId]?.ttl ?? TOKEN_TTL,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: ALG, kid: rotation.active } },
+          ...(OPAQUE
+            ? { accessTokenFormat: 'opaque' }
+            : { accessTokenFormat: 'jwt', jwt: { sign: { alg: ALG, kid: rotation.active } } }),
         };
       },
     },
@@ -201,19 +273,23 @@ const configuration = {
   },
   async extraTokenClaims(ctx, token) {
     const clientId = token.clientId ?? ctx?.oidc?.client?.clientId;
-    if (!CLIENTS[clientId]?.patientContext) return undefined;
-    const patient = bodyParam(ctx, 'patient');
-    const explicitUser = bodyParam(ctx, 'fhirUser');
-    if (patient !== undefined && !ID_PATTERN.test(patient)) {
-      throw new errors.InvalidRequest('patient must be a FHIR id');
-    }
-    if (explicitUser !== undefined && !REFERENCE_PATTERN.test(explicitUser)) {
-      throw new errors.InvalidRequest('fhirUser must be a reference Type/id');
-    }
-    const fhirUser = explicitUser ?? (patient ? `Patient/${patient}` : undefined);
     const claims = {};
-    if (patient) claims.patient = patient;
-    if (fhirUser) claims.fhirUser = fhirUser;
+    // The introspection answer for a client_credentials token names no subject; the JWTs
+    // carry the client id as sub, and so does the opaque format's introspection answer.
+    if (OPAQUE && clientId) claims.sub = clientId;
+    if (CLIENTS[clientId]?.patientContext) {
+      const patient = bodyParam(ctx, 'patient');
+      const explicitUser = bodyParam(ctx, 'fhirUser');
+      if (patient !== undefined && !ID_PATTERN.test(patient)) {
+        throw new errors.InvalidRequest('patient must be a FHIR id');
+      }
+      if (explicitUser !== undefined && !REFERENCE_PATTERN.test(explicitUser)) {
+        throw new errors.InvalidRequest('fhirUser must be a reference Type/id');
+      }
+      const fhirUser = explicitUser ?? (patient ? `Patient/${patient}` : undefined);
+      if (patient) claims.patient = patient;
+      if (fhirUser) claims.fhirUser = fhirUser;
+    }
     return Object.keys(claims).length ? claims : undefined;
   },
   renderError(ctx, out) {
@@ -228,6 +304,17 @@ const provider = new Provider(ISSUER, configuration);
 // each issuance (never the token itself).
 provider.use(async (ctx, next) => {
   await next();
+  if (ctx.method === 'POST' && (ctx.path === '/token/introspection' || ctx.path === '/token/revocation')) {
+    const answer = ctx.body && typeof ctx.body === 'object' ? ctx.body : {};
+    logLine(ctx.path === '/token/revocation' ? 'revocation' : 'introspection', {
+      status: ctx.status,
+      caller: ctx.oidc?.client?.clientId ?? null,
+      active: ctx.path === '/token/introspection' ? answer.active ?? null : undefined,
+      client_id: answer.client_id ?? null,
+      error: answer.error ?? null,
+    });
+    return;
+  }
   if (ctx.method !== 'POST' || ctx.path !== '/token') return;
   const body = ctx.oidc?.body ?? {};
   const clientId = ctx.oidc?.client?.clientId;
@@ -279,6 +366,9 @@ function smartConfiguration() {
     token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
     scopes_supported: ['launch/patient', 'patient/*.rs', 'user/*.rs', 'system/*.rs'],
     capabilities: ['client-confidential-symmetric', 'permission-v1', 'permission-v2', 'context-standalone-patient'],
+    ...(OPAQUE
+      ? { introspection_endpoint: `${ISSUER}/token/introspection`, revocation_endpoint: `${ISSUER}/token/revocation` }
+      : {}),
   };
 }
 
@@ -336,6 +426,7 @@ server.listen(PORT, '127.0.0.1', () => {
     port: PORT,
     audience: AUDIENCE,
     other_audience: OTHER_AUDIENCE,
+    token_format: TOKEN_FORMAT,
     alg: ALG,
     active_kid: rotation.active,
     published_kids: rotation.published,

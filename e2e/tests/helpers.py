@@ -8,7 +8,8 @@ The tests run against a running gateway, authorization server and upstream FHIR 
   FHIRGATE_AUDIT   gateway audit file       (.work/e2e-audit.jsonl)
   FHIRGATE_BIN     gateway binary           (target/debug/fhirgate)
   FHIR_DIRECT      upstream FHIR base       (http://127.0.0.1:18091/fhir)
-  IDP_URL          authorization server     (http://127.0.0.1:19000)
+  IDP_URL          authorization server issuing JWTs            (http://127.0.0.1:19000)
+  IDP2_URL         authorization server issuing opaque tokens   (http://127.0.0.1:19002)
   FHIRGATE_VALIDATOR_PYTHON  python of the R4 validator venv (.work/venv-validator/bin/python)
 
 Every request a test sends to the gateway goes through `gw` (the Gateway helper), which
@@ -45,6 +46,12 @@ AUDIT_FILE = _env_path("FHIRGATE_AUDIT", ".work/e2e-audit.jsonl")
 FHIRGATE_BIN = _env_path("FHIRGATE_BIN", "target/debug/fhirgate")
 FHIR_DIRECT = os.environ.get("FHIR_DIRECT", "http://127.0.0.1:18091/fhir").rstrip("/")
 IDP_URL = os.environ.get("IDP_URL", "http://127.0.0.1:19000").rstrip("/")
+IDP2_URL = os.environ.get("IDP2_URL", "http://127.0.0.1:19002").rstrip("/")
+# the gateway's client at the second issuer, as in e2e/fhirgate-e2e.yaml (introspection:)
+INTROSPECTION_CLIENT = "fhirgate"
+INTROSPECTION_SECRET_FILE = ROOT / "e2e" / "idp" / "introspection-client.secret"
+# the second issuer's introspection cache lifetime in the gateway (introspection.max_ttl)
+INTROSPECTION_MAX_TTL = 2.0
 VALIDATOR_PYTHON = _env_path("FHIRGATE_VALIDATOR_PYTHON", ".work/venv-validator/bin/python")
 VALIDATOR_SCRIPT = ROOT / "e2e" / "validator" / "validate.py"
 DATA_INDEX = ROOT / "e2e" / "data" / "index.json"
@@ -63,6 +70,7 @@ MODULE_ORDER = [
     "test_cli",
     "test_interactions",
     "test_upstream_failures",
+    "test_issuers",
     "test_zz_audit",
 ]
 
@@ -88,28 +96,66 @@ class PatientData:
 # --------------------------------------------------------------------------- tokens
 
 
+CLIENT_SECRETS = {"patient-app": "patient-secret", "system-app": "system-secret", "short-app": "short-secret"}
+
+
 class TokenRegistry:
-    """Mints tokens from the test authorization server and remembers every token used."""
+    """Mints tokens from the test authorization servers and remembers every token used.
+
+    JWTs carry their claims; for opaque tokens (second issuer) the claims the gateway should
+    learn by introspection are remembered here, so that the audit checks know what to expect.
+    """
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
+        self.opaque_claims: dict[str, dict] = {}
 
     def remember(self, token: str) -> str:
         self.seen.add(token)
         return token
 
-    def mint(self, scope: str, patient: str | None = None, client: str = "patient-app",
-             secret: str | None = None, resource: str | None = None) -> str:
-        secret = secret or {"patient-app": "patient-secret", "system-app": "system-secret",
-                            "short-app": "short-secret"}[client]
+    def claims_of(self, token: str | None) -> dict:
+        """The claims the gateway maps for `token`: a JWT's payload, an opaque token's
+        expected introspection answer, or nothing for a token the registry did not mint."""
+        if not token:
+            return {}
+        if token in self.opaque_claims:
+            return self.opaque_claims[token]
+        if token.count(".") == 2:
+            try:
+                return jwt_parts(token)[1]
+            except ValueError:
+                return {}
+        return {}
+
+    @staticmethod
+    def request_token(idp: str, scope: str, patient: str | None, client: str, secret: str | None,
+                      resource: str | None) -> dict:
         form = {"grant_type": "client_credentials", "scope": scope}
         if patient:
             form["patient"] = patient
         if resource:
             form["resource"] = resource
-        resp = requests.post(f"{IDP_URL}/token", data=form, auth=(client, secret), timeout=10)
-        assert resp.status_code == 200, f"token request failed: {resp.status_code} {resp.text}"
-        return self.remember(resp.json()["access_token"])
+        resp = requests.post(f"{idp}/token", data=form, auth=(client, secret or CLIENT_SECRETS[client]), timeout=10)
+        assert resp.status_code == 200, f"token request to {idp} failed: {resp.status_code} {resp.text}"
+        return resp.json()
+
+    def mint(self, scope: str, patient: str | None = None, client: str = "patient-app",
+             secret: str | None = None, resource: str | None = None) -> str:
+        """A JWT access token from the first issuer (IDP_URL)."""
+        answer = self.request_token(IDP_URL, scope, patient, client, secret, resource)
+        return self.remember(answer["access_token"])
+
+    def mint_opaque(self, scope: str, patient: str | None = None, client: str = "patient-app",
+                    secret: str | None = None, resource: str | None = None) -> str:
+        """An opaque access token from the second issuer (IDP2_URL)."""
+        answer = self.request_token(IDP2_URL, scope, patient, client, secret, resource)
+        token = answer["access_token"]
+        assert token.count(".") != 2, "the second issuer should issue opaque tokens, got a JWT-shaped one"
+        self.opaque_claims[token] = {
+            "client_id": client, "sub": client, "patient": answer.get("patient"), "scope": answer.get("scope"),
+        }
+        return self.remember(token)
 
 
 def jwt_parts(token: str) -> tuple[dict, dict]:
@@ -154,12 +200,7 @@ class Gateway:
     def record(self, request_id: str, method: str, path: str, query: str, resp: requests.Response,
                token: str | None, decision: str | None, interaction: str | None,
                resource_type: str | None) -> None:
-        claims: dict = {}
-        if token and token.count(".") == 2:
-            try:
-                claims = jwt_parts(token)[1]
-            except ValueError:
-                claims = {}
+        claims = self.tokens.claims_of(token)
         self.exchanges.append(Exchange(
             request_id=request_id, method=method, path=path, query=query, status=resp.status_code,
             expect_decision=decision, interaction=interaction, resource_type=resource_type,
