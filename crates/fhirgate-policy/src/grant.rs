@@ -1,4 +1,4 @@
-//! What a validated access token grants: its scopes and its patient launch context.
+//! What a validated access token grants: its scopes and its launch context.
 //!
 //! The server crate builds a [`Grant`] from token claims; this crate never sees the token.
 
@@ -11,12 +11,29 @@ pub struct Grant {
     pub scopes: ScopeSet,
     /// Launch-context patient id (plain id, not `Patient/id`), if any.
     pub patient: Option<String>,
+    /// Launch-context encounter id (plain id), if any. Carried for explanations and records;
+    /// SMART scopes do not confine access to an encounter.
+    pub encounter: Option<String>,
+    /// The user as a FHIR reference (`Practitioner/1`), if the token names one.
+    pub fhir_user: Option<String>,
 }
 
 impl Grant {
     /// Builds a grant.
     pub fn new(scopes: ScopeSet, patient: Option<String>) -> Self {
-        Self { scopes, patient }
+        Self {
+            scopes,
+            patient,
+            encounter: None,
+            fhir_user: None,
+        }
+    }
+
+    /// The grant with the rest of the launch context: encounter and user.
+    pub fn with_context(mut self, encounter: Option<String>, fhir_user: Option<String>) -> Self {
+        self.encounter = encounter;
+        self.fhir_user = fhir_user;
+        self
     }
 
     /// Resource scopes that grant `perm` on `resource_type` and can take effect: `patient/`

@@ -90,7 +90,8 @@ audit: {{ path: "/dev/null" }}
 "#
         );
         let config = Config::parse(&yaml, "bench").expect("bench config");
-        let validator = TokenValidator::new(&config, reqwest::Client::new()).unwrap();
+        let validator =
+            TokenValidator::new(&config, reqwest::Client::new(), Default::default()).unwrap();
         validator.load_keys().await;
         assert!(validator.ready(), "JWKS loaded");
         validator

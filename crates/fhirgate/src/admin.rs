@@ -1,4 +1,4 @@
-//! The admin listener: liveness and readiness, apart from the FHIR listener.
+//! The admin listener, apart from the FHIR listener: liveness, readiness and metrics.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::body::{self, Body};
 use crate::proxy::Gateway;
 
-/// Serves `/healthz` and `/readyz` until `shutdown` completes.
+/// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -53,6 +53,16 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
     }
     match request.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        "/metrics" => {
+            let mut response = Response::new(body::full(Bytes::from(gateway.metrics.encode())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         "/readyz" => {
             let keys = gateway.tokens.ready();
             let upstream = gateway.upstream.reachable().await;

@@ -32,6 +32,12 @@ pub struct AuditRecord {
     pub subject: Option<String>,
     pub fhir_user: Option<String>,
     pub patient: Option<String>,
+    /// The encounter in context, and SMART 2.x `fhirContext` (compact JSON), when the token
+    /// carries them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encounter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fhir_context: Option<String>,
     pub token_id: Option<String>,
     pub scopes: Option<String>,
     pub source: String,

@@ -121,6 +121,11 @@ pub struct Upstream {
     /// for the rest of a response body that the gateway must read to check it.
     #[serde(default = "default_response_timeout", deserialize_with = "duration")]
     pub response_timeout: Duration,
+    /// Tell the upstream who is calling, in `X-Fhirgate-*` headers taken from the verified
+    /// token (client, subject, user, patient, encounter, fhirContext, scopes). Copies a client
+    /// sends itself are always removed.
+    #[serde(default)]
+    pub identity_headers: bool,
 }
 
 /// One trusted token issuer.

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod body;
 pub mod config;
 pub mod explain;
+pub mod metrics;
 pub mod proxy;
 pub mod refusal;
 pub mod run;

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::{self, Gateway};
 use crate::token::TokenValidator;
 
@@ -47,9 +48,10 @@ pub async fn serve_on(
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let (audit, audit_writer) = AuditLog::open(&config.audit.path)?;
-    let tokens = TokenValidator::new(&config, http)?;
+    let metrics = Arc::new(Metrics::default());
+    let tokens = TokenValidator::new(&config, http, metrics.clone())?;
     tokens.load_keys().await;
-    let gateway = Gateway::new(config, tokens, audit);
+    let gateway = Gateway::new(config, tokens, audit, metrics);
     for issuer in gateway.tokens.issuers() {
         tokio::spawn(refresh_keys(issuer.clone()));
     }

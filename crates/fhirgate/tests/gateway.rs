@@ -3,7 +3,7 @@
 
 mod support;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::*;
 
 const PATIENT_A: &str = r#"{"resourceType":"Patient","id":"pat-A","name":[{"family":"Alpha"}]}"#;
@@ -498,4 +498,101 @@ async fn shutdown_writes_the_audit_trail_while_idle_connections_stay_open() {
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0]["path"], "/fhir/metadata");
     drop((fhir_connection, admin_connection));
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_key_fetches_and_cache_use() {
+    let w = world().await;
+    let token = token(&w, "patient/*.rs");
+    assert_eq!(get(&w, "Patient/pat-A", Some(&token)).await.0, 200);
+    assert_eq!(get(&w, "Patient/pat-A", Some(&token)).await.0, 200);
+    assert_eq!(get(&w, "Patient/pat-B", Some(&token)).await.0, 403);
+    assert_eq!(get(&w, "Patient/pat-A", None).await.0, 401);
+    let response = client()
+        .get(format!("{}/metrics", w.gateway.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = response.text().await.unwrap();
+    let issuer = &w.idp.issuer;
+    for line in [
+        r#"fhirgate_requests_total{decision="Allow",reason="allowed"} 2"#.to_owned(),
+        r#"fhirgate_requests_total{decision="Deny",reason="other_patient"} 1"#.to_owned(),
+        r#"fhirgate_requests_total{decision="Deny",reason="no_token"} 1"#.to_owned(),
+        format!(r#"fhirgate_jwks_fetches_total{{issuer="{issuer}",outcome="Ok"}} 2"#),
+        r#"fhirgate_token_cache_lookups_total{cache="VerifiedTokens",result="Miss"} 1"#.to_owned(),
+        r#"fhirgate_token_cache_lookups_total{cache="VerifiedTokens",result="Hit"} 2"#.to_owned(),
+        "fhirgate_request_duration_seconds_count 4".to_owned(),
+    ] {
+        assert!(text.contains(&line), "missing {line} in:\n{text}");
+    }
+    assert!(!text.contains("pat-A"), "no patient in metrics");
+}
+
+#[tokio::test]
+async fn identity_headers_reach_the_upstream_only_from_the_token() {
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let gateway = TestGateway::start_with(&idp, fhir.addr, "", "  identity_headers: true").await;
+    let mut claims = claims(&idp.issuer, "launch/patient patient/*.rs");
+    claims["encounter"] = json!("Encounter/enc-9");
+    claims["fhirContext"] = json!([{ "reference": "Encounter/enc-9" }]);
+    let token = sign("rsa-a", Some("rsa-a"), &claims);
+    let response = client()
+        .get(format!("{}/Patient/pat-A", gateway.base))
+        .bearer_auth(&token)
+        .header("x-fhirgate-patient", "pat-B")
+        .header("x-fhirgate-role", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = &fhir.seen()[0].headers;
+    assert_eq!(
+        seen["x-fhirgate-patient"], "pat-A",
+        "the token's, not the client's"
+    );
+    assert!(
+        !seen.contains_key("x-fhirgate-role"),
+        "client copies are removed"
+    );
+    assert_eq!(seen["x-fhirgate-client-id"], "app-1");
+    assert_eq!(seen["x-fhirgate-subject"], "user-A");
+    assert_eq!(seen["x-fhirgate-fhir-user"], "Patient/pat-A");
+    assert_eq!(seen["x-fhirgate-encounter"], "enc-9");
+    assert_eq!(
+        seen["x-fhirgate-fhir-context"],
+        r#"[{"reference":"Encounter/enc-9"}]"#
+    );
+    assert_eq!(seen["x-fhirgate-scope"], "launch/patient patient/*.rs");
+    let audit = gateway.stop().await;
+    assert_eq!(audit[0]["encounter"], "enc-9");
+    assert_eq!(
+        audit[0]["fhir_context"],
+        r#"[{"reference":"Encounter/enc-9"}]"#
+    );
+}
+
+#[tokio::test]
+async fn without_identity_headers_client_copies_are_still_removed() {
+    let w = world().await;
+    let token = token(&w, "patient/*.rs");
+    let response = client()
+        .get(format!("{}/Patient/pat-A", w.gateway.base))
+        .bearer_auth(&token)
+        .header("x-fhirgate-patient", "pat-B")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = &w.fhir.seen()[0].headers;
+    assert!(!seen.keys().any(|k| k.as_str().starts_with("x-fhirgate-")));
 }

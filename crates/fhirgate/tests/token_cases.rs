@@ -409,6 +409,10 @@ async fn unknown_kid_storm_costs_one_fetch_and_never_blocks_a_valid_token() {
     let fhir = upstream().await;
     let gateway = Arc::new(TestGateway::start(&idp, fhir.addr, "").await);
     let base = gateway.base.clone();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
 
     let mut storm = Vec::new();
     for n in 0..repeat {
@@ -417,9 +421,9 @@ async fn unknown_kid_storm_costs_one_fetch_and_never_blocks_a_valid_token() {
         token["signing"] = json!("signed with an attacker key");
         let bearer = token_for(&token, &conventions, &idp, "");
         let url = format!("{base}/Patient/pat-A");
+        let http = http.clone();
         storm.push(tokio::spawn(async move {
-            client()
-                .get(url)
+            http.get(url)
                 .bearer_auth(bearer)
                 .send()
                 .await

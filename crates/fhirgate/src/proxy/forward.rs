@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use super::headers::{self, REQUEST_ID};
 use crate::config;
 use crate::refusal::Refusal;
+use crate::token::Identity;
 
 /// Headers a client may not set for the upstream: credentials, and what the gateway itself
 /// says about the request.
@@ -27,6 +28,29 @@ const CLIENT_MAY_NOT_SET: [&str; 7] = [
     "x-forwarded-host",
     "x-request-id",
 ];
+
+/// Prefix of the headers in which the gateway tells the upstream who is calling.
+const IDENTITY_PREFIX: &str = "x-fhirgate-";
+
+/// Adds the verified caller's identity and launch context as `X-Fhirgate-*` headers. Values
+/// that cannot be header values (never expected of ids) are left out rather than altered.
+pub fn add_identity_headers(out: &mut HeaderMap, identity: &Identity) {
+    let fields = [
+        ("x-fhirgate-client-id", identity.client_id.as_deref()),
+        ("x-fhirgate-subject", identity.subject.as_deref()),
+        ("x-fhirgate-fhir-user", identity.fhir_user.as_deref()),
+        ("x-fhirgate-patient", identity.patient.as_deref()),
+        ("x-fhirgate-encounter", identity.encounter.as_deref()),
+        ("x-fhirgate-fhir-context", identity.fhir_context.as_deref()),
+        ("x-fhirgate-scope", identity.scope.as_deref()),
+        ("x-fhirgate-issuer", Some(identity.issuer.as_str())),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+            out.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
 
 /// The FHIR server behind the gateway.
 #[derive(Debug)]
@@ -139,6 +163,14 @@ pub fn upstream_headers(
     let mut out = client.clone();
     headers::remove_hop_by_hop(&mut out);
     for name in CLIENT_MAY_NOT_SET {
+        out.remove(name);
+    }
+    let spoofed: Vec<HeaderName> = out
+        .keys()
+        .filter(|name| name.as_str().starts_with(IDENTITY_PREFIX))
+        .cloned()
+        .collect();
+    for name in spoofed {
         out.remove(name);
     }
     out.remove(header::HOST);

@@ -24,6 +24,7 @@ use fhirgate_policy::options::PolicyOptions;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::token::TokenValidator;
 
 /// Everything a request needs, shared by all connections.
@@ -35,10 +36,16 @@ pub struct Gateway {
     pub audit: AuditLog,
     /// Policy options from the configuration, computed once.
     pub policy: PolicyOptions,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Gateway {
-    pub fn new(config: Config, tokens: TokenValidator, audit: AuditLog) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        tokens: TokenValidator,
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let upstream = Upstream::new(&config.upstream);
         let policy = config.policy_options();
         Arc::new(Self {
@@ -47,6 +54,7 @@ impl Gateway {
             tokens,
             upstream,
             audit,
+            metrics,
         })
     }
 }

@@ -18,11 +18,12 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::accept::accept;
 use super::bundle::BundlePlan;
-use super::forward::{Outbound, upstream_headers};
+use super::forward::{Outbound, add_identity_headers, upstream_headers};
 use super::headers::{self, REQUEST_ID};
 use super::verify::check_body;
 use crate::audit::{self, AuditDecision, AuditRecord};
 use crate::body::{self, Body};
+use crate::metrics;
 use crate::refusal::{OutcomeFormat, Refusal};
 use crate::token::{Identity, Presentation};
 
@@ -83,6 +84,7 @@ pub async fn handle(
         .headers_mut()
         .insert(REQUEST_ID.clone(), headers::value(&request_id));
 
+    let took = started.elapsed();
     let identity = facts.identity.take();
     let record = AuditRecord {
         time: audit::now_rfc3339(),
@@ -92,6 +94,8 @@ pub async fn handle(
         subject: identity.as_ref().and_then(|i| i.subject.clone()),
         fhir_user: identity.as_ref().and_then(|i| i.fhir_user.clone()),
         patient: identity.as_ref().and_then(|i| i.patient.clone()),
+        encounter: identity.as_ref().and_then(|i| i.encounter.clone()),
+        fhir_context: identity.as_ref().and_then(|i| i.fhir_context.clone()),
         token_id: identity.as_ref().and_then(|i| i.token_id.clone()),
         scopes: identity.as_ref().and_then(|i| i.scope.clone()),
         source: peer.ip().to_string(),
@@ -107,8 +111,13 @@ pub async fn handle(
         status: response.status().as_u16(),
         upstream_status: facts.upstream_status,
         withheld: facts.withheld,
-        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms: took.as_secs_f64() * 1000.0,
     };
+    let counted = match decision {
+        AuditDecision::Allow => metrics::Decision::Allow,
+        AuditDecision::Deny => metrics::Decision::Deny,
+    };
+    gateway.metrics.request(counted, reason, took);
     gateway.audit.record(record);
     response
 }
@@ -216,6 +225,11 @@ async fn run(
     };
     let checked = obligations.response_check.is_some() || plan.is_some();
     let mut headers = upstream_headers(&parts.headers, peer, request_id, checked);
+    if gateway.config.upstream.identity_headers
+        && let Some(identity) = &facts.identity
+    {
+        add_identity_headers(&mut headers, identity);
+    }
     if !obligations.add_if_none_exist.is_empty() {
         narrow_if_none_exist(&mut headers, &obligations.add_if_none_exist)?;
     }
@@ -308,6 +322,7 @@ pub fn grant_for(identity: &Identity) -> Grant {
         ScopeSet::parse(identity.scope.as_deref().unwrap_or("")),
         identity.patient.clone(),
     )
+    .with_context(identity.encounter.clone(), identity.fhir_user.clone())
 }
 
 /// Does the gateway read (and classify) the body of requests with this method?

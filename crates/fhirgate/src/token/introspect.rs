@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 use super::cache::TokenDigest;
 use super::{ClaimMapping, Identity, TokenError};
 use crate::config::{HttpUrl, duration, option_duration};
+use crate::metrics::{Cache as MetricsCache, Lookup, Metrics, Outcome};
 
 /// Largest introspection answer read.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -109,6 +110,7 @@ pub struct Introspector {
     http: reqwest::Client,
     endpoint: OnceCell<String>,
     answers: Cache<TokenDigest, Answer>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Introspector {
@@ -155,6 +157,7 @@ impl Introspector {
         config: IntrospectionConfig,
         mapping: ClaimMapping,
         http: reqwest::Client,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, IntrospectionSetupError> {
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|source| IntrospectionSetupError::Read {
@@ -210,6 +213,7 @@ impl Introspector {
             credentials,
             http,
             endpoint,
+            metrics,
         })
     }
 
@@ -229,6 +233,13 @@ impl Introspector {
         token: &str,
         key: TokenDigest,
     ) -> Result<Option<Arc<Identity>>, TokenError> {
+        let lookup = if self.answers.contains_key(&key) {
+            Lookup::Hit
+        } else {
+            Lookup::Miss
+        };
+        self.metrics
+            .cache_lookup(MetricsCache::Introspection, lookup);
         let answer = self
             .answers
             .try_get_with(key, self.ask(token, key))
@@ -252,8 +263,21 @@ impl Introspector {
         }
     }
 
-    /// One introspection call.
+    /// One introspection call, measured.
     async fn ask(&self, token: &str, key: TokenDigest) -> Result<Answer, TokenError> {
+        let started = std::time::Instant::now();
+        let answer = self.call(token, key).await;
+        let outcome = if answer.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+        self.metrics
+            .introspection(&self.issuer, outcome, started.elapsed());
+        answer
+    }
+
+    async fn call(&self, token: &str, key: TokenDigest) -> Result<Answer, TokenError> {
         let unavailable = || TokenError::IntrospectionUnavailable {
             issuer: self.issuer.clone(),
         };

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::TokenError;
 use crate::config::{self, Issuer};
+use crate::metrics::{Metrics, Outcome};
 
 /// Largest JWKS or discovery document accepted.
 const MAX_DOCUMENT: usize = 512 * 1024;
@@ -73,6 +74,7 @@ pub struct IssuerKeys {
     next_refresh: std::sync::Mutex<Duration>,
     /// Woken by every fetch, so the background wait starts again from it.
     fetched: tokio::sync::Notify,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for IssuerKeys {
@@ -85,13 +87,14 @@ impl std::fmt::Debug for IssuerKeys {
 }
 
 impl IssuerKeys {
-    pub fn new(config: Issuer, http: reqwest::Client) -> Self {
+    pub fn new(config: Issuer, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
         let jwks_uri = config.jwks_uri.as_ref().map(|u| u.as_str());
         Self {
             http,
             keys: ArcSwap::from_pointee(KeySet::default()),
             next_refresh: std::sync::Mutex::new(config.jwks_refresh_interval),
             fetched: tokio::sync::Notify::new(),
+            metrics,
             config,
             fetch: Mutex::new(FetchState {
                 last_on_demand: None,
@@ -263,6 +266,20 @@ impl IssuerKeys {
 
     /// A document and the `max-age` its `Cache-Control` header gives, if any.
     async fn get(&self, url: &str) -> Result<(bytes::Bytes, Option<Duration>), FetchError> {
+        let fetched = self.fetch_document(url).await;
+        let outcome = if fetched.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+        self.metrics.jwks_fetch(&self.config.issuer, outcome);
+        fetched
+    }
+
+    async fn fetch_document(
+        &self,
+        url: &str,
+    ) -> Result<(bytes::Bytes, Option<Duration>), FetchError> {
         let http_error = |e: reqwest::Error| FetchError::Http {
             url: url.to_owned(),
             reason: e.to_string(),

@@ -29,6 +29,7 @@ pub use self::introspect::{
 pub use self::jwks::IssuerKeys;
 
 use crate::config::{Config, DpopSettings};
+use crate::metrics::{Cache, Lookup, Metrics};
 
 /// Why a request's credentials are not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -108,11 +109,16 @@ pub struct TokenValidator {
     max_token_length: usize,
     verified: VerifiedTokens,
     proofs: ProofVerifier,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenValidator {
     /// Builds the validator; keys are fetched later by [`TokenValidator::load_keys`].
-    pub fn new(config: &Config, http: reqwest::Client) -> Result<Self, IntrospectionSetupError> {
+    pub fn new(
+        config: &Config,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, IntrospectionSetupError> {
         let mut issuers = Vec::with_capacity(config.issuers.len());
         for issuer in &config.issuers {
             let introspector = match &issuer.introspection {
@@ -122,14 +128,19 @@ impl TokenValidator {
                     settings.clone(),
                     issuer.claims.clone(),
                     http.clone(),
+                    metrics.clone(),
                 )?),
                 None => None,
             };
             issuers.push(TrustedIssuer {
                 issuer: issuer.issuer.clone(),
-                keys: issuer
-                    .jwt
-                    .then(|| Arc::new(IssuerKeys::new(issuer.clone(), http.clone()))),
+                keys: issuer.jwt.then(|| {
+                    Arc::new(IssuerKeys::new(
+                        issuer.clone(),
+                        http.clone(),
+                        metrics.clone(),
+                    ))
+                }),
                 introspector,
                 dpop: issuer.dpop.clone(),
             });
@@ -145,6 +156,7 @@ impl TokenValidator {
             max_token_length: config.limits.max_token_length,
             verified: VerifiedTokens::new(VERIFIED_CAPACITY, VERIFIED_MAX_AGE),
             proofs: ProofVerifier::new(replay_window),
+            metrics,
         })
     }
 
@@ -254,8 +266,12 @@ impl TokenValidator {
         }
         let key = digest(token);
         if let Some(identity) = self.verified.get(&key) {
+            self.metrics
+                .cache_lookup(Cache::VerifiedTokens, Lookup::Hit);
             return Ok(identity);
         }
+        self.metrics
+            .cache_lookup(Cache::VerifiedTokens, Lookup::Miss);
         self.verify_uncached(token, key).await
     }
 

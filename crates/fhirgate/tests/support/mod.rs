@@ -275,6 +275,16 @@ impl TestGateway {
     /// Starts a gateway for `idp` in front of `upstream_addr`; `extra` is appended to the
     /// issuer's YAML block.
     pub async fn start(idp: &FakeIdp, upstream_addr: SocketAddr, issuer_extra: &str) -> Self {
+        Self::start_with(idp, upstream_addr, issuer_extra, "").await
+    }
+
+    /// [`TestGateway::start`] with `upstream_extra` appended to the `upstream` block.
+    pub async fn start_with(
+        idp: &FakeIdp,
+        upstream_addr: SocketAddr,
+        issuer_extra: &str,
+        upstream_extra: &str,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -290,6 +300,7 @@ upstream:
   public_base_path: "/fhir"
   connect_timeout: "1s"
   response_timeout: "2s"
+{upstream_extra}
 issuers:
   - issuer: "{issuer}"
     audience: "https://gw.test/fhir"

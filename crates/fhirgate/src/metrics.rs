@@ -1,0 +1,230 @@
+//! Prometheus metrics, served by the admin listener at `/metrics`.
+//!
+//! Every label is a typed value from a closed set or an operator's configuration (an issuer
+//! URL), never something a client sends: no patient, token, path or scope can become a label.
+//! Each gateway has its own registry, so gateways in one process (tests) do not share counts.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Allowed or refused.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    decision: Decision,
+    /// One of the gateway's fixed audit reasons.
+    reason: String,
+}
+
+/// How a call to an issuer went.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Outcome {
+    Ok,
+    Error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerOutcome {
+    issuer: String,
+    outcome: Outcome,
+}
+
+/// A cache lookup's result.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Lookup {
+    Hit,
+    Miss,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: Cache,
+    result: Lookup,
+}
+
+/// The gateway's caches.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Cache {
+    /// Verified JWTs.
+    VerifiedTokens,
+    /// Introspection answers.
+    Introspection,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabel {
+    issuer: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The gateway's metrics and the registry that exports them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Histogram,
+    jwks_fetches: Family<IssuerOutcome, Counter>,
+    introspections: Family<IssuerOutcome, Counter>,
+    introspection_seconds: Histograms<IssuerLabel>,
+    cache_lookups: Family<CacheLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("fhirgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by decision and audit reason",
+            requests.clone(),
+        );
+        let request_seconds = latency_histogram();
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response head, gateway and upstream together",
+            request_seconds.clone(),
+        );
+        let jwks_fetches = Family::<IssuerOutcome, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "JWKS (and discovery) fetches per issuer, by outcome",
+            jwks_fetches.clone(),
+        );
+        let introspections = Family::<IssuerOutcome, Counter>::default();
+        registry.register(
+            "introspections",
+            "RFC 7662 introspection calls per issuer, by outcome",
+            introspections.clone(),
+        );
+        let introspection_seconds: Histograms<IssuerLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "introspection_duration_seconds",
+            "Latency of introspection calls per issuer",
+            introspection_seconds.clone(),
+        );
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "token_cache_lookups",
+            "Lookups in the verified-token and introspection caches, by result",
+            cache_lookups.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            jwks_fetches,
+            introspections,
+            introspection_seconds,
+            cache_lookups,
+        }
+    }
+}
+
+impl Metrics {
+    /// One answered request.
+    pub fn request(&self, decision: Decision, reason: &'static str, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                decision,
+                reason: reason.to_owned(),
+            })
+            .inc();
+        self.request_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One JWKS or discovery fetch for `issuer`.
+    pub fn jwks_fetch(&self, issuer: &str, outcome: Outcome) {
+        self.jwks_fetches
+            .get_or_create(&IssuerOutcome {
+                issuer: issuer.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// One introspection call to `issuer`.
+    pub fn introspection(&self, issuer: &str, outcome: Outcome, took: Duration) {
+        self.introspections
+            .get_or_create(&IssuerOutcome {
+                issuer: issuer.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.introspection_seconds
+            .get_or_create(&IssuerLabel {
+                issuer: issuer.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// One cache lookup.
+    pub fn cache_lookup(&self, cache: Cache, result: Lookup) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels { cache, result })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_exported_with_typed_labels() {
+        let metrics = Metrics::default();
+        metrics.request(Decision::Deny, "invalid_token", Duration::from_millis(2));
+        metrics.jwks_fetch("https://idp.example", Outcome::Error);
+        metrics.cache_lookup(Cache::VerifiedTokens, Lookup::Hit);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"fhirgate_requests_total{decision="Deny",reason="invalid_token"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"fhirgate_jwks_fetches_total{issuer="https://idp.example",outcome="Error"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"fhirgate_token_cache_lookups_total{cache="VerifiedTokens",result="Hit"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("fhirgate_request_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+}
