@@ -873,3 +873,28 @@ fn page_continuations_are_checked() {
     ));
     assert_eq!(d.reason, DenyReason::InsufficientScope);
 }
+
+#[test]
+fn a_bundle_of_public_reads_needs_no_data_scope_and_one_data_entry_does() {
+    // Found by fuzzing: a transaction whose only entry reads the capability statement. That is
+    // public, so allowing it without data scopes is right; any data entry needs a scope.
+    let public = bundle("transaction", &[("GET", "metadata", None)]);
+    assert!(
+        allow(decide_bundle_with(
+            &public,
+            "openid fhirUser",
+            &PolicyOptions::default()
+        ))
+        .is_empty()
+    );
+    let mixed = bundle(
+        "batch",
+        &[("GET", "metadata", None), ("GET", "Patient/A", None)],
+    );
+    let d = denial(decide_bundle_with(
+        &mixed,
+        "openid fhirUser",
+        &PolicyOptions::default(),
+    ));
+    assert_eq!(d.expression, ["Bundle.entry[1]"]);
+}
