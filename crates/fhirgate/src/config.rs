@@ -28,6 +28,10 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The FHIR server behind the gateway.
     pub upstream: Upstream,
+    /// TLS on the FHIR listener, with optional client certificates (RFC 8705). Plain HTTP
+    /// when absent.
+    #[serde(default)]
+    pub tls: Option<Tls>,
     /// The gateway's public FHIR base URL as clients address it (`https://gw.example/fhir`);
     /// DPoP proofs must name URLs under it. When absent, the request's `Host` header and the
     /// public base path make it, with the `http` scheme.
@@ -179,6 +183,34 @@ pub struct Issuer {
     /// DPoP-bound tokens (RFC 9449) of this issuer, and whether unbound ones are accepted.
     #[serde(default)]
     pub dpop: DpopSettings,
+}
+
+/// TLS termination on the FHIR listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file with the server certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM file with the server's private key.
+    pub private_key: PathBuf,
+    /// PEM file with the CAs whose client certificates are accepted. Without it no client
+    /// certificate is asked for, and certificate-bound tokens cannot be used.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Whether a connection without a client certificate is accepted (with `client_ca`).
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
+}
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientCertificates {
+    /// Asked for and verified when sent; bearer tokens work without one.
+    #[default]
+    Optional,
+    /// The TLS handshake fails without a valid client certificate.
+    Required,
 }
 
 /// Proof-of-possession rules for one issuer's tokens.

@@ -26,6 +26,8 @@ pub enum StartError {
     HttpClient(#[from] reqwest::Error),
     #[error("token introspection: {0}")]
     Introspection(#[from] crate::token::IntrospectionSetupError),
+    #[error("TLS: {0}")]
+    Tls(#[from] proxy::TlsSetupError),
 }
 
 /// Runs the gateway until SIGINT or SIGTERM, then drains connections and the audit trail.
@@ -47,6 +49,7 @@ pub async fn serve_on(
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
+    let tls = config.tls.as_ref().map(proxy::tls_acceptor).transpose()?;
     let (audit, audit_writer) = AuditLog::open(&config.audit.path)?;
     let metrics = Arc::new(Metrics::default());
     let tokens = TokenValidator::new(&config, http, metrics.clone())?;
@@ -71,7 +74,7 @@ pub async fn serve_on(
         upstream = %gateway.config.upstream.url.as_str(),
         "fhirgate listening"
     );
-    let fhir = proxy::serve(listener, gateway.clone(), stopped(stop_rx));
+    let fhir = proxy::serve(listener, tls, gateway.clone(), stopped(stop_rx));
     tokio::pin!(fhir);
     tokio::pin!(shutdown);
     tokio::select! {

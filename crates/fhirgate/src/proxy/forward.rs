@@ -1,6 +1,5 @@
 //! The forward step: the request as the FHIR server sees it, and the pooled client that sends it.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::Peer;
 use super::headers::{self, REQUEST_ID};
 use crate::config;
 use crate::refusal::Refusal;
@@ -156,7 +156,7 @@ impl Upstream {
 /// When the response must be checked, the upstream is asked for uncompressed FHIR JSON.
 pub fn upstream_headers(
     client: &HeaderMap,
-    peer: SocketAddr,
+    peer: &Peer,
     request_id: &str,
     response_checked: bool,
 ) -> HeaderMap {
@@ -180,11 +180,11 @@ pub fn upstream_headers(
     }
     out.insert(
         HeaderName::from_static("x-forwarded-for"),
-        headers::value(&peer.ip().to_string()),
+        headers::value(&peer.address.ip().to_string()),
     );
     out.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        headers::value("http"),
+        headers::value(if peer.tls { "https" } else { "http" }),
     );
     out.insert(REQUEST_ID.clone(), headers::value(request_id));
     if response_checked {
@@ -206,16 +206,21 @@ mod tests {
         client.insert("forwarded", "for=6.6.6.6".parse().unwrap());
         client.insert(header::HOST, "gw.test".parse().unwrap());
         client.insert(header::ACCEPT, "application/fhir+xml".parse().unwrap());
-        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
-        let out = upstream_headers(&client, peer, "rid", false);
+        let peer = Peer {
+            address: "10.1.2.3:5555".parse().unwrap(),
+            tls: true,
+            certificate: None,
+        };
+        let out = upstream_headers(&client, &peer, "rid", false);
         assert!(!out.contains_key(header::AUTHORIZATION));
         assert!(!out.contains_key("forwarded"));
         assert!(!out.contains_key(header::HOST));
         assert_eq!(out["x-forwarded-for"], "10.1.2.3");
         assert_eq!(out["x-forwarded-host"], "gw.test");
         assert_eq!(out["x-request-id"], "rid");
+        assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out[header::ACCEPT], "application/fhir+xml");
-        let checked = upstream_headers(&client, peer, "rid", true);
+        let checked = upstream_headers(&client, &peer, "rid", true);
         assert_eq!(checked[header::ACCEPT], "application/fhir+json");
     }
 }

@@ -11,14 +11,19 @@ mod forward;
 mod headers;
 mod pipeline;
 mod server;
+mod tls;
 mod verify;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use self::accept::accept;
 pub use self::forward::{Upstream, target_url};
 pub use self::pipeline::{classify_and_decide, grant_for, is_public, reads_body};
 pub use self::server::serve;
+pub use self::tls::{
+    TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,
+};
 
 use fhirgate_policy::options::PolicyOptions;
 
@@ -26,6 +31,16 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::token::TokenValidator;
+
+/// The client end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: SocketAddr,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// `x5t#S256` of the client certificate verified in the TLS handshake, if one was sent.
+    pub certificate: Option<String>,
+}
 
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]

@@ -1,6 +1,5 @@
 //! One request through every step, and its audit record.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,12 +14,12 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::Gateway;
 use super::accept::accept;
 use super::bundle::BundlePlan;
 use super::forward::{Outbound, add_identity_headers, upstream_headers};
 use super::headers::{self, REQUEST_ID};
 use super::verify::check_body;
+use super::{Gateway, Peer};
 use crate::audit::{self, AuditDecision, AuditRecord};
 use crate::body::{self, Body};
 use crate::metrics;
@@ -44,7 +43,7 @@ struct Facts {
 pub async fn handle(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
 ) -> Response<Body> {
     let started = Instant::now();
     let request_id = headers::request_id(request.headers());
@@ -60,7 +59,7 @@ pub async fn handle(
     );
     let mut facts = Facts::default();
 
-    let result = run(&gateway, request, peer, &request_id, &mut facts).await;
+    let result = run(&gateway, request, &peer, &request_id, &mut facts).await;
     let (mut response, decision, reason) = match result {
         Ok(response) => (response, AuditDecision::Allow, "allowed"),
         Err(refusal) => {
@@ -98,7 +97,7 @@ pub async fn handle(
         fhir_context: identity.as_ref().and_then(|i| i.fhir_context.clone()),
         token_id: identity.as_ref().and_then(|i| i.token_id.clone()),
         scopes: identity.as_ref().and_then(|i| i.scope.clone()),
-        source: peer.ip().to_string(),
+        source: peer.address.ip().to_string(),
         method,
         path,
         query,
@@ -125,7 +124,7 @@ pub async fn handle(
 async fn run(
     gateway: &Gateway,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
     request_id: &str,
     facts: &mut Facts,
 ) -> Result<Response<Body>, Refusal> {
@@ -153,11 +152,12 @@ async fn run(
         return Ok(pass_through(response));
     }
 
-    let url = request_url(gateway, &parts, relative);
+    let url = request_url(gateway, &parts, relative, peer.tls);
     let presentation = Presentation {
         headers: &parts.headers,
         method: parts.method.as_str(),
         url: &url,
+        client_certificate: peer.certificate.as_deref(),
     };
     let identity = gateway.tokens.authenticate(&presentation).await?;
     let grant = grant_for(&identity);
@@ -287,8 +287,13 @@ fn checked_reply(mut head: http::response::Parts, body: Bytes, changed: bool) ->
 }
 
 /// The URL the client addressed, without query: under `public_url` when configured, else
-/// made of the `Host` the client sent and the public base path.
-fn request_url(gateway: &Gateway, parts: &http::request::Parts, relative: &str) -> String {
+/// made of the connection's scheme, the `Host` the client sent and the public base path.
+fn request_url(
+    gateway: &Gateway,
+    parts: &http::request::Parts,
+    relative: &str,
+    tls: bool,
+) -> String {
     let base = match &gateway.config.public_url {
         Some(url) => url.as_str().trim_end_matches('/').to_owned(),
         None => {
@@ -298,8 +303,9 @@ fn request_url(gateway: &Gateway, parts: &http::request::Parts, relative: &str) 
                 .and_then(|v| v.to_str().ok())
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .unwrap_or("localhost");
+            let scheme = if tls { "https" } else { "http" };
             format!(
-                "http://{host}{}",
+                "{scheme}://{host}{}",
                 gateway.config.upstream.public_base_path.as_str()
             )
         }
@@ -404,7 +410,7 @@ async fn fetch_for_check(
     gateway: &Gateway,
     target: Target<'_>,
     client_headers: &http::HeaderMap,
-    peer: SocketAddr,
+    peer: &Peer,
     request_id: &str,
 ) -> Result<Option<Bytes>, Refusal> {
     let mut headers = upstream_headers(client_headers, peer, request_id, true);
@@ -446,7 +452,7 @@ async fn precheck_target(
     fhir_request: &FhirRequest,
     check: &ResponseCheck,
     client_headers: &http::HeaderMap,
-    peer: SocketAddr,
+    peer: &Peer,
     request_id: &str,
 ) -> Result<(), Refusal> {
     let (Some(resource_type), Some(id)) = (&fhir_request.resource_type, &fhir_request.id) else {
@@ -473,7 +479,7 @@ async fn precheck_matches(
     target: Target<'_>,
     check: &ResponseCheck,
     client_headers: &http::HeaderMap,
-    peer: SocketAddr,
+    peer: &Peer,
     request_id: &str,
 ) -> Result<(), Refusal> {
     let Some(bytes) = fetch_for_check(gateway, target, client_headers, peer, request_id).await?

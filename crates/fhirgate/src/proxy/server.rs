@@ -1,26 +1,31 @@
-//! The connection loop: HTTP/1.1 and HTTP/2 (prior knowledge) on one listener, drained on
-//! shutdown.
+//! The connection loop: HTTP/1.1 and HTTP/2 on one listener, in the clear (HTTP/2 by prior
+//! knowledge) or over TLS (by ALPN), drained on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
-use super::Gateway;
 use super::pipeline::handle;
+use super::{Gateway, Peer};
 
 /// How long open connections may take to finish after shutdown begins.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serves the FHIR listener until `shutdown` completes, then drains open connections.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -40,18 +45,54 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let service = service_fn(move |request| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(handle(gateway, request, peer).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let Some(acceptor) = tls.clone() else {
+            let peer = Arc::new(Peer {
+                address: peer,
+                tls: false,
+                certificate: None,
+            });
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service(gateway.clone(), peer.clone()))
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(client.address = %peer.address, %error, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's own task, so a slow client holds up no one.
+        let (gateway, builder, watcher) = (gateway.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(client.address = %peer, %error, "connection ended with an error");
+            let handshake = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(client.address = %peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client.address = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(super::tls::thumbprint);
+            let peer = Arc::new(Peer {
+                address: peer,
+                tls: true,
+                certificate,
+            });
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service(gateway.clone(), peer.clone()))
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(client.address = %peer.address, %error, "connection ended with an error");
             }
         });
     }
@@ -60,4 +101,20 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing"),
     }
+}
+
+/// The service answering one connection's requests.
+fn service(
+    gateway: Arc<Gateway>,
+    peer: Arc<Peer>,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = http::Response<crate::body::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |request| {
+        let (gateway, peer) = (gateway.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(handle(gateway, request, peer).await) }
+    })
 }

@@ -79,6 +79,8 @@ pub struct Presentation<'a> {
     pub method: &'a str,
     /// The request URL as the client addressed it, without query.
     pub url: &'a str,
+    /// `x5t#S256` of the client certificate of the connection (mutual TLS), if any.
+    pub client_certificate: Option<&'a str>,
 }
 
 /// One trusted issuer: its keys, its optional introspection client, its claim mapping.
@@ -228,9 +230,20 @@ impl TokenValidator {
                 "this issuer's tokens must be DPoP-bound",
             )),
             (Binding::Unbound, Scheme::Bearer) => Ok(()),
-            (Binding::Certificate(_), _) => Err(TokenError::Invalid(
-                "the token is bound to a client certificate; mutual TLS is not terminated here"
-                    .into(),
+            (Binding::Certificate(x5t), Scheme::Bearer) => {
+                if request.client_certificate == Some(x5t.as_str()) {
+                    Ok(())
+                } else {
+                    Err(TokenError::Invalid(
+                        "the token is bound to a client certificate this connection did not \
+                         present"
+                            .into(),
+                    ))
+                }
+            }
+            (Binding::Certificate(_), Scheme::Dpop) => Err(refuse(
+                DpopChallenge::InvalidToken,
+                "the token is bound to a client certificate, not a DPoP key",
             )),
             (Binding::Unsupported, _) => Err(TokenError::Invalid(
                 "the token's confirmation claim names a binding the gateway cannot check".into(),
