@@ -9,6 +9,8 @@
 
 use bytes::Bytes;
 use fhirgate_policy::decision::{self, Denial, EntryObligations, Obligations};
+use indexmap::IndexMap;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::verify::check_body;
@@ -40,7 +42,8 @@ impl<'a> BundlePlan<'a> {
         Some(Self { obligations, total })
     }
 
-    /// The Bundle sent upstream: refused entries left out, search entries narrowed.
+    /// The Bundle sent upstream: refused entries left out, search entries narrowed. Every
+    /// other byte of the client's Bundle (resources to write included) goes on as sent.
     pub fn upstream_body(&self, body: &[u8]) -> Result<Bytes, Refusal> {
         let narrows = self
             .obligations
@@ -50,53 +53,52 @@ impl<'a> BundlePlan<'a> {
         if self.obligations.refused_entries.is_empty() && !narrows {
             return Ok(Bytes::copy_from_slice(body));
         }
-        let mut bundle: Value = serde_json::from_slice(body)
-            .map_err(|_| Refusal::BadRequest("the Bundle is not valid JSON".into()))?;
-        let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
-            return Err(Refusal::BadRequest("the Bundle has no entries".into()));
+        let invalid = |what: &str| Refusal::BadRequest(what.to_owned());
+        let mut bundle: RawObject =
+            serde_json::from_slice(body).map_err(|_| invalid("the Bundle is not valid JSON"))?;
+        let entries: Vec<Box<RawValue>> = match bundle.get("entry") {
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|_| invalid("Bundle.entry is not a list"))?,
+            None => return Err(invalid("the Bundle has no entries")),
         };
-        for obligation in &self.obligations.entries {
-            if obligation.add_params.is_empty() {
+        let mut kept = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.into_iter().enumerate() {
+            if self.refusal_of(index).is_some() {
                 continue;
             }
-            let url = entries
-                .get_mut(obligation.index)
-                .and_then(|e| e.get_mut("request"))
-                .and_then(|r| r.get_mut("url"));
-            let Some(Value::String(url)) = url else {
-                return Err(Refusal::BadRequest(format!(
-                    "Bundle.entry[{}].request.url is missing",
-                    obligation.index
-                )));
-            };
-            *url = narrowed_url(url, &obligation.add_params);
+            match self
+                .obligation_of(index)
+                .filter(|o| !o.add_params.is_empty())
+            {
+                Some(obligation) => kept.push(narrowed_entry(&entry, obligation)?),
+                None => kept.push(entry),
+            }
         }
-        let kept: Vec<Value> = std::mem::take(entries)
-            .into_iter()
-            .enumerate()
-            .filter(|(index, _)| self.refusal_of(*index).is_none())
-            .map(|(_, entry)| entry)
-            .collect();
-        *entries = kept;
-        let bytes = serde_json::to_vec(&bundle)
-            .map_err(|_| Refusal::BadRequest("the Bundle cannot be re-encoded".into()))?;
+        bundle.insert("entry".into(), raw(&kept)?);
+        let bytes =
+            serde_json::to_vec(&bundle).map_err(|_| invalid("the Bundle cannot be re-encoded"))?;
         Ok(Bytes::from(bytes))
     }
 
     /// The response Bundle for the client: refused entries answered in place, every forwarded
-    /// entry's resource checked by its obligation.
+    /// entry's resource checked by its obligation. Entries and members the checks leave alone
+    /// are copied byte for byte (FHIR decimals keep their precision).
     pub fn checked_response(&self, body: &[u8]) -> Result<CheckedBundle, Refusal> {
         let unverifiable = |what: &str| Refusal::UpstreamUnverifiable(what.to_owned());
-        let mut bundle: Value =
+        let mut bundle: RawObject =
             serde_json::from_slice(body).map_err(|_| unverifiable("not a FHIR JSON Bundle"))?;
-        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        let resource_type: Option<String> = bundle
+            .get("resourceType")
+            .and_then(|raw| serde_json::from_str(raw.get()).ok());
+        if resource_type.as_deref() != Some("Bundle") {
             return Err(unverifiable("not a Bundle"));
         }
         let forwarded = self.total - self.obligations.refused_entries.len();
-        let upstream_entries = match bundle.get_mut("entry") {
-            Some(Value::Array(entries)) => std::mem::take(entries),
+        let upstream_entries: Vec<Box<RawValue>> = match bundle.get("entry") {
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|_| unverifiable("the Bundle has no entry list"))?,
             None if forwarded == 0 => Vec::new(),
-            _ => return Err(unverifiable("the Bundle has no entry list")),
+            None => return Err(unverifiable("the Bundle has no entry list")),
         };
         if upstream_entries.len() != forwarded {
             return Err(unverifiable(
@@ -108,7 +110,7 @@ impl<'a> BundlePlan<'a> {
         let mut withheld = 0;
         for index in 0..self.total {
             if let Some(denial) = self.refusal_of(index) {
-                entries.push(refused_entry(Refusal::Policy(denial.clone())));
+                entries.push(refused_entry(Refusal::Policy(denial.clone()))?);
                 continue;
             }
             let entry = upstream_entries
@@ -121,7 +123,7 @@ impl<'a> BundlePlan<'a> {
             withheld += lost;
             entries.push(entry);
         }
-        bundle["entry"] = Value::Array(entries);
+        bundle.insert("entry".into(), raw(&entries)?);
         let bytes = serde_json::to_vec(&bundle).map_err(|_| unverifiable("re-encoding failed"))?;
         Ok(CheckedBundle {
             body: Bytes::from(bytes),
@@ -142,6 +144,39 @@ impl<'a> BundlePlan<'a> {
     }
 }
 
+/// A JSON object whose member values are kept as the bytes they arrived as.
+type RawObject = IndexMap<String, Box<RawValue>>;
+
+fn raw(value: &impl serde::Serialize) -> Result<Box<RawValue>, Refusal> {
+    serde_json::value::to_raw_value(value)
+        .map_err(|_| Refusal::UpstreamUnverifiable("re-encoding failed".into()))
+}
+
+/// A request entry whose `request.url` has `add` ANDed into its query; its resource and every
+/// other member stay as sent.
+fn narrowed_entry(
+    entry: &RawValue,
+    obligation: &EntryObligations,
+) -> Result<Box<RawValue>, Refusal> {
+    let invalid = || {
+        Refusal::BadRequest(format!(
+            "Bundle.entry[{}].request.url is missing",
+            obligation.index
+        ))
+    };
+    let mut members: RawObject = serde_json::from_str(entry.get()).map_err(|_| invalid())?;
+    let mut request: Map<String, Value> = members
+        .get("request")
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .ok_or_else(invalid)?;
+    let Some(Value::String(url)) = request.get_mut("url") else {
+        return Err(invalid());
+    };
+    *url = narrowed_url(url, &obligation.add_params);
+    members.insert("request".into(), raw(&request)?);
+    raw(&members)
+}
+
 /// An entry URL (`T?query`, or absolute) with `add` ANDed into its query.
 fn narrowed_url(url: &str, add: &[(String, String)]) -> String {
     let (path, query) = match url.split_once('?') {
@@ -153,58 +188,79 @@ fn narrowed_url(url: &str, add: &[(String, String)]) -> String {
 
 /// Checks the resource of one response entry. Entries that did not succeed keep only an
 /// OperationOutcome; a resource outside the grant turns the entry into a 403.
-fn check_entry(mut entry: Value, obligation: &EntryObligations) -> Result<(Value, usize), Refusal> {
+fn check_entry(
+    entry: Box<RawValue>,
+    obligation: &EntryObligations,
+) -> Result<(Box<RawValue>, usize), Refusal> {
     let Some(check) = &obligation.response_check else {
         return Ok((entry, 0));
     };
-    let succeeded = entry
-        .pointer("/response/status")
-        .and_then(Value::as_str)
+    let unverifiable = |what: &str| Refusal::UpstreamUnverifiable(what.to_owned());
+    let mut members: RawObject =
+        serde_json::from_str(entry.get()).map_err(|_| unverifiable("an entry is not an object"))?;
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: Option<String>,
+    }
+    let succeeded = members
+        .get("response")
+        .and_then(|r| serde_json::from_str::<Status>(r.get()).ok())
+        .and_then(|r| r.status)
         .is_some_and(|status| status.trim_start().starts_with('2'));
-    let Some(resource) = entry.get("resource") else {
+    let Some(resource) = members.get("resource") else {
         return Ok((entry, 0));
     };
     if !succeeded {
-        if resource.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome")
-            && let Some(fields) = entry.as_object_mut()
-        {
-            fields.remove("resource");
+        #[derive(serde::Deserialize)]
+        struct Kind {
+            #[serde(rename = "resourceType")]
+            resource_type: Option<String>,
         }
-        return Ok((entry, 0));
+        let kind = serde_json::from_str::<Kind>(resource.get())
+            .ok()
+            .and_then(|k| k.resource_type);
+        if kind.as_deref() == Some("OperationOutcome") {
+            return Ok((entry, 0));
+        }
+        members.shift_remove("resource");
+        return Ok((raw(&members)?, 0));
     }
-    let bytes = serde_json::to_vec(resource)
-        .map_err(|_| Refusal::UpstreamUnverifiable("entry re-encoding failed".into()))?;
-    match check_body(check, Bytes::from(bytes)) {
+    let bytes = Bytes::copy_from_slice(resource.get().as_bytes());
+    match check_body(check, bytes) {
         Ok(checked) if checked.withheld == 0 => Ok((entry, 0)),
         Ok(checked) => {
-            let filtered: Value = serde_json::from_slice(&checked.body)
-                .map_err(|_| Refusal::UpstreamUnverifiable("filtered entry unreadable".into()))?;
-            entry["resource"] = filtered;
-            Ok((entry, checked.withheld))
+            let text = String::from_utf8(checked.body.to_vec())
+                .map_err(|_| unverifiable("filtered entry unreadable"))?;
+            let filtered = RawValue::from_string(text)
+                .map_err(|_| unverifiable("filtered entry unreadable"))?;
+            members.insert("resource".into(), filtered);
+            Ok((raw(&members)?, checked.withheld))
         }
-        Err(Refusal::ResponseWithheld) => Ok((refused_entry(Refusal::ResponseWithheld), 1)),
+        Err(Refusal::ResponseWithheld) => Ok((refused_entry(Refusal::ResponseWithheld)?, 1)),
         Err(other) => Err(other),
     }
 }
 
 /// A batch-response entry answering a refused request: its status and OperationOutcome.
-fn refused_entry(refusal: Refusal) -> Value {
+fn refused_entry(refusal: Refusal) -> Result<Box<RawValue>, Refusal> {
     let status = refusal.status();
-    let outcome: Value =
-        serde_json::from_slice(&refusal.outcome().to_json()).unwrap_or(Value::Null);
-    let mut response = Map::new();
+    let outcome = String::from_utf8(refusal.outcome().to_json())
+        .ok()
+        .and_then(|text| RawValue::from_string(text).ok())
+        .ok_or_else(|| Refusal::UpstreamUnverifiable("outcome encoding failed".into()))?;
+    let mut response = RawObject::new();
     response.insert(
         "status".into(),
-        Value::from(format!(
+        raw(&format!(
             "{} {}",
             status.as_u16(),
             status.canonical_reason().unwrap_or("")
-        )),
+        ))?,
     );
     response.insert("outcome".into(), outcome);
-    let mut entry = Map::new();
-    entry.insert("response".into(), Value::Object(response));
-    Value::Object(entry)
+    let mut entry = RawObject::new();
+    entry.insert("response".into(), raw(&response)?);
+    raw(&entry)
 }
 
 #[cfg(test)]
@@ -308,6 +364,39 @@ mod tests {
     }
 
     #[test]
+    fn untouched_content_keeps_its_bytes() {
+        let ob = obligations();
+        let plan = BundlePlan::new(&ob, REQUEST.as_bytes()).unwrap();
+        // Decimals whose precision is significant in FHIR, in the kept Patient and in the
+        // kept Observation of the searchset.
+        let obs = OBS_A.replace(
+            r#""status":"final""#,
+            r#""status":"final","valueQuantity":{"value":1.50}"#,
+        );
+        let response = format!(
+            r#"{{"resourceType":"Bundle","type":"batch-response","entry":[
+            {{"resource":{{"resourceType":"Patient","id":"A","multipleBirthInteger":2,"extension":[{{"url":"x","valueDecimal":72.000}}]}},"response":{{"status":"200 OK"}}}},
+            {{"resource":{{"resourceType":"Bundle","type":"searchset","entry":[{{"resource":{obs}}}]}},"response":{{"status":"200 OK"}}}},
+            {{"resource":{OBS_A},"response":{{"status":"200 OK"}}}}]}}"#
+        );
+        let checked = plan.checked_response(response.as_bytes()).unwrap();
+        let text = String::from_utf8(checked.body.to_vec()).unwrap();
+        assert!(text.contains(r#""valueDecimal":72.000"#), "{text}");
+        assert!(text.contains(r#""value":1.50"#), "{text}");
+        assert!(text.starts_with(r#"{"resourceType":"Bundle""#), "{text}");
+
+        let write = r#"{"resourceType":"Bundle","type":"batch","entry":[
+            {"request":{"method":"GET","url":"Patient/A"}},
+            {"request":{"method":"GET","url":"Patient/B"}},
+            {"request":{"method":"GET","url":"Observation?code=8867-4"},"fullUrl":"urn:x","extra":{"v":0.10}},
+            {"request":{"method":"GET","url":"Observation/o2"}}]}"#;
+        let sent =
+            String::from_utf8(plan.upstream_body(write.as_bytes()).unwrap().to_vec()).unwrap();
+        assert!(sent.contains(r#""extra":{"v":0.10}"#), "{sent}");
+        assert!(!sent.contains("Patient/B"), "{sent}");
+    }
+
+    #[test]
     fn a_response_that_does_not_answer_every_entry_is_unverifiable() {
         let ob = obligations();
         let plan = BundlePlan::new(&ob, REQUEST.as_bytes()).unwrap();
@@ -325,11 +414,12 @@ mod tests {
     #[test]
     fn failed_entries_keep_only_their_outcome() {
         let obligation = &obligations().entries[1];
-        let entry: Value = serde_json::from_str(&format!(
+        let entry = RawValue::from_string(format!(
             r#"{{"resource":{OBS_B},"response":{{"status":"404 Not Found"}}}}"#
         ))
         .unwrap();
         let (entry, lost) = check_entry(entry, obligation).unwrap();
+        let entry: Value = serde_json::from_str(entry.get()).unwrap();
         assert!(entry.get("resource").is_none());
         assert_eq!(lost, 0);
     }
