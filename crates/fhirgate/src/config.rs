@@ -47,6 +47,104 @@ pub struct Config {
     /// Authorization choices where SMART and FHIR leave room.
     #[serde(default)]
     pub policy: Policy,
+    /// Rate limits on authenticated requests.
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+}
+
+/// Rate limits: rules, what requests cost, and which peers may say who the client is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// Every rule that applies to a request is charged; the most restrictive refusal wins.
+    #[serde(default)]
+    pub rules: Vec<RateRule>,
+    /// What each kind of request costs.
+    #[serde(default)]
+    pub costs: Costs,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` / `Forwarded` headers name
+    /// the client; from anyone else those headers are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Send `RateLimit-Policy` and `RateLimit` headers on allowed responses.
+    #[serde(default = "default_true")]
+    pub headers: bool,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            costs: Costs::default(),
+            trusted_proxies: Vec::new(),
+            headers: true,
+        }
+    }
+}
+
+/// One rate-limit rule: a key built from token fields and the client address, and a GCRA
+/// quota (`rate` per `per`, up to `burst` at once).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateRule {
+    /// Named in headers, refusals and the audit trail.
+    pub name: String,
+    /// What tells callers apart; each distinct combination has its own allowance.
+    pub key: Vec<RateKey>,
+    /// Cost units replenished per `per`.
+    pub rate: u32,
+    /// The period of `rate`.
+    #[serde(deserialize_with = "duration")]
+    pub per: Duration,
+    /// Cost units that may be spent at once.
+    pub burst: u32,
+    /// Only these interactions (`read`, `search-type`, ...) are charged; all when absent.
+    #[serde(default)]
+    pub interactions: Vec<String>,
+}
+
+/// A part of a rate-limit key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKey {
+    ClientId,
+    Subject,
+    Patient,
+    Issuer,
+    ClientIp,
+}
+
+/// What requests cost, in the units of the rules' rates. Defaults follow the load a FHIR
+/// server takes: a read is cheapest, a search more, includes and large pages more again,
+/// writes and bulk exports most.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Costs {
+    pub read: u32,
+    pub search: u32,
+    /// Added to a search with `_include` or `_revinclude`.
+    pub include: u32,
+    /// Added to a search asking for more than `large_count` results a page.
+    pub large_page: u32,
+    pub large_count: u32,
+    pub write: u32,
+    pub operation: u32,
+    pub export: u32,
+}
+
+impl Default for Costs {
+    fn default() -> Self {
+        Self {
+            read: 1,
+            search: 2,
+            include: 2,
+            large_page: 2,
+            large_count: 100,
+            write: 3,
+            operation: 5,
+            export: 20,
+        }
+    }
 }
 
 /// Authorization choices where SMART and FHIR leave room (see docs/POLICY.md).
@@ -358,6 +456,28 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         if self.issuers.is_empty() {
             return Err(("issuers".into(), "at least one issuer is required".into()));
+        }
+        for (i, rule) in self.rate_limits.rules.iter().enumerate() {
+            let key = |k: &str| format!("rate_limits.rules[{i}].{k}");
+            let problem = if rule.name.is_empty() {
+                Some(("name", "must not be empty"))
+            } else if rule.key.is_empty() {
+                Some((
+                    "key",
+                    "name at least one of client_id, subject, patient, issuer, client_ip",
+                ))
+            } else if rule.rate == 0 {
+                Some(("rate", "must be at least 1"))
+            } else if rule.burst == 0 {
+                Some(("burst", "must be at least 1"))
+            } else if rule.per.is_zero() {
+                Some(("per", "must be longer than zero"))
+            } else {
+                None
+            };
+            if let Some((field, message)) = problem {
+                return Err((key(field), message.into()));
+            }
         }
         for (i, issuer) in self.issuers.iter().enumerate() {
             let key = |k: &str| format!("issuers[{i}].{k}");

@@ -13,6 +13,7 @@ pub mod config;
 pub mod explain;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod refusal;
 pub mod run;
 pub mod token;

@@ -45,6 +45,11 @@ pub enum Refusal {
     ResponseHidden,
     #[error("the conditional criteria match more resources than can be checked")]
     TooManyMatches,
+    #[error("rate limit {rule} exceeded")]
+    Throttled {
+        rule: String,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// The format a client asked for, by `_format` first and `Accept` second.
@@ -74,6 +79,7 @@ impl Refusal {
             Self::ResponseWithheld => StatusCode::FORBIDDEN,
             Self::ResponseHidden => StatusCode::NOT_FOUND,
             Self::TooManyMatches => StatusCode::PRECONDITION_FAILED,
+            Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -96,6 +102,7 @@ impl Refusal {
             Self::ResponseWithheld => IssueCode::Forbidden,
             Self::ResponseHidden => IssueCode::NotFound,
             Self::TooManyMatches => IssueCode::Processing,
+            Self::Throttled { .. } => IssueCode::Throttled,
             Self::NotFound => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
@@ -154,6 +161,7 @@ impl Refusal {
             Self::Policy(denial) => denial.reason.label(),
             Self::ResponseWithheld | Self::ResponseHidden => "response_outside_grant",
             Self::TooManyMatches => "too_many_matches",
+            Self::Throttled { .. } => "throttled",
             Self::NotFound => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -190,6 +198,10 @@ impl Refusal {
             Self::UpstreamUnverifiable(_) => {
                 "The FHIR server's response could not be checked against the access token".into()
             }
+            Self::Throttled { rule, retry_after } => format!(
+                "Rate limit '{rule}' exceeded; retry after {} s",
+                retry_seconds(*retry_after)
+            ),
             other => other.to_string(),
         }
     }
@@ -230,8 +242,19 @@ impl Refusal {
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        if let Self::Throttled { retry_after, .. } = &self {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_seconds(*retry_after)),
+            );
+        }
         response
     }
+}
+
+/// Whole seconds to wait, rounded up, at least one.
+fn retry_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
 }
 
 impl OutcomeFormat {

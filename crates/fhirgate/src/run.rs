@@ -58,6 +58,18 @@ pub async fn serve_on(
     for issuer in gateway.tokens.issuers() {
         tokio::spawn(refresh_keys(issuer.clone()));
     }
+    if gateway.limiter.is_active() {
+        let gateway = Arc::downgrade(&gateway);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let Some(gateway) = gateway.upgrade() else {
+                    return;
+                };
+                gateway.limiter.forget_idle();
+            }
+        });
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -30,6 +30,7 @@ use fhirgate_policy::options::PolicyOptions;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::ratelimit::Limiter;
 use crate::token::TokenValidator;
 
 /// The client end of a connection.
@@ -52,6 +53,7 @@ pub struct Gateway {
     /// Policy options from the configuration, computed once.
     pub policy: PolicyOptions,
     pub metrics: Arc<Metrics>,
+    pub limiter: Limiter,
 }
 
 impl Gateway {
@@ -63,6 +65,7 @@ impl Gateway {
     ) -> Arc<Self> {
         let upstream = Upstream::new(&config.upstream);
         let policy = config.policy_options();
+        let limiter = Limiter::new(&config.rate_limits);
         Arc::new(Self {
             policy,
             config,
@@ -70,6 +73,7 @@ impl Gateway {
             upstream,
             audit,
             metrics,
+            limiter,
         })
     }
 }

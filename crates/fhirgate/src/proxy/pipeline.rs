@@ -23,6 +23,7 @@ use super::{Gateway, Peer};
 use crate::audit::{self, AuditDecision, AuditRecord};
 use crate::body::{self, Body};
 use crate::metrics;
+use crate::ratelimit::{Charge, Standing, Verdict, client_address, cost_of};
 use crate::refusal::{OutcomeFormat, Refusal};
 use crate::token::{Identity, Presentation};
 
@@ -36,6 +37,8 @@ struct Facts {
     rule: Option<String>,
     upstream_status: Option<u16>,
     withheld: Option<usize>,
+    /// The tightest rate-limit standing, for the response headers.
+    rate: Option<Standing>,
 }
 
 /// Answers one request: forwards it when the token allows it, refuses it otherwise, and
@@ -82,6 +85,18 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(REQUEST_ID.clone(), headers::value(&request_id));
+    if let Some(standing) = facts.rate.take()
+        && gateway.config.rate_limits.headers
+    {
+        let (policy, state) = standing.headers();
+        for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                response
+                    .headers_mut()
+                    .insert(http::HeaderName::from_static(name), value);
+            }
+        }
+    }
 
     let took = started.elapsed();
     let identity = facts.identity.take();
@@ -181,6 +196,7 @@ async fn run(
     facts.interaction = Some(fhir_request.interaction);
     facts.resource_type = fhir_request.resource_type.clone();
     facts.resource_id = fhir_request.id.clone();
+    throttle(gateway, &parts.headers, peer, &fhir_request, facts)?;
 
     let obligations = match decision {
         Decision::Deny(denial) => return Err(Refusal::Policy(denial)),
@@ -284,6 +300,40 @@ fn checked_reply(mut head: http::response::Parts, body: Bytes, changed: bool) ->
         head.headers.remove(header::ETAG);
     }
     Response::from_parts(head, body::full(body))
+}
+
+/// The throttle step: charges the request to every rate-limit rule (refused requests too, so
+/// probing costs as much as reading).
+fn throttle(
+    gateway: &Gateway,
+    headers: &http::HeaderMap,
+    peer: &Peer,
+    request: &FhirRequest,
+    facts: &mut Facts,
+) -> Result<(), Refusal> {
+    if !gateway.limiter.is_active() {
+        return Ok(());
+    }
+    let Some(identity) = facts.identity.clone() else {
+        return Ok(());
+    };
+    let limits = &gateway.config.rate_limits;
+    let charge = Charge {
+        identity: &identity,
+        client_ip: client_address(peer.address.ip(), headers, &limits.trusted_proxies),
+        interaction: request.interaction.code(),
+        cost: cost_of(request, &limits.costs),
+    };
+    match gateway.limiter.charge(&charge) {
+        Verdict::Allowed(standing) => {
+            facts.rate = standing;
+            Ok(())
+        }
+        Verdict::Throttled { rule, retry_after } => {
+            facts.rule = Some(rule.clone());
+            Err(Refusal::Throttled { rule, retry_after })
+        }
+    }
 }
 
 /// The URL the client addressed, without query: under `public_url` when configured, else

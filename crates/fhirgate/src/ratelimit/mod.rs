@@ -1,0 +1,354 @@
+//! The throttle step: rate-limit rules keyed on token fields and the client address, each a
+//! GCRA quota charged by what a request costs the FHIR server.
+//!
+//! Every rule whose filter matches is charged; a request any rule refuses is refused, and the
+//! answer names the rule that asks for the longest wait. Limits live in this process's memory
+//! (governor's keyed GCRA); idle keys are forgotten by [`Limiter::forget_idle`], run on a
+//! timer, so a stream of new addresses cannot grow memory without bound.
+
+mod client_ip;
+mod cost;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+pub use self::client_ip::client_address;
+pub use self::cost::cost_of;
+
+use crate::config::{RateKey, RateLimits, RateRule};
+use crate::token::Identity;
+
+type Keyed =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// One rule and its allowances.
+struct Rule {
+    config: RateRule,
+    limiter: Keyed,
+}
+
+/// The configured rules.
+pub struct Limiter {
+    rules: Vec<Rule>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+/// What a request asks for, for the rules to judge.
+pub struct Charge<'a> {
+    pub identity: &'a Identity,
+    pub client_ip: std::net::IpAddr,
+    /// The interaction code (`read`, `search-type`, ...).
+    pub interaction: &'a str,
+    pub cost: u32,
+}
+
+/// The standing of one rule after a request, for the `RateLimit` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    pub rule: String,
+    /// Units per window, and the window in seconds.
+    pub quota: u32,
+    pub window_secs: u64,
+    /// Units left now, and at most.
+    pub remaining: u32,
+    pub burst: u32,
+    /// Until the allowance is whole again.
+    pub full_in: Duration,
+}
+
+impl Standing {
+    /// `RateLimit-Policy` and `RateLimit` header values (IETF httpapi rate-limit headers).
+    pub fn headers(&self) -> (String, String) {
+        let name = self.rule.replace(['"', '\\'], "");
+        (
+            format!("\"{name}\";q={};w={}", self.quota, self.window_secs),
+            format!(
+                "\"{name}\";r={};t={}",
+                self.remaining,
+                self.full_in.as_secs_f64().ceil() as u64
+            ),
+        )
+    }
+}
+
+/// The outcome of charging a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within every rule; the tightest standing, if any rule applied.
+    Allowed(Option<Standing>),
+    /// Refused by `rule`; try again after `retry_after`.
+    Throttled { rule: String, retry_after: Duration },
+}
+
+impl Limiter {
+    pub fn new(config: &RateLimits) -> Self {
+        let rules = config
+            .rules
+            .iter()
+            .map(|rule| Rule {
+                limiter: RateLimiter::keyed(quota(rule))
+                    .with_middleware::<StateInformationMiddleware>(),
+                config: rule.clone(),
+            })
+            .collect();
+        Self {
+            rules,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Are there any rules at all?
+    pub fn is_active(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// Charges `charge` to every rule that applies.
+    pub fn charge(&self, charge: &Charge<'_>) -> Verdict {
+        let Some(cost) = NonZeroU32::new(charge.cost) else {
+            return Verdict::Allowed(None);
+        };
+        let mut tightest: Option<Standing> = None;
+        let mut refused: Option<(String, Duration)> = None;
+        for rule in &self.rules {
+            let filter = &rule.config.interactions;
+            if !filter.is_empty() && !filter.iter().any(|i| i == charge.interaction) {
+                continue;
+            }
+            let key = key_of(&rule.config.key, charge);
+            let wait = match rule.limiter.check_key_n(&key, cost) {
+                Ok(Ok(snapshot)) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    let used = rule.config.burst.saturating_sub(remaining);
+                    let standing = Standing {
+                        rule: rule.config.name.clone(),
+                        quota: rule.config.rate,
+                        window_secs: rule.config.per.as_secs().max(1),
+                        remaining,
+                        burst: rule.config.burst,
+                        full_in: rule.config.per * used / rule.config.rate,
+                    };
+                    if tightest
+                        .as_ref()
+                        .is_none_or(|t| standing.remaining < t.remaining)
+                    {
+                        tightest = Some(standing);
+                    }
+                    continue;
+                }
+                Ok(Err(not_until)) => not_until.wait_time_from(self.clock.now()),
+                // More than the burst: it never fits. Waiting a whole window is the honest
+                // answer a client can act on.
+                Err(_) => rule.config.per,
+            };
+            if refused.as_ref().is_none_or(|(_, longest)| wait > *longest) {
+                refused = Some((rule.config.name.clone(), wait));
+            }
+        }
+        match refused {
+            Some((rule, retry_after)) => Verdict::Throttled { rule, retry_after },
+            None => Verdict::Allowed(tightest),
+        }
+    }
+
+    /// Forgets keys whose allowance is full again: they are indistinguishable from new ones.
+    pub fn forget_idle(&self) {
+        for rule in &self.rules {
+            rule.limiter.retain_recent();
+            rule.limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// The GCRA quota of a rule: one unit every `per / rate`, `burst` at most.
+fn quota(rule: &RateRule) -> Quota {
+    let interval = (rule.per / rule.rate).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(rule.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(interval)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
+}
+
+/// The key of `charge` under a rule: the named fields, a missing one as empty.
+fn key_of(parts: &[RateKey], charge: &Charge<'_>) -> String {
+    let identity = charge.identity;
+    let mut key = String::new();
+    for part in parts {
+        let value = match part {
+            RateKey::ClientId => identity.client_id.clone().unwrap_or_default(),
+            RateKey::Subject => identity.subject.clone().unwrap_or_default(),
+            RateKey::Patient => identity.patient.clone().unwrap_or_default(),
+            RateKey::Issuer => identity.issuer.clone(),
+            RateKey::ClientIp => charge.client_ip.to_string(),
+        };
+        // The separator cannot occur in a field, so two keys never run together.
+        key.push_str(&value.replace('\u{1f}', ""));
+        key.push('\u{1f}');
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(yaml_rules: &str) -> RateLimits {
+        let yaml = format!(
+            "{}rate_limits:\n{yaml_rules}",
+            crate::config::EMBEDDED_DEFAULT
+        );
+        crate::config::Config::parse(&yaml, "test")
+            .unwrap()
+            .rate_limits
+    }
+
+    fn identity(client: &str) -> Identity {
+        Identity {
+            issuer: "https://idp".into(),
+            client_id: Some(client.into()),
+            subject: Some("user-1".into()),
+            ..Identity::default()
+        }
+    }
+
+    fn charge<'a>(identity: &'a Identity, ip: &str, cost: u32) -> Charge<'a> {
+        Charge {
+            identity,
+            client_ip: ip.parse().unwrap(),
+            interaction: "read",
+            cost,
+        }
+    }
+
+    #[test]
+    fn a_burst_is_allowed_then_refused_with_a_wait() {
+        let limiter = Limiter::new(&limits(
+            "  rules:\n    - { name: per-client, key: [client_id], rate: 1, per: 60s, burst: 3 }\n",
+        ));
+        let app = identity("app-1");
+        for remaining in [2, 1, 0] {
+            match limiter.charge(&charge(&app, "10.0.0.1", 1)) {
+                Verdict::Allowed(Some(standing)) => assert_eq!(standing.remaining, remaining),
+                other => panic!("{other:?}"),
+            }
+        }
+        match limiter.charge(&charge(&app, "10.0.0.1", 1)) {
+            Verdict::Throttled { rule, retry_after } => {
+                assert_eq!(rule, "per-client");
+                assert!(retry_after > Duration::from_secs(50), "{retry_after:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another client has its own allowance.
+        let other = identity("app-2");
+        assert!(matches!(
+            limiter.charge(&charge(&other, "10.0.0.1", 1)),
+            Verdict::Allowed(_)
+        ));
+    }
+
+    #[test]
+    fn costs_are_charged_and_the_tightest_rule_wins() {
+        let limiter = Limiter::new(&limits(
+            "  rules:\n    - { name: wide, key: [client_id], rate: 100, per: 1s, burst: 100 }\n    - { name: narrow, key: [client_ip], rate: 1, per: 10s, burst: 5 }\n",
+        ));
+        let app = identity("app-1");
+        match limiter.charge(&charge(&app, "10.0.0.1", 3)) {
+            Verdict::Allowed(Some(standing)) => {
+                assert_eq!(standing.rule, "narrow");
+                assert_eq!(standing.remaining, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        match limiter.charge(&charge(&app, "10.0.0.1", 3)) {
+            Verdict::Throttled { rule, .. } => assert_eq!(rule, "narrow"),
+            other => panic!("{other:?}"),
+        }
+        // More than the burst never fits.
+        assert!(matches!(
+            limiter.charge(&charge(&app, "10.0.0.2", 6)),
+            Verdict::Throttled { .. }
+        ));
+    }
+
+    #[test]
+    fn interaction_filters_and_free_requests() {
+        let limiter = Limiter::new(&limits(
+            "  rules:\n    - { name: writes, key: [client_id], rate: 1, per: 60s, burst: 1, interactions: [create] }\n",
+        ));
+        let app = identity("app-1");
+        for _ in 0..5 {
+            assert_eq!(
+                limiter.charge(&charge(&app, "10.0.0.1", 1)),
+                Verdict::Allowed(None),
+                "reads are not charged by a create-only rule"
+            );
+        }
+        assert_eq!(
+            limiter.charge(&charge(&app, "10.0.0.1", 0)),
+            Verdict::Allowed(None)
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_their_key() {
+        for (rule, key) in [
+            (
+                "{ name: a, key: [client_id], rate: 0, per: 1s, burst: 1 }",
+                "rate_limits.rules[0].rate",
+            ),
+            (
+                "{ name: a, key: [], rate: 1, per: 1s, burst: 1 }",
+                "rate_limits.rules[0].key",
+            ),
+            (
+                "{ name: a, key: [client_id], rate: 1, per: 0s, burst: 1 }",
+                "rate_limits.rules[0].per",
+            ),
+            (
+                "{ name: a, key: [tenant], rate: 1, per: 1s, burst: 1 }",
+                "tenant",
+            ),
+        ] {
+            let yaml = format!(
+                "{}rate_limits:\n  rules:\n    - {rule}\n",
+                crate::config::EMBEDDED_DEFAULT
+            );
+            let error = crate::config::Config::parse(&yaml, "test")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{rule}: {error}");
+        }
+    }
+
+    #[test]
+    fn keys_do_not_run_together() {
+        let parts = [RateKey::ClientId, RateKey::Subject];
+        let a = Identity {
+            client_id: Some("ab".into()),
+            subject: Some("c".into()),
+            ..Identity::default()
+        };
+        let b = Identity {
+            client_id: Some("a".into()),
+            subject: Some("bc".into()),
+            ..Identity::default()
+        };
+        assert_ne!(
+            key_of(&parts, &charge(&a, "10.0.0.1", 1)),
+            key_of(&parts, &charge(&b, "10.0.0.1", 1))
+        );
+    }
+}
