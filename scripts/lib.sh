@@ -17,6 +17,20 @@ require_tools() {
     || die "Python's venv/ensurepip modules are missing (Debian: apt-get install python3-venv)"
 }
 
+# Debian's redis-server, for the shared rate-limit tests; installed when missing.
+require_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  local sudo=""
+  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+  log "installing redis-server (Debian package)"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
+    >"$WORK_DIR/apt-redis.log" 2>&1 \
+    || { $sudo apt-get update >>"$WORK_DIR/apt-redis.log" 2>&1 \
+         && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
+              >>"$WORK_DIR/apt-redis.log" 2>&1; } \
+    || die "redis-server could not be installed (log: $WORK_DIR/apt-redis.log)"
+}
+
 require_node() {
   command -v node >/dev/null 2>&1 || die "Node.js 20 or later is required (node not found)"
   command -v npm >/dev/null 2>&1 || die "npm is required (not found)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every test of fhirgate from a clean clone:
-#   1. cargo test --workspace
+#   1. cargo test --workspace (installs Debian's redis-server first when missing)
 #   2. build the fuzz targets (fuzz/, uninstrumented)
 #   3. install the end-to-end tools (npm ci, Python venvs) when missing
 #   4. bring up the two authorization servers and the upstream FHIR server (test ports)
@@ -61,6 +61,7 @@ if [[ "${SKIP_CARGO_TEST:-0}" == 1 ]]; then
   record "cargo test" "ok (skipped: SKIP_CARGO_TEST=1)"
 else
   started=$SECONDS
+  require_redis   # the shared rate-limit tests start their own redis-server
   if cargo test --workspace 2>&1 | tee "$WORK_DIR/cargo-test.log"; then
     record "cargo test" "ok ($((SECONDS - started))s)"
   else

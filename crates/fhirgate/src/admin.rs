@@ -54,6 +54,9 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
     match request.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/metrics" => {
+            gateway
+                .metrics
+                .rate_limit_store(gateway.limiter.store_reachable());
             let mut response = Response::new(body::full(Bytes::from(gateway.metrics.encode())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -66,14 +69,17 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
         "/readyz" => {
             let keys = gateway.tokens.ready();
             let upstream = gateway.upstream.reachable().await;
-            let status = if keys && upstream {
+            // An unreachable rate-limit store only makes the gateway unready when it then
+            // refuses requests (`closed`); in `local` mode it limits on its own meanwhile.
+            let store = gateway.limiter.store_reachable();
+            let ready = keys && upstream && (store || !gateway.limiter.fails_closed());
+            let status = if ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
             let text = format!(
-                r#"{{"ready":{},"checks":{{"signing_keys":{keys},"upstream":{upstream}}}}}"#,
-                keys && upstream
+                r#"{{"ready":{ready},"checks":{{"signing_keys":{keys},"upstream":{upstream},"rate_limit_store":{store}}}}}"#
             );
             json(status, text)
         }

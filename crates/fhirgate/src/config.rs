@@ -69,6 +69,37 @@ pub struct RateLimits {
     /// Send `RateLimit-Policy` and `RateLimit` headers on allowed responses.
     #[serde(default = "default_true")]
     pub headers: bool,
+    /// A Redis server shared by every replica; the limits are this process's own without it.
+    #[serde(default)]
+    pub redis: Option<RedisStore>,
+}
+
+/// Rate limits kept in Redis, shared by every gateway that uses the same server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStore {
+    /// `redis://host:port/db` (or `rediss://` for TLS).
+    pub url: String,
+    /// What happens while Redis cannot be reached.
+    #[serde(default)]
+    pub failure_mode: RedisFailureMode,
+    /// Time allowed for one check, connection included.
+    #[serde(default = "default_redis_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Prefix of the keys the gateway writes.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+/// What the gateway does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisFailureMode {
+    /// Limit in this process's memory until Redis is back.
+    #[default]
+    Local,
+    /// Refuse limited requests with 503 until Redis is back.
+    Closed,
 }
 
 impl Default for RateLimits {
@@ -78,6 +109,7 @@ impl Default for RateLimits {
             costs: Costs::default(),
             trusted_proxies: Vec::new(),
             headers: true,
+            redis: None,
         }
     }
 }
@@ -695,6 +727,12 @@ fn default_leeway() -> Duration {
 }
 fn default_refetch_cooldown() -> Duration {
     Duration::from_secs(30)
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_redis_prefix() -> String {
+    "fhirgate".to_owned()
 }
 fn default_min_refresh_interval() -> Duration {
     Duration::from_secs(30)

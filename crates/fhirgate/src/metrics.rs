@@ -9,6 +9,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -77,6 +78,8 @@ pub struct Metrics {
     introspections: Family<IssuerOutcome, Counter>,
     introspection_seconds: Histograms<IssuerLabel>,
     cache_lookups: Family<CacheLabels, Counter>,
+    rate_limit_store_up: Gauge,
+    throttled: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,8 +133,22 @@ impl Default for Metrics {
             "Lookups in the verified-token and introspection caches, by result",
             cache_lookups.clone(),
         );
+        let rate_limit_store_up = Gauge::default();
+        registry.register(
+            "rate_limit_store_up",
+            "1 while the shared rate-limit store answers (or none is configured), else 0",
+            rate_limit_store_up.clone(),
+        );
+        let throttled = Counter::default();
+        registry.register(
+            "throttled",
+            "Requests refused by a rate limit",
+            throttled.clone(),
+        );
         Self {
             registry,
+            rate_limit_store_up,
+            throttled,
             requests,
             request_seconds,
             jwks_fetches,
@@ -177,6 +194,16 @@ impl Metrics {
                 issuer: issuer.to_owned(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// One request refused by a rate limit.
+    pub fn throttled(&self) {
+        self.throttled.inc();
+    }
+
+    /// Whether the shared rate-limit store answers.
+    pub fn rate_limit_store(&self, up: bool) {
+        self.rate_limit_store_up.set(i64::from(up));
     }
 
     /// One cache lookup.

@@ -45,6 +45,8 @@ pub enum Refusal {
     ResponseHidden,
     #[error("the conditional criteria match more resources than can be checked")]
     TooManyMatches,
+    #[error("the rate-limit store is unavailable")]
+    RateLimitUnavailable,
     #[error("rate limit {rule} exceeded")]
     Throttled {
         rule: String,
@@ -80,6 +82,7 @@ impl Refusal {
             Self::ResponseHidden => StatusCode::NOT_FOUND,
             Self::TooManyMatches => StatusCode::PRECONDITION_FAILED,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -103,6 +106,7 @@ impl Refusal {
             Self::ResponseHidden => IssueCode::NotFound,
             Self::TooManyMatches => IssueCode::Processing,
             Self::Throttled { .. } => IssueCode::Throttled,
+            Self::RateLimitUnavailable => IssueCode::Transient,
             Self::NotFound => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
@@ -162,6 +166,7 @@ impl Refusal {
             Self::ResponseWithheld | Self::ResponseHidden => "response_outside_grant",
             Self::TooManyMatches => "too_many_matches",
             Self::Throttled { .. } => "throttled",
+            Self::RateLimitUnavailable => "rate_limit_store_unavailable",
             Self::NotFound => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -241,6 +246,9 @@ impl Refusal {
             )
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if matches!(self, Self::RateLimitUnavailable) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Self::Throttled { retry_after, .. } = &self {
             headers.insert(

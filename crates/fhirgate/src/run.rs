@@ -10,6 +10,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Gateway};
+use crate::ratelimit::Limiter;
 use crate::token::TokenValidator;
 
 /// Why the gateway could not start.
@@ -28,6 +29,8 @@ pub enum StartError {
     Introspection(#[from] crate::token::IntrospectionSetupError),
     #[error("TLS: {0}")]
     Tls(#[from] proxy::TlsSetupError),
+    #[error(transparent)]
+    RateLimits(#[from] crate::ratelimit::SharedSetupError),
 }
 
 /// Runs the gateway until SIGINT or SIGTERM, then drains connections and the audit trail.
@@ -54,7 +57,8 @@ pub async fn serve_on(
     let metrics = Arc::new(Metrics::default());
     let tokens = TokenValidator::new(&config, http, metrics.clone())?;
     tokens.load_keys().await;
-    let gateway = Gateway::new(config, tokens, audit, metrics);
+    let limiter = Limiter::new(&config.rate_limits)?;
+    let gateway = Gateway::new(config, tokens, audit, metrics, limiter);
     for issuer in gateway.tokens.issuers() {
         tokio::spawn(refresh_keys(issuer.clone()));
     }

@@ -62,10 +62,10 @@ impl Gateway {
         tokens: TokenValidator,
         audit: AuditLog,
         metrics: Arc<Metrics>,
+        limiter: Limiter,
     ) -> Arc<Self> {
         let upstream = Upstream::new(&config.upstream);
         let policy = config.policy_options();
-        let limiter = Limiter::new(&config.rate_limits);
         Arc::new(Self {
             policy,
             config,

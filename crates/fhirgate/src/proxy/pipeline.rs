@@ -196,7 +196,7 @@ async fn run(
     facts.interaction = Some(fhir_request.interaction);
     facts.resource_type = fhir_request.resource_type.clone();
     facts.resource_id = fhir_request.id.clone();
-    throttle(gateway, &parts.headers, peer, &fhir_request, facts)?;
+    throttle(gateway, &parts.headers, peer, &fhir_request, facts).await?;
 
     let obligations = match decision {
         Decision::Deny(denial) => return Err(Refusal::Policy(denial)),
@@ -304,7 +304,7 @@ fn checked_reply(mut head: http::response::Parts, body: Bytes, changed: bool) ->
 
 /// The throttle step: charges the request to every rate-limit rule (refused requests too, so
 /// probing costs as much as reading).
-fn throttle(
+async fn throttle(
     gateway: &Gateway,
     headers: &http::HeaderMap,
     peer: &Peer,
@@ -324,15 +324,17 @@ fn throttle(
         interaction: request.interaction.code(),
         cost: cost_of(request, &limits.costs),
     };
-    match gateway.limiter.charge(&charge) {
+    match gateway.limiter.charge(&charge).await {
         Verdict::Allowed(standing) => {
             facts.rate = standing;
             Ok(())
         }
         Verdict::Throttled { rule, retry_after } => {
+            gateway.metrics.throttled();
             facts.rule = Some(rule.clone());
             Err(Refusal::Throttled { rule, retry_after })
         }
+        Verdict::StoreUnavailable => Err(Refusal::RateLimitUnavailable),
     }
 }
 

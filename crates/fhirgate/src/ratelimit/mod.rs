@@ -8,6 +8,7 @@
 
 mod client_ip;
 mod cost;
+mod shared;
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -19,8 +20,11 @@ use governor::{Quota, RateLimiter};
 
 pub use self::client_ip::client_address;
 pub use self::cost::cost_of;
+pub use self::shared::SharedSetupError;
 
-use crate::config::{RateKey, RateLimits, RateRule};
+use self::shared::SharedStore;
+
+use crate::config::{RateKey, RateLimits, RateRule, RedisFailureMode};
 use crate::token::Identity;
 
 type Keyed =
@@ -32,10 +36,11 @@ struct Rule {
     limiter: Keyed,
 }
 
-/// The configured rules.
+/// The configured rules, and the shared store when there is one.
 pub struct Limiter {
     rules: Vec<Rule>,
     clock: DefaultClock,
+    shared: Option<(SharedStore, RedisFailureMode)>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -91,10 +96,12 @@ pub enum Verdict {
     Allowed(Option<Standing>),
     /// Refused by `rule`; try again after `retry_after`.
     Throttled { rule: String, retry_after: Duration },
+    /// The shared store is unreachable and the failure mode is `closed`.
+    StoreUnavailable,
 }
 
 impl Limiter {
-    pub fn new(config: &RateLimits) -> Self {
+    pub fn new(config: &RateLimits) -> Result<Self, SharedSetupError> {
         let rules = config
             .rules
             .iter()
@@ -104,10 +111,93 @@ impl Limiter {
                 config: rule.clone(),
             })
             .collect();
-        Self {
+        let shared = match &config.redis {
+            Some(settings) => Some((SharedStore::new(settings)?, settings.failure_mode)),
+            None => None,
+        };
+        Ok(Self {
             rules,
             clock: DefaultClock::default(),
+            shared,
+        })
+    }
+
+    /// Is the shared store, if any, reachable? (Always true without one.)
+    pub fn store_reachable(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|(store, _)| store.reachable())
+    }
+
+    /// Does an unreachable store refuse requests (`closed`), rather than fall back?
+    pub fn fails_closed(&self) -> bool {
+        matches!(self.shared, Some((_, RedisFailureMode::Closed)))
+    }
+
+    /// Charges `charge` to every rule that applies: in the shared store when there is one,
+    /// else (or while it is unreachable, in `local` mode) in this process.
+    pub async fn charge(&self, charge: &Charge<'_>) -> Verdict {
+        let Some((store, mode)) = &self.shared else {
+            return self.charge_locally(charge);
+        };
+        match self.charge_shared(store, charge).await {
+            Some(verdict) => verdict,
+            None if *mode == RedisFailureMode::Closed => Verdict::StoreUnavailable,
+            None => self.charge_locally(charge),
         }
+    }
+
+    async fn charge_shared(&self, store: &SharedStore, charge: &Charge<'_>) -> Option<Verdict> {
+        if charge.cost == 0 {
+            return Some(Verdict::Allowed(None));
+        }
+        let mut tightest: Option<Standing> = None;
+        let mut refused: Option<(String, Duration)> = None;
+        for rule in self.applicable(charge) {
+            let config = &rule.config;
+            let key = key_of(&config.key, charge);
+            let interval = (config.per / config.rate).max(Duration::from_micros(1));
+            let answer = store
+                .check(&config.name, &key, interval, config.burst, charge.cost)
+                .await?;
+            if answer.allowed {
+                let standing = Standing {
+                    rule: config.name.clone(),
+                    quota: config.rate,
+                    window_secs: config.per.as_secs().max(1),
+                    remaining: answer.remaining,
+                    burst: config.burst,
+                    full_in: answer.full_in,
+                };
+                if tightest
+                    .as_ref()
+                    .is_none_or(|t| standing.remaining < t.remaining)
+                {
+                    tightest = Some(standing);
+                }
+            } else {
+                // More than the burst never fits: a whole period, as in memory.
+                let wait = if charge.cost > config.burst {
+                    config.per
+                } else {
+                    answer.retry_after
+                };
+                if refused.as_ref().is_none_or(|(_, longest)| wait > *longest) {
+                    refused = Some((config.name.clone(), wait));
+                }
+            }
+        }
+        Some(match refused {
+            Some((rule, retry_after)) => Verdict::Throttled { rule, retry_after },
+            None => Verdict::Allowed(tightest),
+        })
+    }
+
+    fn applicable<'r>(&'r self, charge: &'r Charge<'_>) -> impl Iterator<Item = &'r Rule> {
+        self.rules.iter().filter(move |rule| {
+            let filter = &rule.config.interactions;
+            filter.is_empty() || filter.iter().any(|i| i == charge.interaction)
+        })
     }
 
     /// Are there any rules at all?
@@ -115,18 +205,14 @@ impl Limiter {
         !self.rules.is_empty()
     }
 
-    /// Charges `charge` to every rule that applies.
-    pub fn charge(&self, charge: &Charge<'_>) -> Verdict {
+    /// Charges `charge` to every rule that applies, in this process's memory.
+    fn charge_locally(&self, charge: &Charge<'_>) -> Verdict {
         let Some(cost) = NonZeroU32::new(charge.cost) else {
             return Verdict::Allowed(None);
         };
         let mut tightest: Option<Standing> = None;
         let mut refused: Option<(String, Duration)> = None;
-        for rule in &self.rules {
-            let filter = &rule.config.interactions;
-            if !filter.is_empty() && !filter.iter().any(|i| i == charge.interaction) {
-                continue;
-            }
+        for rule in self.applicable(charge) {
             let key = key_of(&rule.config.key, charge);
             let wait = match rule.limiter.check_key_n(&key, cost) {
                 Ok(Ok(snapshot)) => {
@@ -236,15 +322,16 @@ mod tests {
     fn a_burst_is_allowed_then_refused_with_a_wait() {
         let limiter = Limiter::new(&limits(
             "  rules:\n    - { name: per-client, key: [client_id], rate: 1, per: 60s, burst: 3 }\n",
-        ));
+        ))
+        .unwrap();
         let app = identity("app-1");
         for remaining in [2, 1, 0] {
-            match limiter.charge(&charge(&app, "10.0.0.1", 1)) {
+            match limiter.charge_locally(&charge(&app, "10.0.0.1", 1)) {
                 Verdict::Allowed(Some(standing)) => assert_eq!(standing.remaining, remaining),
                 other => panic!("{other:?}"),
             }
         }
-        match limiter.charge(&charge(&app, "10.0.0.1", 1)) {
+        match limiter.charge_locally(&charge(&app, "10.0.0.1", 1)) {
             Verdict::Throttled { rule, retry_after } => {
                 assert_eq!(rule, "per-client");
                 assert!(retry_after > Duration::from_secs(50), "{retry_after:?}");
@@ -254,7 +341,7 @@ mod tests {
         // Another client has its own allowance.
         let other = identity("app-2");
         assert!(matches!(
-            limiter.charge(&charge(&other, "10.0.0.1", 1)),
+            limiter.charge_locally(&charge(&other, "10.0.0.1", 1)),
             Verdict::Allowed(_)
         ));
     }
@@ -263,22 +350,23 @@ mod tests {
     fn costs_are_charged_and_the_tightest_rule_wins() {
         let limiter = Limiter::new(&limits(
             "  rules:\n    - { name: wide, key: [client_id], rate: 100, per: 1s, burst: 100 }\n    - { name: narrow, key: [client_ip], rate: 1, per: 10s, burst: 5 }\n",
-        ));
+        ))
+        .unwrap();
         let app = identity("app-1");
-        match limiter.charge(&charge(&app, "10.0.0.1", 3)) {
+        match limiter.charge_locally(&charge(&app, "10.0.0.1", 3)) {
             Verdict::Allowed(Some(standing)) => {
                 assert_eq!(standing.rule, "narrow");
                 assert_eq!(standing.remaining, 2);
             }
             other => panic!("{other:?}"),
         }
-        match limiter.charge(&charge(&app, "10.0.0.1", 3)) {
+        match limiter.charge_locally(&charge(&app, "10.0.0.1", 3)) {
             Verdict::Throttled { rule, .. } => assert_eq!(rule, "narrow"),
             other => panic!("{other:?}"),
         }
         // More than the burst never fits.
         assert!(matches!(
-            limiter.charge(&charge(&app, "10.0.0.2", 6)),
+            limiter.charge_locally(&charge(&app, "10.0.0.2", 6)),
             Verdict::Throttled { .. }
         ));
     }
@@ -287,17 +375,18 @@ mod tests {
     fn interaction_filters_and_free_requests() {
         let limiter = Limiter::new(&limits(
             "  rules:\n    - { name: writes, key: [client_id], rate: 1, per: 60s, burst: 1, interactions: [create] }\n",
-        ));
+        ))
+        .unwrap();
         let app = identity("app-1");
         for _ in 0..5 {
             assert_eq!(
-                limiter.charge(&charge(&app, "10.0.0.1", 1)),
+                limiter.charge_locally(&charge(&app, "10.0.0.1", 1)),
                 Verdict::Allowed(None),
                 "reads are not charged by a create-only rule"
             );
         }
         assert_eq!(
-            limiter.charge(&charge(&app, "10.0.0.1", 0)),
+            limiter.charge_locally(&charge(&app, "10.0.0.1", 0)),
             Verdict::Allowed(None)
         );
     }
