@@ -57,6 +57,24 @@ pub struct AuditRecord {
     pub latency_ms: f64,
 }
 
+/// A query as recorded: the value of an `access_token` parameter replaced, so a token a
+/// client put in the URL never reaches the audit trail.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            if decoded == crate::proxy::ACCESS_TOKEN {
+                format!("{name}=[redacted]")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Why the audit trail cannot be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open audit file {path}: {source}")]

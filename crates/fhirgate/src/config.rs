@@ -133,6 +133,13 @@ pub struct RateRule {
     /// Only these interactions (`read`, `search-type`, ...) are charged; all when absent.
     #[serde(default)]
     pub interactions: Vec<String>,
+    /// Only requests on these resource types are charged; all when absent.
+    #[serde(default)]
+    pub resource_types: Vec<String>,
+    /// Only tokens holding one of these scopes (exactly as granted) are charged; all when
+    /// absent. E.g. `system/*.rs` for bulk clients.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// A part of a rate-limit key.

@@ -67,10 +67,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
-            }
+            Ok(loaded) => match fhirgate::run::preflight(&loaded) {
+                Ok(()) => {
+                    println!("{}: configuration is valid", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {}: {error}", config.display());
+                    ExitCode::from(2)
+                }
+            },
             Err(error) => {
                 eprintln!("error: {error}");
                 ExitCode::from(2)

@@ -31,6 +31,29 @@ pub enum StartError {
     Tls(#[from] proxy::TlsSetupError),
     #[error(transparent)]
     RateLimits(#[from] crate::ratelimit::SharedSetupError),
+    #[error("audit.path: the folder {0} does not exist")]
+    AuditFolder(String),
+}
+
+/// Everything `serve` reads besides the configuration itself, read now without serving or
+/// calling out: TLS certificates and keys, introspection secrets and keys, the rate-limit
+/// store's URL, the folder of the audit file.
+pub fn preflight(config: &Config) -> Result<(), StartError> {
+    if let Some(tls) = &config.tls {
+        proxy::tls_acceptor(tls)?;
+    }
+    let http = reqwest::Client::builder().build()?;
+    TokenValidator::new(config, http, Arc::new(Metrics::default()))?;
+    Limiter::new(&config.rate_limits)?;
+    let audit = &config.audit.path;
+    let folder = match audit.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => std::path::Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(StartError::AuditFolder(folder.display().to_string()));
+    }
+    Ok(())
 }
 
 /// Runs the gateway until SIGINT or SIGTERM, then drains connections and the audit trail.

@@ -54,6 +54,31 @@ fn check_reports_a_missing_file() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"));
 }
 
+#[test]
+fn check_reads_the_files_the_configuration_names() {
+    let secret = DEFAULT.replace(
+        "audit:",
+        "  - issuer: \"https://opaque.example\"\n    audience: \"https://gw.example/fhir\"\n    jwt: false\n    introspection:\n      endpoint: \"https://opaque.example/introspect\"\n      client_id: \"fhirgate\"\n      client_secret_file: \"/nonexistent/secret\"\naudit:",
+    );
+    let tls = format!(
+        "{DEFAULT}tls:\n  certificate: \"/nonexistent/server.pem\"\n  private_key: \"/nonexistent/server.key\"\n"
+    );
+    let audit = DEFAULT.replace(
+        "path: \"fhirgate-audit.jsonl\"",
+        "path: \"/nonexistent/folder/audit.jsonl\"",
+    );
+    for (what, text, named) in [
+        ("introspection secret", secret, "/nonexistent/secret"),
+        ("TLS certificate", tls, "/nonexistent/server.pem"),
+        ("audit folder", audit, "/nonexistent/folder"),
+    ] {
+        let output = check(&text);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{what}: {stderr}");
+        assert!(stderr.contains(named), "{what}: {stderr}");
+    }
+}
+
 mod support;
 
 /// Synthetic claims of a patient-context token from the embedded default's issuer.

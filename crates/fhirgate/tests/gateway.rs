@@ -596,3 +596,41 @@ async fn without_identity_headers_client_copies_are_still_removed() {
     let seen = &w.fhir.seen()[0].headers;
     assert!(!seen.keys().any(|k| k.as_str().starts_with("x-fhirgate-")));
 }
+
+#[tokio::test]
+async fn tokens_in_the_url_or_form_are_refused_and_never_recorded() {
+    let w = world().await;
+    let token = token(&w, "patient/*.rs");
+    let http = client();
+    for with_header in [false, true] {
+        let mut request = http.get(format!(
+            "{}/Patient/pat-A?access%5Ftoken={token}&_format=json",
+            w.gateway.base
+        ));
+        if with_header {
+            request = request.bearer_auth(&token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400, "header as well: {with_header}");
+        assert_eq!(issue_code(&response.text().await.unwrap()), "invalid");
+    }
+    let form = http
+        .post(format!("{}/Observation/_search", w.gateway.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("code=x&access_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 400);
+    assert!(w.fhir.seen().is_empty(), "a URL token reached the upstream");
+    let audit = w.gateway.stop().await;
+    assert_eq!(audit.len(), 3);
+    for record in &audit {
+        assert!(
+            !record.to_string().contains(&token),
+            "token in the audit: {record}"
+        );
+    }
+    assert_eq!(audit[0]["query"], "access%5Ftoken=[redacted]&_format=json");
+}

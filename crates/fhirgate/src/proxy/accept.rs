@@ -3,6 +3,7 @@
 use http::{HeaderMap, Method};
 
 use crate::refusal::Refusal;
+use crate::token::TokenError;
 
 /// Headers that ask a server to treat a request as another method. They are refused rather
 /// than ignored: a server behind the gateway might honour one the gateway did not check.
@@ -40,10 +41,13 @@ pub fn accept<'a>(
             "method override headers are not accepted".into(),
         ));
     }
-    if query.is_some_and(has_method_param) {
+    if query.is_some_and(|q| has_param(q, "_method")) {
         return Err(Refusal::BadRequest(
             "the _method parameter is not accepted".into(),
         ));
+    }
+    if query.is_some_and(|q| has_param(q, ACCESS_TOKEN)) {
+        return Err(token_in_url());
     }
     let rest = path.strip_prefix(base_path).ok_or(Refusal::NotFound)?;
     match rest {
@@ -52,11 +56,23 @@ pub fn accept<'a>(
     }
 }
 
-fn has_method_param(query: &str) -> bool {
+/// The RFC 6750 parameter that carries a token in a query or form body.
+pub const ACCESS_TOKEN: &str = "access_token";
+
+/// Does a query (or form body) carry parameter `wanted`, its name percent-decoded?
+pub fn has_param(query: &str, wanted: &str) -> bool {
     query.split('&').any(|pair| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        percent_encoding::percent_decode_str(name).decode_utf8_lossy() == "_method"
+        percent_encoding::percent_decode_str(name).decode_utf8_lossy() == wanted
     })
+}
+
+/// Tokens in URLs end up in logs and caches; RFC 6750's query and form forms are refused so
+/// that such a token never goes further (upstream included).
+pub fn token_in_url() -> Refusal {
+    Refusal::Token(TokenError::Malformed(
+        "access tokens are accepted only in the Authorization header",
+    ))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::accept::accept;
+use super::accept::{ACCESS_TOKEN, accept, has_param, token_in_url};
 use super::bundle::BundlePlan;
 use super::forward::{Outbound, add_identity_headers, upstream_headers};
 use super::headers::{self, REQUEST_ID};
@@ -52,7 +52,8 @@ pub async fn handle(
     let request_id = headers::request_id(request.headers());
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
-    let query = request.uri().query().map(str::to_owned);
+    // Recorded without the value of any token a client put in the URL.
+    let query = request.uri().query().map(audit::redact_query);
     let format = OutcomeFormat::negotiate(
         query.as_deref(),
         request
@@ -184,6 +185,17 @@ async fn run(
         gateway.config.limits.max_request_body,
     )
     .await?;
+    let form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.trim_start()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if form && has_param(&String::from_utf8_lossy(&body), ACCESS_TOKEN) {
+        return Err(token_in_url());
+    }
     let (fhir_request, decision) = classify_and_decide(
         &parts.method,
         relative,
@@ -322,6 +334,7 @@ async fn throttle(
         identity: &identity,
         client_ip: client_address(peer.address.ip(), headers, &limits.trusted_proxies),
         interaction: request.interaction.code(),
+        resource_type: request.resource_type.as_deref(),
         cost: cost_of(request, &limits.costs),
     };
     match gateway.limiter.charge(&charge).await {

@@ -57,6 +57,8 @@ pub struct Charge<'a> {
     pub client_ip: std::net::IpAddr,
     /// The interaction code (`read`, `search-type`, ...).
     pub interaction: &'a str,
+    /// The resource type the request is about, if any.
+    pub resource_type: Option<&'a str>,
     pub cost: u32,
 }
 
@@ -195,8 +197,20 @@ impl Limiter {
 
     fn applicable<'r>(&'r self, charge: &'r Charge<'_>) -> impl Iterator<Item = &'r Rule> {
         self.rules.iter().filter(move |rule| {
-            let filter = &rule.config.interactions;
-            filter.is_empty() || filter.iter().any(|i| i == charge.interaction)
+            let config = &rule.config;
+            let interaction = config.interactions.is_empty()
+                || config.interactions.iter().any(|i| i == charge.interaction);
+            let resource_type = config.resource_types.is_empty()
+                || charge
+                    .resource_type
+                    .is_some_and(|t| config.resource_types.iter().any(|r| r == t));
+            let scope = config.scopes.is_empty()
+                || charge.identity.scope.as_deref().is_some_and(|granted| {
+                    granted
+                        .split_ascii_whitespace()
+                        .any(|s| config.scopes.iter().any(|wanted| wanted == s))
+                });
+            interaction && resource_type && scope
         })
     }
 
@@ -314,6 +328,7 @@ mod tests {
             identity,
             client_ip: ip.parse().unwrap(),
             interaction: "read",
+            resource_type: Some("Observation"),
             cost,
         }
     }
@@ -420,6 +435,41 @@ mod tests {
                 .to_string();
             assert!(error.contains(key), "{rule}: {error}");
         }
+    }
+
+    #[test]
+    fn rules_can_be_scoped_to_types_and_scopes() {
+        let limiter = Limiter::new(&limits(
+            "  rules:\n    - { name: bulk, key: [client_id], rate: 1, per: 60s, burst: 1, scopes: [system/*.rs], resource_types: [Observation] }\n",
+        ))
+        .unwrap();
+        let patient_app = Identity {
+            scope: Some("patient/*.rs".into()),
+            ..identity("app-1")
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                limiter.charge_locally(&charge(&patient_app, "10.0.0.1", 1)),
+                Verdict::Allowed(None)
+            );
+        }
+        let bulk = Identity {
+            scope: Some("system/*.rs".into()),
+            ..identity("bulk-1")
+        };
+        assert!(matches!(
+            limiter.charge_locally(&charge(&bulk, "10.0.0.1", 1)),
+            Verdict::Allowed(Some(_))
+        ));
+        assert!(matches!(
+            limiter.charge_locally(&charge(&bulk, "10.0.0.1", 1)),
+            Verdict::Throttled { .. }
+        ));
+        let other_type = Charge {
+            resource_type: Some("Patient"),
+            ..charge(&bulk, "10.0.0.1", 1)
+        };
+        assert_eq!(limiter.charge_locally(&other_type), Verdict::Allowed(None));
     }
 
     #[test]
