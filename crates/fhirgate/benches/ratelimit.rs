@@ -75,6 +75,7 @@ fn bench_checks(c: &mut Criterion) {
     let identities = identities();
     let charge = |n: usize| Charge {
         identity: &identities[n % identities.len()],
+        authenticated: true,
         client_ip: "192.0.2.1".parse().unwrap(),
         interaction: "read",
         resource_type: Some("Observation"),

@@ -149,3 +149,24 @@ async fn trusted_proxies_name_the_client() {
     let spoofed = send(&gateway, &token, "9.9.9.9, 203.0.113.1").await;
     assert_eq!(spoofed.status, 429);
 }
+
+/// A stream of bad tokens from one address is limited by the address rules too.
+#[tokio::test]
+async fn refused_tokens_count_against_the_address() {
+    let (idp, fhir, gateway) = world(
+        "rate_limits:\n  rules:\n    - { name: per-address, key: [client_ip], rate: 1, per: 60s, burst: 3 }\n    - { name: per-client, key: [client_id], rate: 100, per: 1s, burst: 100 }",
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for n in 0..5 {
+        statuses.push(
+            send(&gateway, &format!("not-a-token-{n}"), "192.0.2.1")
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    assert_eq!(send(&gateway, &token, "192.0.2.1").await.status, 429);
+    assert!(fhir.seen().is_empty());
+}

@@ -175,7 +175,27 @@ async fn run(
         url: &url,
         client_certificate: peer.certificate.as_deref(),
     };
-    let identity = gateway.tokens.authenticate(&presentation).await?;
+    let identity = match gateway.tokens.authenticate(&presentation).await {
+        Ok(identity) => identity,
+        Err(error) => {
+            // Bad or missing tokens count against the client's address too.
+            let anonymous = Identity::default();
+            let charge = Charge {
+                identity: &anonymous,
+                authenticated: false,
+                client_ip: client_address(
+                    peer.address.ip(),
+                    &parts.headers,
+                    &gateway.config.rate_limits.trusted_proxies,
+                ),
+                interaction: "unauthenticated",
+                resource_type: None,
+                cost: 1,
+            };
+            charge_limits(gateway, &charge, facts).await?;
+            return Err(error.into());
+        }
+    };
     let grant = grant_for(&identity);
     facts.identity = Some(identity);
 
@@ -332,12 +352,25 @@ async fn throttle(
     let limits = &gateway.config.rate_limits;
     let charge = Charge {
         identity: &identity,
+        authenticated: true,
         client_ip: client_address(peer.address.ip(), headers, &limits.trusted_proxies),
         interaction: request.interaction.code(),
         resource_type: request.resource_type.as_deref(),
         cost: cost_of(request, &limits.costs),
     };
-    match gateway.limiter.charge(&charge).await {
+    charge_limits(gateway, &charge, facts).await
+}
+
+/// Charges the rules and turns the verdict into the step's outcome.
+async fn charge_limits(
+    gateway: &Gateway,
+    charge: &Charge<'_>,
+    facts: &mut Facts,
+) -> Result<(), Refusal> {
+    if !gateway.limiter.is_active() {
+        return Ok(());
+    }
+    match gateway.limiter.charge(charge).await {
         Verdict::Allowed(standing) => {
             facts.rate = standing;
             Ok(())

@@ -53,7 +53,13 @@ impl std::fmt::Debug for Limiter {
 
 /// What a request asks for, for the rules to judge.
 pub struct Charge<'a> {
+    /// The verified caller; for a request whose token was refused, an empty identity and
+    /// `authenticated: false`.
     pub identity: &'a Identity,
+    /// Was the token accepted? Requests whose token was not are charged only to rules keyed
+    /// on the client address alone (and not narrowed to interactions, types or scopes), so a
+    /// stream of bad tokens from one address is limited too.
+    pub authenticated: bool,
     pub client_ip: std::net::IpAddr,
     /// The interaction code (`read`, `search-type`, ...).
     pub interaction: &'a str,
@@ -198,6 +204,12 @@ impl Limiter {
     fn applicable<'r>(&'r self, charge: &'r Charge<'_>) -> impl Iterator<Item = &'r Rule> {
         self.rules.iter().filter(move |rule| {
             let config = &rule.config;
+            if !charge.authenticated {
+                return config.key.iter().all(|k| *k == RateKey::ClientIp)
+                    && config.interactions.is_empty()
+                    && config.resource_types.is_empty()
+                    && config.scopes.is_empty();
+            }
             let interaction = config.interactions.is_empty()
                 || config.interactions.iter().any(|i| i == charge.interaction);
             let resource_type = config.resource_types.is_empty()
@@ -326,6 +338,7 @@ mod tests {
     fn charge<'a>(identity: &'a Identity, ip: &str, cost: u32) -> Charge<'a> {
         Charge {
             identity,
+            authenticated: true,
             client_ip: ip.parse().unwrap(),
             interaction: "read",
             resource_type: Some("Observation"),
@@ -470,6 +483,33 @@ mod tests {
             ..charge(&bulk, "10.0.0.1", 1)
         };
         assert_eq!(limiter.charge_locally(&other_type), Verdict::Allowed(None));
+    }
+
+    #[test]
+    fn refused_tokens_are_charged_to_address_rules_only() {
+        let limiter = Limiter::new(&limits(
+            "  rules:\n    - { name: per-client, key: [client_id], rate: 1, per: 60s, burst: 1 }\n    - { name: per-address, key: [client_ip], rate: 1, per: 60s, burst: 2 }\n",
+        ))
+        .unwrap();
+        let nobody = Identity::default();
+        let anonymous = |ip| Charge {
+            authenticated: false,
+            ..charge(&nobody, ip, 1)
+        };
+        for _ in 0..2 {
+            match limiter.charge_locally(&anonymous("10.0.0.9")) {
+                Verdict::Allowed(Some(standing)) => assert_eq!(standing.rule, "per-address"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            limiter.charge_locally(&anonymous("10.0.0.9")),
+            Verdict::Throttled { rule, .. } if rule == "per-address"
+        ));
+        assert!(matches!(
+            limiter.charge_locally(&anonymous("10.0.0.10")),
+            Verdict::Allowed(_)
+        ));
     }
 
     #[test]
