@@ -170,3 +170,28 @@ async fn refused_tokens_count_against_the_address() {
     assert_eq!(send(&gateway, &token, "192.0.2.1").await.status, 429);
     assert!(fhir.seen().is_empty());
 }
+
+/// Requests too malformed to classify are charged too.
+#[tokio::test]
+async fn malformed_requests_are_charged() {
+    let (idp, fhir, gateway) = world(
+        "rate_limits:\n  rules:\n    - { name: per-client, key: [client_id], rate: 1, per: 60s, burst: 2 }",
+    )
+    .await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    let headers = vec![("authorization".to_owned(), format!("Bearer {token}"))];
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = send_raw(
+            &gateway.base,
+            "GET",
+            "/fhir/NotAType/1",
+            &headers,
+            Bytes::new(),
+        )
+        .await;
+        statuses.push(response.status);
+    }
+    assert_eq!(statuses, [400, 400, 429]);
+    assert!(fhir.seen().is_empty());
+}

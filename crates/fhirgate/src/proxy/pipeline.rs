@@ -180,18 +180,7 @@ async fn run(
         Err(error) => {
             // Bad or missing tokens count against the client's address too.
             let anonymous = Identity::default();
-            let charge = Charge {
-                identity: &anonymous,
-                authenticated: false,
-                client_ip: client_address(
-                    peer.address.ip(),
-                    &parts.headers,
-                    &gateway.config.rate_limits.trusted_proxies,
-                ),
-                interaction: "unauthenticated",
-                resource_type: None,
-                cost: 1,
-            };
+            let charge = unit_charge(gateway, &parts.headers, peer, &anonymous, "unauthenticated");
             charge_limits(gateway, &charge, facts).await?;
             return Err(error.into());
         }
@@ -216,7 +205,7 @@ async fn run(
     if form && has_param(&String::from_utf8_lossy(&body), ACCESS_TOKEN) {
         return Err(token_in_url());
     }
-    let (fhir_request, decision) = classify_and_decide(
+    let classified = classify_and_decide(
         &parts.method,
         relative,
         parts.uri.query(),
@@ -224,7 +213,18 @@ async fn run(
         &body,
         &grant,
         &gateway.policy,
-    )?;
+    );
+    let (fhir_request, decision) = match classified {
+        Ok(classified) => classified,
+        Err(refusal) => {
+            // A request too malformed to classify still costs its sender one unit.
+            if let Some(identity) = facts.identity.clone() {
+                let charge = unit_charge(gateway, &parts.headers, peer, &identity, "invalid");
+                charge_limits(gateway, &charge, facts).await?;
+            }
+            return Err(refusal);
+        }
+    };
     facts.interaction = Some(fhir_request.interaction);
     facts.resource_type = fhir_request.resource_type.clone();
     facts.resource_id = fhir_request.id.clone();
@@ -359,6 +359,30 @@ async fn throttle(
         cost: cost_of(request, &limits.costs),
     };
     charge_limits(gateway, &charge, facts).await
+}
+
+/// A one-unit charge for a request that got no further than `interaction` says: a refused
+/// token (charged as unauthenticated when `identity` is empty) or a request that could not be
+/// classified.
+fn unit_charge<'a>(
+    gateway: &Gateway,
+    headers: &http::HeaderMap,
+    peer: &Peer,
+    identity: &'a Identity,
+    interaction: &'a str,
+) -> Charge<'a> {
+    Charge {
+        identity,
+        authenticated: !identity.issuer.is_empty(),
+        client_ip: client_address(
+            peer.address.ip(),
+            headers,
+            &gateway.config.rate_limits.trusted_proxies,
+        ),
+        interaction,
+        resource_type: None,
+        cost: 1,
+    }
 }
 
 /// Charges the rules and turns the verdict into the step's outcome.
