@@ -79,6 +79,28 @@ pub enum Interaction {
 }
 
 impl Interaction {
+    /// Every interaction.
+    pub const ALL: [Interaction; 18] = [
+        Self::Read,
+        Self::Vread,
+        Self::HistoryInstance,
+        Self::HistoryType,
+        Self::HistorySystem,
+        Self::SearchType,
+        Self::SearchSystem,
+        Self::SearchCompartment,
+        Self::Create,
+        Self::Update,
+        Self::Patch,
+        Self::Delete,
+        Self::Batch,
+        Self::Transaction,
+        Self::Capabilities,
+        Self::SmartConfiguration,
+        Self::Operation,
+        Self::PageContinuation,
+    ];
+
     /// FHIR restful-interaction style code.
     pub fn code(&self) -> &'static str {
         match self {

@@ -71,7 +71,7 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
             let upstream = gateway.upstream.reachable().await;
             // An unreachable rate-limit store only makes the gateway unready when it then
             // refuses requests (`closed`); in `local` mode it limits on its own meanwhile.
-            let store = gateway.limiter.store_reachable();
+            let store = gateway.limiter.probe_store().await;
             let ready = keys && upstream && (store || !gateway.limiter.fails_closed());
             let status = if ready {
                 StatusCode::OK

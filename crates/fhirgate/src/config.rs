@@ -33,8 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub tls: Option<Tls>,
     /// The gateway's public FHIR base URL as clients address it (`https://gw.example/fhir`);
-    /// DPoP proofs must name URLs under it. When absent, the request's `Host` header and the
-    /// public base path make it, with the `http` scheme.
+    /// DPoP proofs must name URLs under it. When absent, the connection's scheme (`https`
+    /// with `tls`, else `http`), the request's `Host` header and the public base path make it.
     #[serde(default)]
     pub public_url: Option<HttpUrl>,
     /// Token issuers whose access tokens are accepted.
@@ -64,7 +64,7 @@ pub struct RateLimits {
     pub costs: Costs,
     /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` / `Forwarded` headers name
     /// the client; from anyone else those headers are ignored.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "networks")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Send `RateLimit-Policy` and `RateLimit` headers on allowed responses.
     #[serde(default = "default_true")]
@@ -496,8 +496,50 @@ impl Config {
         if self.issuers.is_empty() {
             return Err(("issuers".into(), "at least one issuer is required".into()));
         }
+        if let Some(tls) = &self.tls
+            && tls.client_ca.is_none()
+            && tls.client_certificates == ClientCertificates::Required
+        {
+            return Err((
+                "tls.client_certificates".into(),
+                "required client certificates need tls.client_ca to verify them".into(),
+            ));
+        }
         for (i, rule) in self.rate_limits.rules.iter().enumerate() {
             let key = |k: &str| format!("rate_limits.rules[{i}].{k}");
+            let codes = fhirgate_policy::request::Interaction::ALL.map(|i| i.code());
+            if let Some(unknown) = rule
+                .interactions
+                .iter()
+                .find(|i| !codes.contains(&i.as_str()))
+            {
+                return Err((
+                    key("interactions"),
+                    format!(
+                        "unknown interaction {unknown:?}; one of {}",
+                        codes.join(", ")
+                    ),
+                ));
+            }
+            if let Some(unknown) = rule
+                .resource_types
+                .iter()
+                .find(|t| !fhirgate_policy::scope::is_resource_type(t))
+            {
+                return Err((
+                    key("resource_types"),
+                    format!("{unknown:?} is not an R4 resource type"),
+                ));
+            }
+            if self.rate_limits.rules[..i]
+                .iter()
+                .any(|r| r.name == rule.name)
+            {
+                return Err((
+                    key("name"),
+                    format!("another rule is named {:?}", rule.name),
+                ));
+            }
             let problem = if rule.name.is_empty() {
                 Some(("name", "must not be empty"))
             } else if rule.key.is_empty() {
@@ -735,6 +777,23 @@ fn default_leeway() -> Duration {
 fn default_refetch_cooldown() -> Duration {
     Duration::from_secs(30)
 }
+/// Networks given as CIDR blocks or single addresses (`10.0.0.1` is `10.0.0.1/32`).
+fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is neither an address nor a CIDR block"
+                    ))
+                })
+        })
+        .collect()
+}
+
 fn default_redis_timeout() -> Duration {
     Duration::from_millis(250)
 }

@@ -67,7 +67,15 @@ fn check_reads_the_files_the_configuration_names() {
         "path: \"fhirgate-audit.jsonl\"",
         "path: \"/nonexistent/folder/audit.jsonl\"",
     );
+    let required_without_ca = format!(
+        "{DEFAULT}tls:\n  certificate: \"/nonexistent/server.pem\"\n  private_key: \"/nonexistent/server.key\"\n  client_certificates: required\n"
+    );
     for (what, text, named) in [
+        (
+            "client certificates without a CA",
+            required_without_ca,
+            "tls.client_certificates",
+        ),
         ("introspection secret", secret, "/nonexistent/secret"),
         ("TLS certificate", tls, "/nonexistent/server.pem"),
         ("audit folder", audit, "/nonexistent/folder"),

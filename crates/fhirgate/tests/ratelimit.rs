@@ -195,3 +195,58 @@ async fn malformed_requests_are_charged() {
     assert_eq!(statuses, [400, 400, 429]);
     assert!(fhir.seen().is_empty());
 }
+
+/// A rule narrowed to searches sees the searches inside a batch.
+#[tokio::test]
+async fn batch_entries_are_charged_one_by_one() {
+    let (idp, fhir, gateway) = world(
+        "rate_limits:\n  rules:\n    - { name: searches, key: [client_id], rate: 1, per: 60s, burst: 6, interactions: [search-type] }",
+    )
+    .await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    let batch = r#"{"resourceType":"Bundle","type":"batch","entry":[
+        {"request":{"method":"GET","url":"Observation?code=a"}},
+        {"request":{"method":"GET","url":"Observation?code=b"}},
+        {"request":{"method":"GET","url":"Observation?code=c"}}]}"#;
+    let headers = vec![
+        ("authorization".to_owned(), format!("Bearer {token}")),
+        (
+            "content-type".to_owned(),
+            "application/fhir+json".to_owned(),
+        ),
+    ];
+    let response = send_raw(&gateway.base, "POST", "/fhir", &headers, Bytes::from(batch)).await;
+    // Three searches at 2 units each fit a burst of 6 ...
+    assert_ne!(response.status, 429);
+    let response = send_raw(&gateway.base, "POST", "/fhir", &headers, Bytes::from(batch)).await;
+    // ... and a second batch of them does not.
+    assert_eq!(
+        response.status, 429,
+        "the searches inside the batches exhausted the rule"
+    );
+    assert_eq!(
+        fhir.seen().len(),
+        1,
+        "only the first batch reached the upstream"
+    );
+}
+
+/// A `closed` Redis store that is down from the start makes the gateway not ready.
+#[tokio::test]
+async fn readyz_asks_the_rate_limit_store() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let (_idp, _fhir, gateway) = world(&format!(
+        "rate_limits:\n  redis: {{ url: \"redis://127.0.0.1:{port}\", failure_mode: closed, timeout: \"200ms\" }}\n  rules:\n    - {{ name: a, key: [client_id], rate: 1, per: 1s, burst: 1 }}"
+    ))
+    .await;
+    let response = client()
+        .get(format!("{}/readyz", gateway.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body = response.text().await.unwrap();
+    assert!(body.contains(r#""rate_limit_store":false"#), "{body}");
+}

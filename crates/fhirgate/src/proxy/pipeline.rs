@@ -350,15 +350,39 @@ async fn throttle(
         return Ok(());
     };
     let limits = &gateway.config.rate_limits;
-    let charge = Charge {
-        identity: &identity,
-        authenticated: true,
-        client_ip: client_address(peer.address.ip(), headers, &limits.trusted_proxies),
-        interaction: request.interaction.code(),
-        resource_type: request.resource_type.as_deref(),
-        cost: cost_of(request, &limits.costs),
+    let client_ip = client_address(peer.address.ip(), headers, &limits.trusted_proxies);
+    // A batch or transaction is charged entry by entry, so rules narrowed to interactions or
+    // types see the searches and writes inside it.
+    let bundled = matches!(
+        request.interaction,
+        Interaction::Batch | Interaction::Transaction
+    ) && !request.entries.is_empty();
+    let parts: Vec<&FhirRequest> = if bundled {
+        request.entries.iter().collect()
+    } else {
+        vec![request]
     };
-    charge_limits(gateway, &charge, facts).await
+    let mut tightest: Option<Standing> = None;
+    for part in parts {
+        let charge = Charge {
+            identity: &identity,
+            authenticated: true,
+            client_ip,
+            interaction: part.interaction.code(),
+            resource_type: part.resource_type.as_deref(),
+            cost: cost_of(part, &limits.costs),
+        };
+        charge_limits(gateway, &charge, facts).await?;
+        if let Some(standing) = facts.rate.take()
+            && tightest
+                .as_ref()
+                .is_none_or(|t| standing.remaining < t.remaining)
+        {
+            tightest = Some(standing);
+        }
+    }
+    facts.rate = tightest;
+    Ok(())
 }
 
 /// A one-unit charge for a request that got no further than `interaction` says: a refused

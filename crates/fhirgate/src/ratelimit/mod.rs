@@ -137,6 +137,14 @@ impl Limiter {
             .is_none_or(|(store, _)| store.reachable())
     }
 
+    /// Asks the shared store, if any, whether it answers now. (Always true without one.)
+    pub async fn probe_store(&self) -> bool {
+        match &self.shared {
+            Some((store, _)) => store.probe().await,
+            None => true,
+        }
+    }
+
     /// Does an unreachable store refuse requests (`closed`), rather than fall back?
     pub fn fails_closed(&self) -> bool {
         matches!(self.shared, Some((_, RedisFailureMode::Closed)))
@@ -438,6 +446,18 @@ mod tests {
                 "{ name: a, key: [tenant], rate: 1, per: 1s, burst: 1 }",
                 "tenant",
             ),
+            (
+                "{ name: a, key: [client_id], rate: 1, per: 1s, burst: 1, interactions: [serch-type] }",
+                "rate_limits.rules[0].interactions",
+            ),
+            (
+                "{ name: a, key: [client_id], rate: 1, per: 1s, burst: 1, resource_types: [Observaton] }",
+                "rate_limits.rules[0].resource_types",
+            ),
+            (
+                "{ name: a, key: [client_id], rate: 1, per: 1s, burst: 1 }\n    - { name: a, key: [subject], rate: 1, per: 1s, burst: 1 }",
+                "rate_limits.rules[1].name",
+            ),
         ] {
             let yaml = format!(
                 "{}rate_limits:\n  rules:\n    - {rule}\n",
@@ -510,6 +530,25 @@ mod tests {
             limiter.charge_locally(&anonymous("10.0.0.10")),
             Verdict::Allowed(_)
         ));
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_blocks() {
+        let limits = limits("  trusted_proxies: [\"10.0.0.1\", \"::1\", \"192.168.0.0/16\"]\n");
+        let shown: Vec<String> = limits
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["10.0.0.1/32", "::1/128", "192.168.0.0/16"]);
+        let yaml = format!(
+            "{}rate_limits:\n  trusted_proxies: [\"ten.0.0.1\"]\n",
+            crate::config::EMBEDDED_DEFAULT
+        );
+        let error = crate::config::Config::parse(&yaml, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ten.0.0.1"), "{error}");
     }
 
     #[test]

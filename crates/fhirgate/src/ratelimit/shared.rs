@@ -83,6 +83,29 @@ impl SharedStore {
         self.reachable.load(Ordering::Relaxed)
     }
 
+    /// Asks Redis now (`PING`), and records the answer like a check's.
+    pub async fn probe(&self) -> bool {
+        let ping = async {
+            let mut connection = self.connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let up = tokio::time::timeout(self.settings.timeout, ping)
+            .await
+            .is_ok_and(|answer| answer.is_ok());
+        let was = self.reachable.swap(up, Ordering::Relaxed);
+        if was != up {
+            if up {
+                tracing::info!(store = "redis", "rate-limit store reachable again");
+            } else {
+                tracing::warn!(store = "redis", failure_mode = ?self.settings.failure_mode, "rate-limit store unreachable");
+            }
+        }
+        up
+    }
+
     /// Charges `cost` units to `key` under a quota of one unit per `interval`, `burst` at
     /// most; `None` when Redis cannot be asked.
     pub async fn check(
