@@ -25,6 +25,10 @@ pub enum AuditDecision {
 /// One audit record. Never holds a token.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
+    /// Unique and time-ordered (UUID v7), so that a sink receiving a record twice can tell.
+    pub record_id: String,
+    /// The gateway process that decided (`instance_id`, or host name and process id).
+    pub instance: String,
     pub time: String,
     pub request_id: String,
     pub client_id: Option<String>,

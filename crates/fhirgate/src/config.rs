@@ -28,6 +28,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The FHIR server behind the gateway.
     pub upstream: Upstream,
+    /// Names this gateway process in audit records; host name and process id when absent.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// TLS on the FHIR listener, with optional client certificates (RFC 8705). Plain HTTP
     /// when absent.
     #[serde(default)]

@@ -634,3 +634,34 @@ async fn tokens_in_the_url_or_form_are_refused_and_never_recorded() {
     }
     assert_eq!(audit[0]["query"], "access%5Ftoken=[redacted]&_format=json");
 }
+
+#[tokio::test]
+async fn audit_records_have_unique_ids_and_name_the_instance() {
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let gateway = TestGateway::start(&idp, fhir.addr, "instance_id: \"gw-eu-1\"").await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    for _ in 0..5 {
+        client()
+            .get(format!("{}/Patient/pat-A", gateway.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+    }
+    let audit = gateway.stop().await;
+    let ids: std::collections::HashSet<&str> = audit
+        .iter()
+        .map(|r| r["record_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5, "one distinct id per record");
+    let mut ordered: Vec<&str> = audit
+        .iter()
+        .map(|r| r["record_id"].as_str().unwrap())
+        .collect();
+    let written = ordered.clone();
+    ordered.sort_unstable();
+    assert_eq!(ordered, written, "ids are time-ordered");
+    assert!(audit.iter().all(|r| r["instance"] == "gw-eu-1"));
+}

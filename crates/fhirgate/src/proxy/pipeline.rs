@@ -102,6 +102,8 @@ pub async fn handle(
     let took = started.elapsed();
     let identity = facts.identity.take();
     let record = AuditRecord {
+        record_id: uuid::Uuid::now_v7().to_string(),
+        instance: gateway.instance.clone(),
         time: audit::now_rfc3339(),
         request_id,
         client_id: identity.as_ref().and_then(|i| i.client_id.clone()),
