@@ -11,6 +11,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use crate::proxy::{ACCESS_TOKEN, param_name};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -67,9 +69,8 @@ pub fn redact_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| {
-            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-            let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-            if decoded == crate::proxy::ACCESS_TOKEN {
+            if param_name(pair) == ACCESS_TOKEN {
+                let name = pair.split_once('=').map_or(pair, |(n, _)| n);
                 format!("{name}=[redacted]")
             } else {
                 pair.to_owned()

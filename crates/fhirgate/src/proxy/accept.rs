@@ -61,10 +61,13 @@ pub const ACCESS_TOKEN: &str = "access_token";
 
 /// Does a query (or form body) carry parameter `wanted`, its name percent-decoded?
 pub fn has_param(query: &str, wanted: &str) -> bool {
-    query.split('&').any(|pair| {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        percent_encoding::percent_decode_str(name).decode_utf8_lossy() == wanted
-    })
+    query.split('&').any(|pair| param_name(pair) == wanted)
+}
+
+/// The percent-decoded name of one `name=value` pair of a query.
+pub fn param_name(pair: &str) -> std::borrow::Cow<'_, str> {
+    let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+    percent_encoding::percent_decode_str(name).decode_utf8_lossy()
 }
 
 /// Tokens in URLs end up in logs and caches; RFC 6750's query and form forms are refused so

@@ -17,7 +17,7 @@ mod verify;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use self::accept::{ACCESS_TOKEN, accept};
+pub use self::accept::{ACCESS_TOKEN, accept, param_name};
 pub use self::forward::{Upstream, target_url};
 pub use self::pipeline::{classify_and_decide, grant_for, is_public, reads_body};
 pub use self::server::serve;

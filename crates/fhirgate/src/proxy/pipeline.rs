@@ -170,7 +170,7 @@ async fn run(
         return Ok(pass_through(response));
     }
 
-    let url = request_url(gateway, &parts, relative, peer.tls);
+    let url = || request_url(gateway, &parts, relative, peer.tls);
     let presentation = Presentation {
         headers: &parts.headers,
         method: parts.method.as_str(),
@@ -364,27 +364,19 @@ async fn throttle(
     } else {
         vec![request]
     };
-    let mut tightest: Option<Standing> = None;
-    for part in parts {
-        let charge = Charge {
+    let charges: Vec<Charge<'_>> = parts
+        .into_iter()
+        .map(|part| Charge {
             identity: &identity,
             authenticated: true,
             client_ip,
             interaction: part.interaction.code(),
             resource_type: part.resource_type.as_deref(),
             cost: cost_of(part, &limits.costs),
-        };
-        charge_limits(gateway, &charge, facts).await?;
-        if let Some(standing) = facts.rate.take()
-            && tightest
-                .as_ref()
-                .is_none_or(|t| standing.remaining < t.remaining)
-        {
-            tightest = Some(standing);
-        }
-    }
-    facts.rate = tightest;
-    Ok(())
+        })
+        .collect();
+    let verdict = gateway.limiter.charge_all(&charges).await;
+    settle(gateway, verdict, facts)
 }
 
 /// A one-unit charge for a request that got no further than `interaction` says: a refused
@@ -420,7 +412,14 @@ async fn charge_limits(
     if !gateway.limiter.is_active() {
         return Ok(());
     }
-    match gateway.limiter.charge(charge).await {
+    let verdict = gateway.limiter.charge(charge).await;
+    settle(gateway, verdict, facts)
+}
+
+/// A rate-limit verdict as the step's outcome: the standing kept for the headers, or the
+/// refusal.
+fn settle(gateway: &Gateway, verdict: Verdict, facts: &mut Facts) -> Result<(), Refusal> {
+    match verdict {
         Verdict::Allowed(standing) => {
             facts.rate = standing;
             Ok(())

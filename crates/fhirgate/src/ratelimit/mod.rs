@@ -163,12 +163,24 @@ impl Limiter {
         }
     }
 
+    /// Charges several requests' worth (the entries of a Bundle) in order: the first refusal
+    /// stands, otherwise the tightest standing of them all.
+    pub async fn charge_all(&self, charges: &[Charge<'_>]) -> Verdict {
+        let mut tightest = None;
+        for charge in charges {
+            match self.charge(charge).await {
+                Verdict::Allowed(standing) => tightest = tighter(tightest, standing),
+                refused => return refused,
+            }
+        }
+        Verdict::Allowed(tightest)
+    }
+
     async fn charge_shared(&self, store: &SharedStore, charge: &Charge<'_>) -> Option<Verdict> {
         if charge.cost == 0 {
             return Some(Verdict::Allowed(None));
         }
-        let mut tightest: Option<Standing> = None;
-        let mut refused: Option<(String, Duration)> = None;
+        let mut tally = Tally::default();
         for rule in self.applicable(charge) {
             let config = &rule.config;
             let key = key_of(&config.key, charge);
@@ -176,37 +188,23 @@ impl Limiter {
             let answer = store
                 .check(&config.name, &key, interval, config.burst, charge.cost)
                 .await?;
-            if answer.allowed {
-                let standing = Standing {
-                    rule: config.name.clone(),
-                    quota: config.rate,
-                    window_secs: config.per.as_secs().max(1),
-                    remaining: answer.remaining,
-                    burst: config.burst,
-                    full_in: answer.full_in,
-                };
-                if tightest
-                    .as_ref()
-                    .is_none_or(|t| standing.remaining < t.remaining)
-                {
-                    tightest = Some(standing);
-                }
-            } else {
-                // More than the burst never fits: a whole period, as in memory.
-                let wait = if charge.cost > config.burst {
-                    config.per
+            tally.add(
+                config,
+                if answer.allowed {
+                    RuleAnswer::Allowed {
+                        remaining: answer.remaining,
+                        full_in: answer.full_in,
+                    }
+                } else if charge.cost > config.burst {
+                    RuleAnswer::NeverFits
                 } else {
-                    answer.retry_after
-                };
-                if refused.as_ref().is_none_or(|(_, longest)| wait > *longest) {
-                    refused = Some((config.name.clone(), wait));
-                }
-            }
+                    RuleAnswer::Refused {
+                        wait: answer.retry_after,
+                    }
+                },
+            );
         }
-        Some(match refused {
-            Some((rule, retry_after)) => Verdict::Throttled { rule, retry_after },
-            None => Verdict::Allowed(tightest),
-        })
+        Some(tally.verdict())
     }
 
     fn applicable<'r>(&'r self, charge: &'r Charge<'_>) -> impl Iterator<Item = &'r Rule> {
@@ -244,43 +242,27 @@ impl Limiter {
         let Some(cost) = NonZeroU32::new(charge.cost) else {
             return Verdict::Allowed(None);
         };
-        let mut tightest: Option<Standing> = None;
-        let mut refused: Option<(String, Duration)> = None;
+        let mut tally = Tally::default();
         for rule in self.applicable(charge) {
-            let key = key_of(&rule.config.key, charge);
-            let wait = match rule.limiter.check_key_n(&key, cost) {
+            let config = &rule.config;
+            let key = key_of(&config.key, charge);
+            let answer = match rule.limiter.check_key_n(&key, cost) {
                 Ok(Ok(snapshot)) => {
                     let remaining = snapshot.remaining_burst_capacity();
-                    let used = rule.config.burst.saturating_sub(remaining);
-                    let standing = Standing {
-                        rule: rule.config.name.clone(),
-                        quota: rule.config.rate,
-                        window_secs: rule.config.per.as_secs().max(1),
+                    let used = config.burst.saturating_sub(remaining);
+                    RuleAnswer::Allowed {
                         remaining,
-                        burst: rule.config.burst,
-                        full_in: rule.config.per * used / rule.config.rate,
-                    };
-                    if tightest
-                        .as_ref()
-                        .is_none_or(|t| standing.remaining < t.remaining)
-                    {
-                        tightest = Some(standing);
+                        full_in: config.per * used / config.rate,
                     }
-                    continue;
                 }
-                Ok(Err(not_until)) => not_until.wait_time_from(self.clock.now()),
-                // More than the burst: it never fits. Waiting a whole window is the honest
-                // answer a client can act on.
-                Err(_) => rule.config.per,
+                Ok(Err(not_until)) => RuleAnswer::Refused {
+                    wait: not_until.wait_time_from(self.clock.now()),
+                },
+                Err(_) => RuleAnswer::NeverFits,
             };
-            if refused.as_ref().is_none_or(|(_, longest)| wait > *longest) {
-                refused = Some((rule.config.name.clone(), wait));
-            }
+            tally.add(config, answer);
         }
-        match refused {
-            Some((rule, retry_after)) => Verdict::Throttled { rule, retry_after },
-            None => Verdict::Allowed(tightest),
-        }
+        tally.verdict()
     }
 
     /// Forgets keys whose allowance is full again: they are indistinguishable from new ones.
@@ -289,6 +271,71 @@ impl Limiter {
             rule.limiter.retain_recent();
             rule.limiter.shrink_to_fit();
         }
+    }
+}
+
+/// What one rule said about a charge, whichever store asked it.
+enum RuleAnswer {
+    Allowed {
+        remaining: u32,
+        full_in: Duration,
+    },
+    Refused {
+        wait: Duration,
+    },
+    /// More than the burst: it never fits. Waiting a whole period is the honest answer a
+    /// client can act on.
+    NeverFits,
+}
+
+/// The answers of every rule that applies, folded into one verdict: the longest wait of a
+/// refusing rule, else the standing of the rule with the least left.
+#[derive(Default)]
+struct Tally {
+    tightest: Option<Standing>,
+    refused: Option<(String, Duration)>,
+}
+
+impl Tally {
+    fn add(&mut self, rule: &RateRule, answer: RuleAnswer) {
+        let wait = match answer {
+            RuleAnswer::Allowed { remaining, full_in } => {
+                let standing = Standing {
+                    rule: rule.name.clone(),
+                    quota: rule.rate,
+                    window_secs: rule.per.as_secs().max(1),
+                    remaining,
+                    burst: rule.burst,
+                    full_in,
+                };
+                self.tightest = tighter(self.tightest.take(), Some(standing));
+                return;
+            }
+            RuleAnswer::Refused { wait } => wait,
+            RuleAnswer::NeverFits => rule.per,
+        };
+        if self
+            .refused
+            .as_ref()
+            .is_none_or(|(_, longest)| wait > *longest)
+        {
+            self.refused = Some((rule.name.clone(), wait));
+        }
+    }
+
+    fn verdict(self) -> Verdict {
+        match self.refused {
+            Some((rule, retry_after)) => Verdict::Throttled { rule, retry_after },
+            None => Verdict::Allowed(self.tightest),
+        }
+    }
+}
+
+/// The standing with less left of two.
+fn tighter(a: Option<Standing>, b: Option<Standing>) -> Option<Standing> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.remaining < a.remaining { b } else { a }),
+        (a, b) => a.or(b),
     }
 }
 

@@ -77,8 +77,9 @@ pub enum DpopChallenge {
 pub struct Presentation<'a> {
     pub headers: &'a http::HeaderMap,
     pub method: &'a str,
-    /// The request URL as the client addressed it, without query.
-    pub url: &'a str,
+    /// The request URL as the client addressed it, without query; made only when a proof
+    /// needs it.
+    pub url: &'a (dyn Fn() -> String + Sync),
     /// `x5t#S256` of the client certificate of the connection (mutual TLS), if any.
     pub client_certificate: Option<&'a str>,
 }
@@ -206,9 +207,10 @@ impl TokenValidator {
                     .iter()
                     .map(|v| v.to_str().unwrap_or(""))
                     .collect();
+                let url = (request.url)();
                 let target = ProofTarget {
                     method: request.method,
-                    url: request.url,
+                    url: &url,
                     access_token: presented.token,
                     jkt,
                     now: unix_now(),
