@@ -93,7 +93,8 @@ issuers:
     jwks_uri: "http://127.0.0.1:$ORIGIN_PORT/jwks.json"
     algorithms: ["RS256"]
 audit:
-  path: "$OUT/audit-$name.jsonl"
+  spool: { path: "$OUT/audit-$name.spool" }
+  sinks: { trail: { jsonl: { path: "$OUT/audit-$name.jsonl" } } }
 $limits
 YAML
 }

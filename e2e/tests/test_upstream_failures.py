@@ -74,7 +74,8 @@ issuers:
     algorithms: ["RS256", "ES256"]
     leeway: "5s"
 audit:
-  path: "{audit}"
+  spool: {{ path: "{audit}.spool" }}
+  sinks: {{ trail: {{ jsonl: {{ path: "{audit}" }} }} }}
 """)
     log = open(tmp_path / "fhirgate.log", "wb")
     proc = subprocess.Popen([str(FHIRGATE_BIN), "serve", "--config", str(config)], cwd=ROOT,

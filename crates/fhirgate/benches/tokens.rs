@@ -86,7 +86,7 @@ issuers:
     audience: "https://gw.bench/fhir"
     jwks_uri: "{jwks}"
     algorithms: ["RS256", "ES256"]
-audit: {{ path: "/dev/null" }}
+audit: {{ spool: {{ path: "/tmp/fhirgate-bench-spool" }}, sinks: {{ trail: {{ stdout: {{}} }} }} }}
 "#
         );
         let config = Config::parse(&yaml, "bench").expect("bench config");

@@ -15,6 +15,11 @@ use fhirgate_policy::options::{
 use fhirgate_policy::scope::Perms;
 use serde::{Deserialize, Deserializer};
 
+mod audit;
+pub use audit::{
+    Audit, Delivery, FhirSink, Fsync, HttpSink, JsonlSink, Sink, Spool, StdoutSink, WhenFull,
+};
+
 /// The configuration compiled into the binary, used when `--config` is not given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.yaml");
 
@@ -400,14 +405,6 @@ pub enum Algorithm {
     EdDSA,
 }
 
-/// Where the audit trail goes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Audit {
-    /// JSON lines file, appended to.
-    pub path: PathBuf,
-}
-
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -496,6 +493,7 @@ impl Config {
 
     /// Rules that span several keys.
     fn validate(&self) -> Result<(), (String, String)> {
+        self.audit.validate()?;
         if self.issuers.is_empty() {
             return Err(("issuers".into(), "at least one issuer is required".into()));
         }

@@ -31,8 +31,6 @@ pub enum StartError {
     Tls(#[from] proxy::TlsSetupError),
     #[error(transparent)]
     RateLimits(#[from] crate::ratelimit::SharedSetupError),
-    #[error("audit.path: the folder {0} does not exist")]
-    AuditFolder(String),
 }
 
 /// Everything `serve` reads besides the configuration itself, read now without serving or
@@ -45,14 +43,7 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
     let http = reqwest::Client::builder().build()?;
     TokenValidator::new(config, http, Arc::new(Metrics::default()))?;
     Limiter::new(&config.rate_limits)?;
-    let audit = &config.audit.path;
-    let folder = match audit.parent() {
-        Some(folder) if !folder.as_os_str().is_empty() => folder,
-        _ => std::path::Path::new("."),
-    };
-    if !folder.is_dir() {
-        return Err(StartError::AuditFolder(folder.display().to_string()));
-    }
+    crate::audit::preflight(&config.audit)?;
     Ok(())
 }
 
@@ -76,7 +67,7 @@ pub async fn serve_on(
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let tls = config.tls.as_ref().map(proxy::tls_acceptor).transpose()?;
-    let (audit, audit_writer) = AuditLog::open(&config.audit.path)?;
+    let (audit, audit_writer) = AuditLog::open(&config.audit)?;
     let metrics = Arc::new(Metrics::default());
     let tokens = TokenValidator::new(&config, http, metrics.clone())?;
     tokens.load_keys().await;

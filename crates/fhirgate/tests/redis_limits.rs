@@ -118,7 +118,8 @@ issuers:
     audience: "https://gw.test/fhir"
     algorithms: ["RS256"]
 audit:
-  path: "{audit}"
+  spool: {{ path: "{audit}.spool" }}
+  sinks: {{ trail: {{ jsonl: {{ path: "{audit}" }} }} }}
 rate_limits:
   redis:
     url: "redis://127.0.0.1:{redis_port}"

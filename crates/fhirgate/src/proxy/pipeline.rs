@@ -36,6 +36,9 @@ struct Facts {
     resource_id: Option<String>,
     rule: Option<String>,
     upstream_status: Option<u16>,
+    /// How long the upstream took to answer (headers), summed over prechecks and the call.
+    upstream_took: Option<std::time::Duration>,
+    target_patient: Option<String>,
     withheld: Option<usize>,
     /// The tightest rate-limit standing, for the response headers.
     rate: Option<Standing>,
@@ -49,6 +52,7 @@ pub async fn handle(
     peer: Arc<Peer>,
 ) -> Response<Body> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let request_id = headers::request_id(request.headers());
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
@@ -65,6 +69,7 @@ pub async fn handle(
 
     let result = run(&gateway, request, &peer, &request_id, &mut facts).await;
     let (mut response, decision, reason) = match result {
+        Ok(response) if facts.withheld.is_some() => (response, AuditDecision::Filter, "allowed"),
         Ok(response) => (response, AuditDecision::Allow, "allowed"),
         Err(refusal) => {
             let decision = if matches!(
@@ -105,6 +110,7 @@ pub async fn handle(
         record_id: uuid::Uuid::now_v7().to_string(),
         instance: gateway.instance.clone(),
         time: audit::now_rfc3339(),
+        started: audit::rfc3339(started_at),
         request_id,
         client_id: identity.as_ref().and_then(|i| i.client_id.clone()),
         issuer: identity.as_ref().map(|i| i.issuer.clone()),
@@ -119,9 +125,10 @@ pub async fn handle(
         method,
         path,
         query,
-        interaction: facts.interaction.map(|i| i.code()),
+        interaction: facts.interaction.map(|i| i.code().into()),
         resource_type: facts.resource_type,
         resource_id: facts.resource_id,
+        target_patient: facts.target_patient,
         decision,
         reason: reason.to_owned(),
         rule: facts.rule,
@@ -129,9 +136,11 @@ pub async fn handle(
         upstream_status: facts.upstream_status,
         withheld: facts.withheld,
         latency_ms: took.as_secs_f64() * 1000.0,
+        upstream_latency_ms: facts.upstream_took.map(|t| t.as_secs_f64() * 1000.0),
+        purpose_of_use: None,
     };
     let counted = match decision {
-        AuditDecision::Allow => metrics::Decision::Allow,
+        AuditDecision::Allow | AuditDecision::Filter => metrics::Decision::Allow,
         AuditDecision::Deny => metrics::Decision::Deny,
     };
     gateway.metrics.request(counted, reason, took);
@@ -165,8 +174,7 @@ async fn run(
             headers: upstream_headers(&parts.headers, peer, request_id, false),
             body: Bytes::new(),
         };
-        let response = gateway.upstream.send(outbound).await?;
-        facts.upstream_status = Some(response.status().as_u16());
+        let response = send_upstream(gateway, outbound, facts).await?;
         return Ok(pass_through(response));
     }
 
@@ -230,6 +238,7 @@ async fn run(
     facts.interaction = Some(fhir_request.interaction);
     facts.resource_type = fhir_request.resource_type.clone();
     facts.resource_id = fhir_request.id.clone();
+    facts.target_patient = target_patient(&fhir_request);
     throttle(gateway, &parts.headers, peer, &fhir_request, facts).await?;
 
     let obligations = match decision {
@@ -290,8 +299,7 @@ async fn run(
         headers,
         body,
     };
-    let response = gateway.upstream.send(outbound).await?;
-    facts.upstream_status = Some(response.status().as_u16());
+    let response = send_upstream(gateway, outbound, facts).await?;
 
     if !checked || !response.status().is_success() || parts.method == Method::HEAD {
         // Errors (an OperationOutcome at most) and bodiless answers carry no clinical data.
@@ -322,6 +330,45 @@ async fn run(
         facts.withheld = Some(withheld);
     }
     Ok(checked_reply(head, body, withheld > 0 || plan.is_some()))
+}
+
+/// The request the client asked for, sent upstream, with its status and time recorded.
+async fn send_upstream(
+    gateway: &Gateway,
+    outbound: Outbound<'_>,
+    facts: &mut Facts,
+) -> Result<Response<Incoming>, Refusal> {
+    let sent = Instant::now();
+    let answer = gateway.upstream.send(outbound).await;
+    facts.upstream_took = Some(sent.elapsed());
+    let response = answer?;
+    facts.upstream_status = Some(response.status().as_u16());
+    Ok(response)
+}
+
+/// The patient whose record a request names itself, for the accounting of disclosures:
+/// `Patient/X` and its compartment, or a `patient` / `subject` search parameter naming one
+/// patient. Which patient a token's context names is recorded apart.
+fn target_patient(request: &FhirRequest) -> Option<String> {
+    if let Some((kind, id)) = &request.compartment
+        && kind == "Patient"
+    {
+        return Some(id.clone());
+    }
+    if request.resource_type.as_deref() == Some("Patient")
+        && let Some(id) = &request.id
+    {
+        return Some(id.clone());
+    }
+    request.params.iter().find_map(|(name, value)| {
+        let name = name.split(':').next().unwrap_or(name);
+        let value = match name {
+            "patient" => value.strip_prefix("Patient/").unwrap_or(value),
+            "subject" => value.strip_prefix("Patient/")?,
+            _ => return None,
+        };
+        (!value.is_empty() && !value.contains(',')).then(|| value.to_owned())
+    })
 }
 
 /// A response whose body the gateway checked (and may have changed).

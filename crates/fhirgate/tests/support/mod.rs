@@ -308,7 +308,8 @@ issuers:
     leeway: "5s"
 {cooldown}{issuer_extra}
 audit:
-  path: "{audit}"
+  spool: {{ path: "{audit}.spool" }}
+  sinks: {{ trail: {{ jsonl: {{ path: "{audit}" }} }} }}
 "#,
             issuer = idp.issuer,
             audit = audit_path.display(),

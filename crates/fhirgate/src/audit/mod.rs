@@ -10,75 +10,11 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
-use crate::proxy::{ACCESS_TOKEN, param_name};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// What the gateway decided about a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditDecision {
-    Allow,
-    Deny,
-}
-
-/// One audit record. Never holds a token.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditRecord {
-    /// Unique and time-ordered (UUID v7), so that a sink receiving a record twice can tell.
-    pub record_id: String,
-    /// The gateway process that decided (`instance_id`, or host name and process id).
-    pub instance: String,
-    pub time: String,
-    pub request_id: String,
-    pub client_id: Option<String>,
-    pub issuer: Option<String>,
-    pub subject: Option<String>,
-    pub fhir_user: Option<String>,
-    pub patient: Option<String>,
-    /// The encounter in context, and SMART 2.x `fhirContext` (compact JSON), when the token
-    /// carries them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub encounter: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fhir_context: Option<String>,
-    pub token_id: Option<String>,
-    pub scopes: Option<String>,
-    pub source: String,
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub interaction: Option<&'static str>,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub decision: AuditDecision,
-    pub reason: String,
-    pub rule: Option<String>,
-    pub status: u16,
-    pub upstream_status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub withheld: Option<usize>,
-    pub latency_ms: f64,
-}
-
-/// A query as recorded: the value of an `access_token` parameter replaced, so a token a
-/// client put in the URL never reaches the audit trail.
-pub fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| {
-            if param_name(pair) == ACCESS_TOKEN {
-                let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-                format!("{name}=[redacted]")
-            } else {
-                pair.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
+mod record;
+pub use record::{AuditDecision, AuditRecord, now_rfc3339, redact_query, rfc3339};
 
 /// Why the audit trail cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +46,9 @@ pub struct AuditWriter {
 
 impl AuditLog {
     /// Opens (creating if needed) the JSON lines file and starts the writer task.
-    pub fn open(path: &Path) -> Result<(Self, AuditWriter), AuditOpenError> {
+    pub fn open(config: &crate::config::Audit) -> Result<(Self, AuditWriter), AuditOpenError> {
+        let path = first_file(config);
+        let path = path.as_path();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| AuditOpenError {
                 path: path.to_owned(),
@@ -182,7 +120,30 @@ fn write_records(file: std::fs::File, mut receiver: mpsc::UnboundedReceiver<Mess
     }
 }
 
-/// The current time as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+fn first_file(config: &crate::config::Audit) -> PathBuf {
+    config
+        .sinks
+        .values()
+        .find_map(|sink| match sink {
+            crate::config::Sink::Jsonl(file) => Some(file.path.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| config.spool.path.join("records.jsonl"))
+}
+
+/// Checks what the audit trail needs at start without writing: the folders exist or can be
+/// made, and secret files can be read.
+pub fn preflight(config: &crate::config::Audit) -> Result<(), AuditOpenError> {
+    let path = first_file(config);
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(AuditOpenError {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "folder does not exist"),
+        });
+    }
+    Ok(())
 }

@@ -1,0 +1,121 @@
+//! The audit record: what the gateway decided about one request, and everything needed to
+//! prove who reached which data, with which token, under which rule.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::{ACCESS_TOKEN, param_name};
+
+/// What the gateway decided about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDecision {
+    /// Forwarded, and the response passed on as the upstream sent it or checked whole.
+    Allow,
+    /// Refused.
+    Deny,
+    /// Forwarded, with entries withheld from the response.
+    Filter,
+}
+
+impl AuditDecision {
+    /// The decision's name in records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Filter => "filter",
+        }
+    }
+}
+
+/// One audit record. Never holds a token: `token_id` is the token's `jti`, or a digest of
+/// an opaque token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Unique and time-ordered (UUID v7), so that a sink receiving a record twice can tell.
+    pub record_id: String,
+    /// The gateway process that decided (`instance_id`, or host name and process id).
+    pub instance: String,
+    /// When the record was made, as the response was ready (RFC 3339, UTC, milliseconds).
+    pub time: String,
+    /// When the request arrived.
+    pub started: String,
+    pub request_id: String,
+    pub client_id: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub fhir_user: Option<String>,
+    /// The patient in the token's launch context.
+    pub patient: Option<String>,
+    /// The encounter in context, and SMART 2.x `fhirContext` (compact JSON), when the token
+    /// carries them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encounter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir_context: Option<String>,
+    pub token_id: Option<String>,
+    /// The scopes the token grants, as it states them.
+    pub scopes: Option<String>,
+    /// The client's address.
+    pub source: String,
+    pub method: String,
+    pub path: String,
+    /// The query, with any token value redacted (see [`redact_query`]).
+    pub query: Option<String>,
+    /// FHIR restful interaction (`read`, `search-type`, ...).
+    pub interaction: Option<Cow<'static, str>>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    /// The patient whose record the request itself names (`Patient/X`, `Patient/X/...`,
+    /// `?patient=X`, `?subject=Patient/X`), when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_patient: Option<String>,
+    pub decision: AuditDecision,
+    /// Why, as a stable code (`allowed`, `insufficient_scope`, `other_patient`, ...).
+    pub reason: String,
+    /// The grant rule that allowed the request, or the one that refused it.
+    pub rule: Option<String>,
+    /// The status the client was answered with.
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    /// Entries withheld from a checked response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<usize>,
+    /// From arrival to the response being ready.
+    pub latency_ms: f64,
+    /// Time spent waiting for the upstream, when it was called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_latency_ms: Option<f64>,
+    /// An emergency purpose of use (break-the-glass) the request was allowed under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose_of_use: Option<String>,
+}
+
+/// A query as recorded: the value of an `access_token` parameter replaced, so a token a
+/// client put in the URL never reaches the audit trail.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            if param_name(pair) == ACCESS_TOKEN {
+                let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+                format!("{name}=[redacted]")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// A time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}

@@ -1,0 +1,270 @@
+//! The `audit` section: the durable spool and the sinks records are shipped to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use super::{HttpUrl, duration};
+
+/// Where the audit trail goes: every record is appended to the spool before its response
+/// is sent, then shipped to each sink on its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// The local spool every record is written to first.
+    pub spool: Spool,
+    /// Sinks by name; the name keys the sink's cursor in the spool, so renaming a sink makes
+    /// it start again from the oldest record the spool holds.
+    pub sinks: IndexMap<String, Sink>,
+}
+
+/// The durable local spool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spool {
+    /// Folder of segment files and sink cursors; created when missing.
+    pub path: PathBuf,
+    /// Most bytes of unshipped records held; what happens beyond is `when_full`.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Size at which a new segment file is started; shipped segments are deleted whole.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// When appended records are flushed to stable storage.
+    #[serde(default)]
+    pub fsync: Fsync,
+    /// With `fsync: interval`, how often.
+    #[serde(default = "default_fsync_interval", deserialize_with = "duration")]
+    pub fsync_interval: Duration,
+    /// What to do when the spool holds `max_bytes` of records no sink has taken yet.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+/// When appended records reach stable storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fsync {
+    /// Before the response of each request is sent (batched across concurrent requests):
+    /// records survive a power loss.
+    Always,
+    /// Every `fsync_interval`: records survive a crash of the process at once, and a power
+    /// loss except the last interval.
+    #[default]
+    Interval,
+    /// Left to the operating system.
+    Never,
+}
+
+/// What a full spool does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Refuse new requests with 503 until the sinks catch up: no record is lost.
+    #[default]
+    Refuse,
+    /// Delete the oldest segment, unshipped records and all, and count them as dropped.
+    DropOldest,
+}
+
+/// One destination of audit records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sink {
+    /// A JSON lines file, one record per line, rotated by size.
+    Jsonl(JsonlSink),
+    /// JSON lines on standard output (logs go to standard error).
+    Stdout(StdoutSink),
+    /// Batches of records POSTed as a JSON array.
+    Http(HttpSink),
+    /// FHIR AuditEvents (IHE BALP shapes) in batch Bundles, `PUT AuditEvent/<record id>`.
+    Fhir(FhirSink),
+}
+
+/// A JSON lines file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSink {
+    /// The file appended to; rotated files sit next to it as `<path>.<UTC time>`.
+    pub path: PathBuf,
+    /// Size after which the file is rotated.
+    #[serde(default = "default_rotate_bytes")]
+    pub rotate_bytes: u64,
+    /// Rotated files kept; older ones are deleted. 0 keeps them all.
+    #[serde(default)]
+    pub keep: usize,
+}
+
+/// Standard output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSink {}
+
+/// A collector taking JSON arrays of records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSink {
+    /// Where batches are POSTed; any 2xx acknowledges the batch.
+    pub url: HttpUrl,
+    /// Most records per request.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Time allowed for one request.
+    #[serde(default = "default_sink_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Longest wait between retries (they start at 100 ms and double).
+    #[serde(default = "default_backoff_max", deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    /// A file holding a bearer token sent as `Authorization`.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+/// A FHIR server taking AuditEvents; may be another server than the clinical one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirSink {
+    /// The FHIR base URL batch Bundles are POSTed to.
+    pub url: HttpUrl,
+    /// `AuditEvent.source.site`; the public base path's host when absent.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Most records per request.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Time allowed for one request.
+    #[serde(default = "default_sink_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Longest wait between retries (they start at 100 ms and double).
+    #[serde(default = "default_backoff_max", deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    /// A file holding a bearer token sent as `Authorization`.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+/// How a network sink is called.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub url: HttpUrl,
+    pub batch: usize,
+    pub timeout: Duration,
+    pub backoff_max: Duration,
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+macro_rules! delivery_of {
+    ($sink:ty) => {
+        impl $sink {
+            /// How the sink is called.
+            pub fn delivery(&self) -> Delivery {
+                Delivery {
+                    url: self.url.clone(),
+                    batch: self.batch,
+                    timeout: self.timeout,
+                    backoff_max: self.backoff_max,
+                    bearer_token_file: self.bearer_token_file.clone(),
+                }
+            }
+        }
+    };
+}
+delivery_of!(HttpSink);
+delivery_of!(FhirSink);
+
+impl Audit {
+    /// Rules spanning several keys; `(key, message)` on the first broken one.
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        if self.sinks.is_empty() {
+            return Err((
+                "audit.sinks".into(),
+                "name at least one sink (jsonl, stdout, http or fhir)".into(),
+            ));
+        }
+        for (name, sink) in &self.sinks {
+            let key = |k: &str| format!("audit.sinks.{name}{k}");
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+            if !plain {
+                return Err((
+                    key(""),
+                    "sink names are 1 to 64 letters, digits, '-' or '_'".into(),
+                ));
+            }
+            let delivery = match sink {
+                Sink::Http(http) => Some(http.delivery()),
+                Sink::Fhir(fhir) => Some(fhir.delivery()),
+                Sink::Jsonl(file) if file.rotate_bytes == 0 => {
+                    return Err((key(".jsonl.rotate_bytes"), "must be at least 1".into()));
+                }
+                Sink::Jsonl(_) | Sink::Stdout(_) => None,
+            };
+            if let Some(delivery) = delivery {
+                if delivery.batch == 0 {
+                    return Err((key(".batch"), "must be at least 1".into()));
+                }
+                if delivery.timeout.is_zero() {
+                    return Err((key(".timeout"), "must be longer than zero".into()));
+                }
+            }
+        }
+        let spool = &self.spool;
+        if spool.segment_bytes < 4096 {
+            return Err((
+                "audit.spool.segment_bytes".into(),
+                "must be at least 4096".into(),
+            ));
+        }
+        if spool.max_bytes < 2 * spool.segment_bytes {
+            return Err((
+                "audit.spool.max_bytes".into(),
+                "must be at least twice audit.spool.segment_bytes".into(),
+            ));
+        }
+        if spool.fsync == Fsync::Interval && spool.fsync_interval.is_zero() {
+            return Err((
+                "audit.spool.fsync_interval".into(),
+                "must be longer than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Sink {
+    /// Every file the sink reads at start (its secret), for `fhirgate check`.
+    pub fn secret_file(&self) -> Option<&PathBuf> {
+        match self {
+            Self::Http(http) => http.bearer_token_file.as_ref(),
+            Self::Fhir(fhir) => fhir.bearer_token_file.as_ref(),
+            Self::Jsonl(_) | Self::Stdout(_) => None,
+        }
+    }
+}
+
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_segment_bytes() -> u64 {
+    16 << 20
+}
+fn default_fsync_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_rotate_bytes() -> u64 {
+    256 << 20
+}
+fn default_batch() -> usize {
+    100
+}
+fn default_sink_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
