@@ -1,5 +1,6 @@
 //! The audit record as a FHIR R4 AuditEvent, shaped after the IHE Basic Audit Log Patterns
-//! (BALP 1.1) RESTful profiles.
+//! (BALP 1.1) RESTful profiles, and the batch Bundle that carries AuditEvents to a FHIR
+//! audit repository.
 //!
 //! One record becomes one AuditEvent whose `id` is the record id, so a sink that receives it
 //! twice stores it once. The event says:
@@ -31,7 +32,10 @@ use serde_json::{Map, Value, json};
 use super::record::{AuditDecision, AuditRecord};
 
 mod agents;
+mod batch;
 mod entities;
+
+pub use batch::{BatchError, batch_acknowledged, batch_bundle};
 
 /// `AuditEvent.type` code system (R4).
 const EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";

@@ -586,6 +586,125 @@ fn unknown_interactions_are_judged_by_method() {
     }
 }
 
+#[test]
+fn batch_bundle_puts_each_event_at_its_id() {
+    let events: Vec<Value> = [patient_read(), search()].iter().map(event).collect();
+    let bundle = batch_bundle(&events);
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "batch");
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        entries[0]["request"],
+        json!({ "method": "PUT", "url": "AuditEvent/01890a5d-ac96-774b-bcce-b302099a8057" })
+    );
+    assert_eq!(entries[1]["resource"], events[1]);
+    assert!(entries[0].get("fullUrl").is_none());
+}
+
+#[test]
+fn batch_bundle_posts_an_event_without_id() {
+    let bundle = batch_bundle(&[json!({ "resourceType": "AuditEvent" })]);
+    assert_eq!(
+        bundle["entry"][0]["request"],
+        json!({ "method": "POST", "url": "AuditEvent" })
+    );
+}
+
+fn batch_response(statuses: &[Value]) -> Vec<u8> {
+    let entries: Vec<Value> = statuses.iter().map(|r| json!({ "response": r })).collect();
+    let bundle = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": entries });
+    serde_json::to_vec(&bundle).unwrap()
+}
+
+#[test]
+fn batch_acknowledged_accepts_every_entry_stored() {
+    let body = batch_response(&[
+        json!({ "status": "201 Created" }),
+        json!({ "status": "200" }),
+    ]);
+    batch_acknowledged(&body, 2).unwrap();
+    batch_acknowledged(&batch_response(&[]), 0).unwrap();
+}
+
+#[test]
+fn batch_acknowledged_refuses_a_short_answer() {
+    let body = batch_response(&[json!({ "status": "201 Created" })]);
+    let error = batch_acknowledged(&body, 2).unwrap_err();
+    assert!(
+        matches!(error, BatchError::EntryCount { sent: 2, found: 1 }),
+        "{error}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "the batch response has 1 entries for 2 sent"
+    );
+}
+
+#[test]
+fn batch_acknowledged_refuses_other_bundle_types_and_resources() {
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction-response" });
+    let error = batch_acknowledged(&serde_json::to_vec(&bundle).unwrap(), 0).unwrap_err();
+    assert!(matches!(&error, BatchError::WrongType { found } if found == "transaction-response"));
+
+    let outcome = json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{ "severity": "error", "code": "security", "diagnostics": "not allowed" }],
+    });
+    let error = batch_acknowledged(&serde_json::to_vec(&outcome).unwrap(), 1).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the batch response is OperationOutcome, not a Bundle: not allowed"
+    );
+
+    let error = batch_acknowledged(b"<html>bad gateway</html>", 1).unwrap_err();
+    assert!(matches!(error, BatchError::NotJson(_)));
+    let error = batch_acknowledged(b"[]", 1).unwrap_err();
+    assert!(matches!(&error, BatchError::NotABundle { found, .. } if found == "not a JSON object"));
+}
+
+#[test]
+fn batch_acknowledged_names_the_failed_entry_and_its_diagnostics() {
+    let failed = json!({
+        "status": "400 Bad Request",
+        "outcome": {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                { "severity": "error", "code": "invalid", "diagnostics": "AuditEvent.agent: minimum required = 1" },
+                { "severity": "error", "code": "invalid", "details": { "text": "bad period" } },
+            ],
+        },
+    });
+    let body = batch_response(&[json!({ "status": "201 Created" }), failed, json!({})]);
+    let error = batch_acknowledged(&body, 3).unwrap_err();
+    match &error {
+        BatchError::EntryFailed {
+            index,
+            status,
+            diagnostics,
+        } => {
+            assert_eq!((*index, status.as_str()), (1, "400 Bad Request"));
+            assert_eq!(
+                diagnostics.as_deref(),
+                Some("AuditEvent.agent: minimum required = 1; bad period")
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(
+        error
+            .to_string()
+            .starts_with("Bundle.entry[1] was not stored: status 400")
+    );
+
+    let body = batch_response(&[json!({ "status": "201 Created" }), json!({})]);
+    let error = batch_acknowledged(&body, 2).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "Bundle.entry[1] was not stored: status (none)"
+    );
+}
+
 /// Where the samples go: `FHIRGATE_AUDIT_EVENT_SAMPLES` when set (kept for the R4
 /// validator), a fresh folder under the system's temporary folder otherwise (removed).
 fn samples_folder() -> (PathBuf, bool) {
@@ -604,12 +723,16 @@ fn write_json(path: &Path, value: &Value) {
 }
 
 #[test]
-fn writes_one_sample_per_case() {
+fn writes_one_sample_per_case_and_their_batch() {
     let (folder, keep) = samples_folder();
     std::fs::create_dir_all(&folder).unwrap();
+    let mut events = Vec::new();
     for (name, record) in cases() {
-        write_json(&folder.join(format!("{name}.json")), &event(&record));
+        let event = event(&record);
+        write_json(&folder.join(format!("{name}.json")), &event);
+        events.push(event);
     }
+    write_json(&folder.join("batch.json"), &batch_bundle(&events));
 
     for (name, _) in cases() {
         let text = std::fs::read_to_string(folder.join(format!("{name}.json"))).unwrap();
