@@ -263,7 +263,7 @@ fn outcome_text(record: &AuditRecord) -> String {
 /// A short human text for each reason code the gateway records.
 fn reason_text(reason: &str) -> &'static str {
     match reason {
-        "allowed" => "allowed",
+        "allowed" => "forwarded to the FHIR server",
         "no_token" => "no access token was presented",
         "invalid_request" => "the credentials were malformed",
         "invalid_token" => "the access token was rejected",

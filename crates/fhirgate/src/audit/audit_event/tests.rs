@@ -273,7 +273,10 @@ fn patient_read_is_a_successful_rest_read() {
     assert_eq!(event["recorded"], "2024-05-01T10:00:00.250Z");
     assert_eq!(event["period"]["start"], "2024-05-01T10:00:00.200Z");
     assert_eq!(event["period"]["end"], "2024-05-01T10:00:00.250Z");
-    assert_eq!(event["outcomeDesc"], "allowed: allowed; rule patient-read");
+    assert_eq!(
+        event["outcomeDesc"],
+        "allowed: forwarded to the FHIR server; rule patient-read"
+    );
 }
 
 #[test]
@@ -465,7 +468,7 @@ fn upstream_error_status_is_named_in_the_outcome_text() {
     assert_eq!(event["outcome"], "8");
     assert_eq!(
         event["outcomeDesc"],
-        "allowed: allowed; the FHIR server answered 503; rule patient-read"
+        "allowed: forwarded to the FHIR server; the FHIR server answered 503; rule patient-read"
     );
     assert_eq!(detail(&event, "upstream-status"), Some("503"));
 }
@@ -476,7 +479,7 @@ fn filtered_search_says_how_many_entries_were_withheld() {
     assert_eq!(event["outcome"], "0");
     assert_eq!(
         event["outcomeDesc"],
-        "allowed: allowed; 3 entries withheld from the response; rule patient-search"
+        "allowed: forwarded to the FHIR server; 3 entries withheld from the response; rule patient-search"
     );
     assert_eq!(detail(&event, "decision"), Some("filter"));
     assert_eq!(detail(&event, "withheld"), Some("3"));
