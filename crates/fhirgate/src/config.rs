@@ -492,6 +492,34 @@ impl Config {
     }
 
     /// Rules that span several keys.
+    /// How audit records name this process: `instance_id`, or the host name and process id.
+    pub fn instance(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "fhirgate".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The public FHIR base URL: `public_url`, or the listener's address and base path.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.as_str(),
+            None => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!(
+                    "{scheme}://{}{}",
+                    self.listen,
+                    self.upstream.public_base_path.as_str()
+                )
+            }
+        }
+    }
+
     fn validate(&self) -> Result<(), (String, String)> {
         self.audit.validate()?;
         if self.issuers.is_empty() {

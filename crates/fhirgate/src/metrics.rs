@@ -67,6 +67,76 @@ struct IssuerLabel {
     issuer: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+/// The audit spool and its shippers.
+#[derive(Default)]
+struct AuditMetrics {
+    appended: Counter,
+    dropped: Counter,
+    write_failures: Counter,
+    spool_bytes: Gauge,
+    accepting: Gauge,
+    shipped: Family<SinkLabel, Counter>,
+    delivery_failures: Family<SinkLabel, Counter>,
+    unshipped: Family<SinkLabel, Gauge>,
+    oldest_unshipped: Family<SinkLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl AuditMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let audit = registry.sub_registry_with_prefix("audit");
+        audit.register(
+            "records",
+            "Audit records appended to the spool",
+            self.appended.clone(),
+        );
+        audit.register(
+            "dropped_records",
+            "Audit records deleted unshipped because the spool was full (when_full: drop-oldest)",
+            self.dropped.clone(),
+        );
+        audit.register(
+            "spool_write_failures",
+            "Failed writes to the audit spool (requests are refused until it can be written)",
+            self.write_failures.clone(),
+        );
+        audit.register(
+            "spool_bytes",
+            "Bytes of segment files in the audit spool",
+            self.spool_bytes.clone(),
+        );
+        audit.register(
+            "spool_accepting",
+            "1 while the audit spool takes records, 0 while requests are refused for it",
+            self.accepting.clone(),
+        );
+        audit.register(
+            "shipped_records",
+            "Audit records a sink acknowledged",
+            self.shipped.clone(),
+        );
+        audit.register(
+            "delivery_failures",
+            "Batches a sink did not take (each is retried)",
+            self.delivery_failures.clone(),
+        );
+        audit.register(
+            "unshipped_records",
+            "Audit records in the spool a sink has not acknowledged yet",
+            self.unshipped.clone(),
+        );
+        audit.register(
+            "oldest_unshipped_age_seconds",
+            "Age of the oldest audit record a sink has not acknowledged; 0 when caught up",
+            self.oldest_unshipped.clone(),
+        );
+    }
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The gateway's metrics and the registry that exports them.
@@ -80,6 +150,7 @@ pub struct Metrics {
     cache_lookups: Family<CacheLabels, Counter>,
     rate_limit_store_up: Gauge,
     throttled: Counter,
+    audit: AuditMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,7 +216,10 @@ impl Default for Metrics {
             "Requests refused by a rate limit",
             throttled.clone(),
         );
+        let audit = AuditMetrics::default();
+        audit.register(&mut registry);
         Self {
+            audit,
             registry,
             rate_limit_store_up,
             throttled,
@@ -211,6 +285,56 @@ impl Metrics {
         self.cache_lookups
             .get_or_create(&CacheLabels { cache, result })
             .inc();
+    }
+
+    /// Records appended to the audit spool.
+    pub fn audit_appended(&self, records: u64) {
+        self.audit.appended.inc_by(records);
+    }
+
+    /// Records dropped unshipped from a full spool.
+    pub fn audit_dropped(&self, records: u64) {
+        self.audit.dropped.inc_by(records);
+    }
+
+    /// A failed spool write.
+    pub fn audit_spool_write_failed(&self) {
+        self.audit.write_failures.inc();
+    }
+
+    /// The spool's size and whether it takes records.
+    pub fn audit_spool(&self, bytes: u64, accepting: bool) {
+        self.audit
+            .spool_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.audit.accepting.set(i64::from(accepting));
+    }
+
+    /// A delivery to `sink`: `records` acknowledged, or a failed batch.
+    pub fn audit_shipped(&self, sink: &str, records: u64, ok: bool) {
+        let label = SinkLabel {
+            sink: sink.to_owned(),
+        };
+        if ok {
+            self.audit.shipped.get_or_create(&label).inc_by(records);
+        } else {
+            self.audit.delivery_failures.get_or_create(&label).inc();
+        }
+    }
+
+    /// How far behind `sink` is.
+    pub fn audit_lag(&self, sink: &str, records: u64, oldest_age_seconds: f64) {
+        let label = SinkLabel {
+            sink: sink.to_owned(),
+        };
+        self.audit
+            .unshipped
+            .get_or_create(&label)
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
+        self.audit
+            .oldest_unshipped
+            .get_or_create(&label)
+            .set(oldest_age_seconds);
     }
 
     /// The OpenMetrics text exposition of everything.

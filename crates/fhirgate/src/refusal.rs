@@ -47,6 +47,8 @@ pub enum Refusal {
     TooManyMatches,
     #[error("the rate-limit store is unavailable")]
     RateLimitUnavailable,
+    #[error("the audit trail cannot be written; requests are refused until it can")]
+    AuditUnavailable,
     #[error("rate limit {rule} exceeded")]
     Throttled {
         rule: String,
@@ -82,7 +84,7 @@ impl Refusal {
             Self::ResponseHidden => StatusCode::NOT_FOUND,
             Self::TooManyMatches => StatusCode::PRECONDITION_FAILED,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimitUnavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -106,7 +108,7 @@ impl Refusal {
             Self::ResponseHidden => IssueCode::NotFound,
             Self::TooManyMatches => IssueCode::Processing,
             Self::Throttled { .. } => IssueCode::Throttled,
-            Self::RateLimitUnavailable => IssueCode::Transient,
+            Self::RateLimitUnavailable | Self::AuditUnavailable => IssueCode::Transient,
             Self::NotFound => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
@@ -167,6 +169,7 @@ impl Refusal {
             Self::TooManyMatches => "too_many_matches",
             Self::Throttled { .. } => "throttled",
             Self::RateLimitUnavailable => "rate_limit_store_unavailable",
+            Self::AuditUnavailable => "audit_unavailable",
             Self::NotFound => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -245,6 +248,9 @@ impl Refusal {
                 TokenError::KeysUnavailable { .. } | TokenError::IntrospectionUnavailable { .. }
             )
         ) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if matches!(self, Self::AuditUnavailable) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if matches!(self, Self::RateLimitUnavailable) {
@@ -385,6 +391,7 @@ mod tests {
                 "unknown",
             ),
             (Refusal::UpstreamUnavailable, 502, "transient"),
+            (Refusal::AuditUnavailable, 503, "transient"),
             (Refusal::UpstreamTimeout, 504, "timeout"),
             (Refusal::BodyTooLarge { limit: 1 }, 413, "too-long"),
             (Refusal::ResponseHidden, 404, "not-found"),

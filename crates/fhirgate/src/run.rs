@@ -6,12 +6,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditTrail, EventSource};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Gateway};
 use crate::ratelimit::Limiter;
 use crate::token::TokenValidator;
+
+/// How long shippers may go on delivering at shutdown; what is left waits in the spool.
+const AUDIT_DRAIN: Duration = Duration::from_secs(5);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +70,13 @@ pub async fn serve_on(
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let tls = config.tls.as_ref().map(proxy::tls_acceptor).transpose()?;
-    let (audit, audit_writer) = AuditLog::open(&config.audit)?;
     let metrics = Arc::new(Metrics::default());
+    let source = EventSource {
+        observer: config.instance(),
+        site: None,
+        public_base: config.public_base(),
+    };
+    let (audit, trail) = AuditTrail::start(&config.audit, &source, &http, metrics.clone())?;
     let tokens = TokenValidator::new(&config, http, metrics.clone())?;
     tokens.load_keys().await;
     let limiter = Limiter::new(&config.rate_limits)?;
@@ -117,7 +125,7 @@ pub async fn serve_on(
     }
     let _ = admin.await;
     drop(gateway);
-    audit_writer.finish().await;
+    trail.finish(AUDIT_DRAIN).await;
     Ok(())
 }
 

@@ -232,7 +232,7 @@ async fn a_batch_answered_per_entry_forwards_only_allowed_entries_and_checks_eac
     assert!(found.contains(&"obs-A1"), "{found:?}");
     let records = gateway.stop().await;
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0]["decision"], "allow");
+    assert_eq!(records[0]["decision"], "filter");
     assert_eq!(records[0]["rule"], "batch-entries-decided-alone");
     assert_eq!(records[0]["withheld"], 2);
 }

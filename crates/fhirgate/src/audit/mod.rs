@@ -1,150 +1,180 @@
-//! The record step: one audit record per request, allowed or refused, as a JSON line.
+//! The record step: one audit record per request, allowed or refused, appended to a durable
+//! spool before the response is sent, then shipped to every configured sink.
 //!
-//! Records are handed to a writer task over a channel, so a slow disk never holds a response;
-//! the task appends whatever has queued up in one write and flushes it. On shutdown the
-//! writer is told to close: it writes everything queued before that and stops, even while
-//! idle connections still hold an [`AuditLog`]. A failed write is
-//! logged; a durable spool that retries, and refuses requests when it cannot be written, is
-//! not built yet.
+//! Requests wait only for the local spool ([`spool`]); sinks are fed by their own
+//! [`shipper`] tasks, so a slow or unreachable sink never holds a clinical request. While
+//! the spool cannot be written (or is full, with `when_full: refuse`) the gateway refuses new
+//! requests with 503 before they reach the upstream. docs/AUDIT.md states the guarantees.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub mod audit_event;
 mod record;
+pub mod shipper;
+pub mod sink;
+pub mod spool;
+
+pub use audit_event::EventSource;
 pub use record::{AuditDecision, AuditRecord, now_rfc3339, redact_query, rfc3339};
+pub use spool::SpoolError;
 
-/// Why the audit trail cannot be opened.
+use crate::config;
+use crate::metrics::Metrics;
+use shipper::{Lag, Run, Shipper};
+use sink::Sink;
+use spool::{SpoolHandle, SpoolWriter};
+
+/// Why the audit trail cannot be started.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open audit file {path}: {source}")]
-pub struct AuditOpenError {
-    path: PathBuf,
-    source: std::io::Error,
+pub enum AuditOpenError {
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolOpenError),
+    #[error(transparent)]
+    Sink(#[from] sink::SinkOpenError),
+    #[error("audit.sinks.{sink}.jsonl.path: the folder {folder} does not exist")]
+    TrailFolder { sink: String, folder: String },
 }
 
-/// What the writer task receives.
-#[derive(Debug)]
-enum Message {
-    Record(Box<AuditRecord>),
-    Close,
-}
-
-/// Hands records to the writer task.
+/// Appends records; cheap to clone, one per request handler.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    sender: mpsc::UnboundedSender<Message>,
+    spool: SpoolHandle,
 }
 
-/// The writer task; [`AuditWriter::finish`] writes what is queued and stops it.
-#[derive(Debug)]
-pub struct AuditWriter {
-    sender: mpsc::UnboundedSender<Message>,
-    task: JoinHandle<()>,
+/// The running spool writer and shippers; [`AuditTrail::finish`] stops them.
+pub struct AuditTrail {
+    writer: SpoolWriter,
+    control: watch::Sender<Run>,
+    shippers: Vec<JoinHandle<()>>,
+    reporter: JoinHandle<()>,
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) the JSON lines file and starts the writer task.
-    pub fn open(config: &crate::config::Audit) -> Result<(Self, AuditWriter), AuditOpenError> {
-        let path = first_file(config);
-        let path = path.as_path();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| AuditOpenError {
-                path: path.to_owned(),
-                source,
-            })?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| AuditOpenError {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::task::spawn_blocking(move || write_records(file, receiver));
-        let writer = AuditWriter {
-            sender: sender.clone(),
-            task,
-        };
-        Ok((Self { sender }, writer))
+    /// Appends a record and waits until the spool has it (as its fsync policy says).
+    pub async fn record(&self, record: &AuditRecord) -> Result<(), SpoolError> {
+        let line = serde_json::to_vec(record).expect("audit records serialise");
+        self.spool.append(line).await
     }
 
-    /// Queues a record for writing.
-    pub fn record(&self, record: AuditRecord) {
-        if self.sender.send(Message::Record(Box::new(record))).is_err() {
-            tracing::error!("audit writer has stopped; record not written");
-        }
+    /// Whether the spool takes records; when not, requests are refused before they are
+    /// forwarded.
+    pub fn accepting(&self) -> bool {
+        self.spool.accepting()
     }
 }
 
-impl AuditWriter {
-    /// Writes every record queued so far, then stops the writer.
-    pub async fn finish(self) {
-        let _ = self.sender.send(Message::Close);
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "audit writer failed");
+impl AuditTrail {
+    /// Opens the spool, the sinks, and starts a shipper per sink.
+    pub fn start(
+        config: &config::Audit,
+        source: &EventSource,
+        client: &reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Result<(AuditLog, Self), AuditOpenError> {
+        let mut sinks = Vec::with_capacity(config.sinks.len());
+        for (name, sink) in &config.sinks {
+            let batch = match sink {
+                config::Sink::Http(http) => http.batch,
+                config::Sink::Fhir(fhir) => fhir.batch,
+                config::Sink::Jsonl(_) | config::Sink::Stdout(_) => 1000,
+            };
+            let backoff_max = match sink {
+                config::Sink::Http(http) => http.backoff_max,
+                config::Sink::Fhir(fhir) => fhir.backoff_max,
+                config::Sink::Jsonl(_) | config::Sink::Stdout(_) => Duration::from_secs(5),
+            };
+            let opened = Sink::open(name, sink, client, source)?;
+            sinks.push((name.clone(), opened, batch, backoff_max));
         }
-    }
-}
-
-fn write_records(file: std::fs::File, mut receiver: mpsc::UnboundedReceiver<Message>) {
-    let mut out = std::io::BufWriter::new(file);
-    let mut batch = Vec::new();
-    let mut closing = false;
-    while !closing {
-        let Some(first) = receiver.blocking_recv() else {
-            break;
-        };
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Record(record) => batch.push(record),
-                Message::Close => closing = true,
+        let names: Vec<String> = config.sinks.keys().cloned().collect();
+        let (spool, writer) = spool::open(&config.spool, &names, metrics.clone())?;
+        let (control, watching) = watch::channel(Run::Ship);
+        let mut lags = Vec::new();
+        let mut shippers = Vec::new();
+        for (name, sink, batch, backoff_max) in sinks {
+            let lag = Arc::new(Lag::default());
+            lags.push((name.clone(), lag.clone()));
+            let shipper = Shipper {
+                name,
+                sink,
+                batch,
+                backoff_max,
+                spool: spool.clone(),
+                metrics: metrics.clone(),
+            };
+            shippers.push(tokio::spawn(shipper.run(watching.clone(), lag)));
+        }
+        let reporter = tokio::spawn(async move {
+            loop {
+                for (name, lag) in &lags {
+                    metrics.audit_lag(
+                        name,
+                        lag.records.load(std::sync::atomic::Ordering::Relaxed),
+                        lag.oldest_age(),
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            if !closing {
-                next = receiver.try_recv().ok();
-            }
-        }
-        for record in batch.drain(..) {
-            let line = serde_json::to_vec(&record).expect("audit records serialise");
-            if let Err(error) = out.write_all(&line).and_then(|()| out.write_all(b"\n")) {
-                tracing::error!(%error, "audit write failed");
-            }
-        }
-        if let Err(error) = out.flush() {
-            tracing::error!(%error, "audit flush failed");
-        }
-    }
-}
-
-fn first_file(config: &crate::config::Audit) -> PathBuf {
-    config
-        .sinks
-        .values()
-        .find_map(|sink| match sink {
-            crate::config::Sink::Jsonl(file) => Some(file.path.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| config.spool.path.join("records.jsonl"))
-}
-
-/// Checks what the audit trail needs at start without writing: the folders exist or can be
-/// made, and secret files can be read.
-pub fn preflight(config: &crate::config::Audit) -> Result<(), AuditOpenError> {
-    let path = first_file(config);
-    let folder = match path.parent() {
-        Some(folder) if !folder.as_os_str().is_empty() => folder,
-        _ => Path::new("."),
-    };
-    if !folder.is_dir() {
-        return Err(AuditOpenError {
-            path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "folder does not exist"),
         });
+        let trail = Self {
+            writer,
+            control,
+            shippers,
+            reporter,
+        };
+        Ok((AuditLog { spool }, trail))
+    }
+
+    /// Writes every record queued so far to the spool, then lets the shippers deliver what
+    /// they can within `grace` and stops them. What is left stays in the spool for the next
+    /// start.
+    pub async fn finish(self, grace: Duration) {
+        self.writer.close().await;
+        let _ = self
+            .control
+            .send(Run::Drain(tokio::time::Instant::now() + grace));
+        for shipper in self.shippers {
+            let _ = shipper.await;
+        }
+        self.reporter.abort();
+    }
+}
+
+/// Checks what the audit trail needs at start, without writing: folders and secret files.
+pub fn preflight(config: &config::Audit) -> Result<(), AuditOpenError> {
+    spool::preflight(&config.spool)?;
+    for (name, sink) in &config.sinks {
+        if let config::Sink::Jsonl(file) = sink {
+            let folder = match file.path.parent() {
+                Some(folder) if !folder.as_os_str().is_empty() => folder,
+                _ => std::path::Path::new("."),
+            };
+            if !folder.is_dir() {
+                return Err(AuditOpenError::TrailFolder {
+                    sink: name.clone(),
+                    folder: folder.display().to_string(),
+                });
+            }
+        }
+        if let Some(path) = sink.secret_file() {
+            let readable =
+                std::fs::read_to_string(path).map_err(|source| sink::SinkOpenError::File {
+                    sink: name.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+            if readable.trim().is_empty() {
+                return Err(sink::SinkOpenError::EmptyToken {
+                    sink: name.clone(),
+                    path: path.clone(),
+                }
+                .into());
+            }
+        }
     }
     Ok(())
 }

@@ -87,7 +87,8 @@ pub enum Sink {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSink {
-    /// The file appended to; rotated files sit next to it as `<path>.<UTC time>`.
+    /// The file appended to; rotated files sit next to it as `<path>.<UTC time>`, e.g.
+    /// `audit.jsonl.20261204T034512.345Z`, so their names sort in time order.
     pub path: PathBuf,
     /// Size after which the file is rotated.
     #[serde(default = "default_rotate_bytes")]

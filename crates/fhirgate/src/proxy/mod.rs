@@ -68,7 +68,7 @@ impl Gateway {
     ) -> Arc<Self> {
         let upstream = Upstream::new(&config.upstream);
         let policy = config.policy_options();
-        let instance = config.instance_id.clone().unwrap_or_else(default_instance);
+        let instance = config.instance();
         Arc::new(Self {
             policy,
             config,
@@ -80,15 +80,4 @@ impl Gateway {
             instance,
         })
     }
-}
-
-/// The host name and process id, for a gateway without a configured `instance_id`.
-fn default_instance() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "fhirgate".to_owned());
-    format!("{host}-{}", std::process::id())
 }

@@ -144,7 +144,15 @@ pub async fn handle(
         AuditDecision::Deny => metrics::Decision::Deny,
     };
     gateway.metrics.request(counted, reason, took);
-    gateway.audit.record(record);
+    if let Err(error) = gateway.audit.record(&record).await {
+        // Without its record the answer cannot go out; the client is told to come back.
+        tracing::error!(request.id = %record.request_id, %error, status = record.status, "request answered 503: its audit record cannot be written");
+        let mut refused = Refusal::AuditUnavailable.into_response(format);
+        refused
+            .headers_mut()
+            .insert(REQUEST_ID.clone(), headers::value(&record.request_id));
+        return refused;
+    }
     response
 }
 
@@ -155,6 +163,9 @@ async fn run(
     request_id: &str,
     facts: &mut Facts,
 ) -> Result<Response<Body>, Refusal> {
+    if !gateway.audit.accepting() {
+        return Err(Refusal::AuditUnavailable);
+    }
     let (parts, incoming) = request.into_parts();
     let base_path = gateway.config.upstream.public_base_path.as_str();
     let relative = accept(
