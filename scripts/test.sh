@@ -15,11 +15,12 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$FHIRGATE_ROOT"
 
-export IDP_PORT=19000 IDP2_PORT=19002 FHIR_PORT=18091 GATEWAY_PORT=18080
+export IDP_PORT=19000 IDP2_PORT=19002 FHIR_PORT=18091 AUDIT_FHIR_PORT=18092 GATEWAY_PORT=18080
 export IDP_AUDIENCE="http://127.0.0.1:$GATEWAY_PORT/fhir"
 export FHIRGATE_URL="http://127.0.0.1:$GATEWAY_PORT/fhir"
 export FHIRGATE_ADMIN="http://127.0.0.1:18081"
 export FHIR_DIRECT="http://127.0.0.1:$FHIR_PORT/fhir"
+export AUDIT_FHIR="http://127.0.0.1:$AUDIT_FHIR_PORT/fhir"
 export IDP_URL="http://127.0.0.1:$IDP_PORT"
 export IDP2_URL="http://127.0.0.1:$IDP2_PORT"
 export FHIRGATE_BIN="$FHIRGATE_ROOT/target/debug/fhirgate"

@@ -71,6 +71,7 @@ MODULE_ORDER = [
     "test_interactions",
     "test_upstream_failures",
     "test_issuers",
+    "test_audit_delivery",
     "test_zz_audit",
 ]
 

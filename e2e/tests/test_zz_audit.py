@@ -11,9 +11,16 @@ import json
 import os
 import re
 
-import pytest
+import subprocess
+import time
 
-from helpers import AUDIT_FILE, ROOT, read_audit_lines, run_validator
+import pytest
+import requests
+
+from helpers import AUDIT_FILE, ROOT, VALIDATOR_PYTHON, read_audit_lines, run_validator
+
+AUDIT_FHIR = os.environ.get("AUDIT_FHIR", "http://127.0.0.1:18092/fhir").rstrip("/")
+AUDIT_VALIDATOR = ROOT / "e2e" / "validator" / "validate_audit_events.py"
 
 REQUIRED_FIELDS = {
     "time": str, "request_id": str, "client_id": (str, type(None)), "subject": (str, type(None)),
@@ -91,7 +98,8 @@ def test_audit_lines_match_what_happened(gw, audit):
         if e.status in (400, 401, 403):
             decision = "deny"
         elif e.status < 400:
-            decision = "allow"
+            # allowed, or allowed with entries withheld from the response
+            decision = "filter" if line.get("withheld") else "allow"
         else:
             decision = e.expect_decision or line.get("decision")
         if line.get("decision") != decision:
@@ -135,3 +143,51 @@ def test_no_token_is_ever_written(gw, tokens):
             if token in text or (len(signature) >= 16 and signature in text):
                 leaks.append(f"{name}: token of {len(token)} chars ending …{token[-8:]}")
     assert not leaks, f"tokens written to disk: {leaks[:5]}"
+
+
+def exchange_entity(event: dict) -> dict:
+    return next((e for e in event.get("entity", []) if e.get("type", {}).get("code") == "XrequestId"), {})
+
+
+def fetch_audit_events(want: set[str], timeout: float = 60.0) -> dict[str, list[dict]]:
+    """AuditEvents on the audit FHIR server by request id, waiting until all of `want` are there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        by_id: dict[str, list[dict]] = collections.defaultdict(list)
+        url = f"{AUDIT_FHIR}/AuditEvent?_count=500"
+        while url:
+            bundle = requests.get(url, timeout=30, headers={"Accept": "application/fhir+json"}).json()
+            for entry in bundle.get("entry", []):
+                rid = exchange_entity(entry["resource"]).get("what", {}).get("identifier", {}).get("value")
+                if rid in want:
+                    by_id[rid].append(entry["resource"])
+            url = next((l["url"] for l in bundle.get("link", []) if l["relation"] == "next"), None)
+        if want <= set(by_id) or time.monotonic() > deadline:
+            return by_id
+        time.sleep(1)
+
+
+def test_every_request_is_one_valid_balp_audit_event_on_the_audit_server(gw, audit):
+    want = {e.request_id for e in gw.exchanges}
+    events = fetch_audit_events(want)
+    missing = sorted(want - set(events))
+    assert not missing, f"{len(missing)} requests without an AuditEvent, e.g. {missing[:5]}"
+    doubled = [rid for rid, found in events.items() if len(found) > 1]
+    assert not doubled, f"request ids with more than one AuditEvent: {doubled[:5]}"
+    problems = []
+    for e in gw.exchanges:
+        event = events[e.request_id][0]
+        line = audit[e.request_id][0]
+        expected = "8" if e.status >= 500 else "4" if e.status >= 400 else "0"
+        if event.get("outcome") != expected:
+            problems.append(f"{e.method} {e.path} -> {e.status}: outcome {event.get('outcome')!r}, expected {expected}")
+        if event.get("id") != line["record_id"]:
+            problems.append(f"{e.request_id}: AuditEvent id {event.get('id')} is not the record id {line['record_id']}")
+        if e.status >= 400 and line["reason"] not in event.get("outcomeDesc", ""):
+            problems.append(f"{e.request_id}: outcomeDesc {event.get('outcomeDesc')!r} does not give the reason {line['reason']}")
+    assert not problems, f"{len(problems)} mismatches:\n" + "\n".join(problems[:20])
+    validated = subprocess.run(
+        [str(VALIDATOR_PYTHON), str(AUDIT_VALIDATOR), "-"],
+        input="\n".join(json.dumps(found[0]) for found in events.values()),
+        text=True, capture_output=True, timeout=600)
+    assert validated.returncode == 0, validated.stdout[-3000:] + validated.stderr[-2000:]
