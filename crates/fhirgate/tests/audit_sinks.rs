@@ -117,7 +117,10 @@ issuers:
         .await
         .map_or(true, |r| r.status() != 200)
     {
-        assert!(ready.elapsed() < Duration::from_secs(30), "gateway did not start");
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "gateway did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Gateway {
@@ -159,7 +162,10 @@ async fn metric(gateway: &Gateway, name: &str) -> Option<f64> {
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let started = Instant::now();
     while !done().await {
-        assert!(started.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -168,7 +174,12 @@ fn record_ids(lines: &str) -> Vec<String> {
     lines
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["record_id"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["record_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -198,7 +209,11 @@ async fn every_sink_gets_every_record_once_and_a_collector_that_was_down_catches
     let mut gateway = start_gateway(&idp, &fhir, &audit).await;
     let mut statuses = HashMap::new();
     for n in 0..10 {
-        let path = if n % 3 == 0 { "Patient/pat-B" } else { "Patient/pat-A" };
+        let path = if n % 3 == 0 {
+            "Patient/pat-B"
+        } else {
+            "Patient/pat-A"
+        };
         let request_id = format!("sinks-{n}");
         let (status, _, _) = get(&gateway, path, &token, &request_id).await;
         statuses.insert(request_id, status);
@@ -208,28 +223,49 @@ async fn every_sink_gets_every_record_once_and_a_collector_that_was_down_catches
 
     // The collector refuses: the records wait in the spool, counted per sink.
     wait_for("failed deliveries counted", async || {
-        metric(&gateway, r#"fhirgate_audit_delivery_failures_total{sink="collector"}"#)
-            .await
-            .is_some_and(|n| n >= 2.0)
+        metric(
+            &gateway,
+            r#"fhirgate_audit_delivery_failures_total{sink="collector"}"#,
+        )
+        .await
+        .is_some_and(|n| n >= 2.0)
     })
     .await;
     wait_for("the backlog reported", async || {
-        metric(&gateway, r#"fhirgate_audit_unshipped_records{sink="collector"}"#).await
+        metric(
+            &gateway,
+            r#"fhirgate_audit_unshipped_records{sink="collector"}"#,
+        )
+        .await
             == Some(10.0)
     })
     .await;
     assert!(collector.received().is_empty());
     // The other sinks are not held up by it.
     wait_for("the trail caught up", async || {
-        metric(&gateway, r#"fhirgate_audit_unshipped_records{sink="trail"}"#).await == Some(0.0)
+        metric(
+            &gateway,
+            r#"fhirgate_audit_unshipped_records{sink="trail"}"#,
+        )
+        .await
+            == Some(0.0)
     })
     .await;
 
     collector.accepting.store(true, Ordering::SeqCst);
-    wait_for("the collector caught up", async || collector.received().len() >= 10).await;
+    wait_for("the collector caught up", async || {
+        collector.received().len() >= 10
+    })
+    .await;
 
     let pid = gateway.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let exit = gateway.child.wait().unwrap();
     assert!(exit.success(), "{exit}");
     let mut stdout = String::new();
@@ -246,17 +282,28 @@ async fn every_sink_gets_every_record_once_and_a_collector_that_was_down_catches
     let from_stdout = record_ids(&stdout);
     let from_collector = collector.received();
     assert_eq!(from_trail.len(), 10, "{trail}");
-    assert_eq!(from_trail, from_stdout, "stdout holds the same records in the same order");
+    assert_eq!(
+        from_trail, from_stdout,
+        "stdout holds the same records in the same order"
+    );
     assert_eq!(
         from_collector.iter().collect::<HashSet<_>>(),
         from_trail.iter().collect::<HashSet<_>>()
     );
-    assert_eq!(from_collector.len(), 10, "acknowledged batches are not sent again");
+    assert_eq!(
+        from_collector.len(),
+        10,
+        "acknowledged batches are not sent again"
+    );
     for line in trail.lines() {
         let record: Value = serde_json::from_str(line).unwrap();
         let request_id = record["request_id"].as_str().unwrap();
         assert_eq!(record["status"], statuses[request_id], "{record}");
-        let decision = if statuses[request_id] == 200 { "allow" } else { "deny" };
+        let decision = if statuses[request_id] == 200 {
+            "allow"
+        } else {
+            "deny"
+        };
         assert_eq!(record["decision"], decision, "{record}");
     }
 }
@@ -290,8 +337,14 @@ async fn a_full_spool_refuses_requests_before_the_upstream_until_the_sink_catche
         assert!(answered < 200, "the spool never filled");
     };
     // Records are larger than 400 bytes: 8 KiB holds a handful of them.
-    assert!((5..40).contains(&answered), "{answered} answered before the spool was full");
-    assert_eq!(metric(&gateway, "fhirgate_audit_spool_accepting").await, Some(0.0));
+    assert!(
+        (5..40).contains(&answered),
+        "{answered} answered before the spool was full"
+    );
+    assert_eq!(
+        metric(&gateway, "fhirgate_audit_spool_accepting").await,
+        Some(0.0)
+    );
 
     // Refused while full, before reaching the upstream.
     fhir.clear();
@@ -300,10 +353,18 @@ async fn a_full_spool_refuses_requests_before_the_upstream_until_the_sink_catche
     let reached: Vec<String> = fhir
         .seen()
         .iter()
-        .filter_map(|s| s.headers.get("x-request-id")?.to_str().ok().map(str::to_owned))
+        .filter_map(|s| {
+            s.headers
+                .get("x-request-id")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
         .collect();
     assert!(
-        !reached.iter().any(|id| id == "while-full" || *id == refused_id),
+        !reached
+            .iter()
+            .any(|id| id == "while-full" || *id == refused_id),
         "a refused request reached the upstream: {reached:?}"
     );
 
