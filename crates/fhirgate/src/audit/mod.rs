@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub mod query;
 mod record;
 pub use record::{AuditDecision, AuditRecord, now_rfc3339, redact_query, rfc3339};
 
