@@ -93,6 +93,7 @@ impl Match {
 /// Lines of one file that were skipped as malformed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed {
+    /// The file.
     pub path: PathBuf,
     /// How many lines.
     pub lines: u64,
@@ -107,8 +108,9 @@ pub struct Answer {
     pub records: Vec<Match>,
     /// How many distinct records matched, before the limit.
     pub matched: usize,
-    /// Files read, and rotated files skipped without being opened.
+    /// The files read.
     pub files_read: Vec<PathBuf>,
+    /// Rotated files skipped without being opened: all their records are before `since`.
     pub files_skipped: Vec<PathBuf>,
     /// Malformed lines, per file that had any.
     pub malformed: Vec<Malformed>,
