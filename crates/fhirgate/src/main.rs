@@ -55,12 +55,71 @@ enum Command {
         /// Absolute URL under the public FHIR base, or a path starting with the public base path.
         url: String,
     },
+    /// Read the local audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// An accounting of disclosures: the records of the local audit trail that match, in time
+    /// order, each once. Exit 0 with matches or none, 2 on a usage or read error.
+    Query {
+        /// Configuration file (YAML) whose jsonl sinks are the trail; the embedded default
+        /// when neither this nor --trail is given.
+        #[arg(long, short, conflicts_with = "trails")]
+        config: Option<PathBuf>,
+        /// A trail file, as a jsonl sink's path: its rotated files next to it are read too.
+        /// Repeatable.
+        #[arg(long = "trail", value_name = "PATH", num_args = 1.., action = clap::ArgAction::Append)]
+        trails: Vec<PathBuf>,
+        /// Records whose patient in context, or the patient the request names, is ID.
+        #[arg(long, value_name = "ID")]
+        patient: Option<String>,
+        /// Records of this client_id.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Records whose token subject or fhirUser is this.
+        #[arg(long, value_name = "SUB_OR_FHIRUSER")]
+        user: Option<String>,
+        /// Records with this decision.
+        #[arg(long, value_enum)]
+        decision: Option<Decision>,
+        /// Records made at or after this: a duration back from now (24h, 7days) or a UTC
+        /// time (2026-12-04T03:45:00Z, 2026-12-04).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Records made before this: a duration back from now or a UTC time.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// Output format: a table for a person, or the records as stored (JSON lines).
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
+        /// Show only the first N matching records in time order.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Format {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum QueryFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Decision {
+    Allow,
+    Deny,
+    Filter,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +159,32 @@ fn main() -> ExitCode {
             format,
             method,
             url,
+        }),
+        Command::Audit {
+            command:
+                AuditCommand::Query {
+                    config,
+                    trails,
+                    patient,
+                    client,
+                    user,
+                    decision,
+                    since,
+                    until,
+                    format,
+                    limit,
+                },
+        } => audit_query(QueryArgs {
+            config,
+            trails,
+            patient,
+            client,
+            user,
+            decision,
+            since,
+            until,
+            format,
+            limit,
         }),
         Command::Serve { config } => {
             let config = match config {
@@ -197,6 +282,110 @@ fn explain_input(args: ExplainArgs) -> Result<fhirgate::explain::Input, String> 
         headers: args.headers,
         body,
     })
+}
+
+struct QueryArgs {
+    config: Option<PathBuf>,
+    trails: Vec<PathBuf>,
+    patient: Option<String>,
+    client: Option<String>,
+    user: Option<String>,
+    decision: Option<Decision>,
+    since: Option<String>,
+    until: Option<String>,
+    format: QueryFormat,
+    limit: Option<u64>,
+}
+
+/// `fhirgate audit query`: the records on stdout; malformed lines and a cut by the limit
+/// reported on stderr; errors on stderr with exit 2.
+fn audit_query(args: QueryArgs) -> ExitCode {
+    use fhirgate::audit::query;
+    let format = args.format;
+    let limit = args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let answer = match query_input(args).and_then(|(trails, filter)| {
+        query::query(&trails, &filter, limit).map_err(|e| e.to_string())
+    }) {
+        Ok(answer) => answer,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    for malformed in &answer.malformed {
+        eprintln!(
+            "warning: {}: skipped {} malformed line{} (first at line {})",
+            malformed.path.display(),
+            malformed.lines,
+            if malformed.lines == 1 { "" } else { "s" },
+            malformed.first_line
+        );
+    }
+    if format == QueryFormat::Json && answer.records.len() < answer.matched {
+        eprintln!("{}", query::render::count_line(&answer));
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match format {
+        QueryFormat::Table => query::render::write_table(&mut out, &answer),
+        QueryFormat::Json => query::render::write_json(&mut out, &answer),
+    }
+    .and_then(|()| std::io::Write::flush(&mut out));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the answer: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The trails to read and the filter, from the command line.
+fn query_input(
+    args: QueryArgs,
+) -> Result<
+    (
+        Vec<fhirgate::audit::query::Trail>,
+        fhirgate::audit::query::Filter,
+    ),
+    String,
+> {
+    use fhirgate::audit::{AuditDecision, query};
+    let trails = if args.trails.is_empty() {
+        let (config, origin) = match &args.config {
+            Some(path) => (
+                Config::load(path).map_err(|e| e.to_string())?,
+                path.display().to_string(),
+            ),
+            None => (Config::embedded_default(), "embedded default".to_owned()),
+        };
+        query::trails_of(&config.audit, &origin).map_err(|e| e.to_string())?
+    } else {
+        args.trails
+            .into_iter()
+            .map(|path| query::Trail { path })
+            .collect()
+    };
+    let now = std::time::SystemTime::now();
+    let time = |flag: &str, value: Option<String>| {
+        value
+            .map(|v| query::parse_time(&v, now).map_err(|e| format!("{flag}: {e}")))
+            .transpose()
+    };
+    let filter = query::Filter {
+        patient: args.patient,
+        client: args.client,
+        user: args.user,
+        decision: args.decision.map(|d| match d {
+            Decision::Allow => AuditDecision::Allow,
+            Decision::Deny => AuditDecision::Deny,
+            Decision::Filter => AuditDecision::Filter,
+        }),
+        since: time("--since", args.since)?,
+        until: time("--until", args.until)?,
+    };
+    filter.check_range().map_err(|e| e.to_string())?;
+    Ok((trails, filter))
 }
 
 /// JSON logs on stderr; the level from `FHIRGATE_LOG` (default `info`).

@@ -295,6 +295,29 @@ async fn every_sink_gets_every_record_once_and_a_collector_that_was_down_catches
         10,
         "acknowledged batches are not sent again"
     );
+    // The accounting of disclosures reads the same trail.
+    let query = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+            .args(["audit", "query", "--format", "json", "--config"])
+            .arg(gateway.dir.0.join("fhirgate.yaml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        record_ids(&String::from_utf8(output.stdout).unwrap())
+    };
+    assert_eq!(
+        query(&["--patient", "pat-A"]),
+        from_trail,
+        "context patient of every record"
+    );
+    let other = query(&["--patient", "pat-B", "--since", "1h"]);
+    assert_eq!(other.len(), 4, "the refused reads of pat-B: {other:?}");
+    assert_eq!(query(&["--decision", "deny"]), other);
     for line in trail.lines() {
         let record: Value = serde_json::from_str(line).unwrap();
         let request_id = record["request_id"].as_str().unwrap();

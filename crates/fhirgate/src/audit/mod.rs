@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub mod audit_event;
+pub mod query;
 mod record;
 pub mod shipper;
 pub mod sink;
