@@ -16,9 +16,7 @@ use fhirgate_policy::scope::Perms;
 use serde::{Deserialize, Deserializer};
 
 mod audit;
-pub use audit::{
-    Audit, Delivery, FhirSink, Fsync, HttpSink, JsonlSink, Sink, Spool, StdoutSink, WhenFull,
-};
+pub use audit::{Audit, Fsync, JsonlSink, NetworkSink, Sink, Spool, StdoutSink, WhenFull};
 
 /// The configuration compiled into the binary, used when `--config` is not given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.yaml");

@@ -66,41 +66,7 @@ enum Command {
 enum AuditCommand {
     /// An accounting of disclosures: the records of the local audit trail that match, in time
     /// order, each once. Exit 0 with matches or none, 2 on a usage or read error.
-    Query {
-        /// Configuration file (YAML) whose jsonl sinks are the trail; the embedded default
-        /// when neither this nor --trail is given.
-        #[arg(long, short, conflicts_with = "trails")]
-        config: Option<PathBuf>,
-        /// A trail file, as a jsonl sink's path: its rotated files next to it are read too.
-        /// Repeatable.
-        #[arg(long = "trail", value_name = "PATH", num_args = 1.., action = clap::ArgAction::Append)]
-        trails: Vec<PathBuf>,
-        /// Records whose patient in context, or the patient the request names, is ID.
-        #[arg(long, value_name = "ID")]
-        patient: Option<String>,
-        /// Records of this client_id.
-        #[arg(long, value_name = "ID")]
-        client: Option<String>,
-        /// Records whose token subject or fhirUser is this.
-        #[arg(long, value_name = "SUB_OR_FHIRUSER")]
-        user: Option<String>,
-        /// Records with this decision.
-        #[arg(long, value_enum)]
-        decision: Option<Decision>,
-        /// Records made at or after this: a duration back from now (24h, 7days) or a UTC
-        /// time (2026-12-04T03:45:00Z, 2026-12-04).
-        #[arg(long, value_name = "WHEN")]
-        since: Option<String>,
-        /// Records made before this: a duration back from now or a UTC time.
-        #[arg(long, value_name = "WHEN")]
-        until: Option<String>,
-        /// Output format: a table for a person, or the records as stored (JSON lines).
-        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
-        format: QueryFormat,
-        /// Show only the first N matching records in time order.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-        limit: Option<u64>,
-    },
+    Query(QueryArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -161,31 +127,8 @@ fn main() -> ExitCode {
             url,
         }),
         Command::Audit {
-            command:
-                AuditCommand::Query {
-                    config,
-                    trails,
-                    patient,
-                    client,
-                    user,
-                    decision,
-                    since,
-                    until,
-                    format,
-                    limit,
-                },
-        } => audit_query(QueryArgs {
-            config,
-            trails,
-            patient,
-            client,
-            user,
-            decision,
-            since,
-            until,
-            format,
-            limit,
-        }),
+            command: AuditCommand::Query(args),
+        } => audit_query(args),
         Command::Serve { config } => {
             let config = match config {
                 Some(path) => match Config::load(&path) {
@@ -284,16 +227,41 @@ fn explain_input(args: ExplainArgs) -> Result<fhirgate::explain::Input, String> 
     })
 }
 
+/// What `fhirgate audit query` selects and how it prints it.
+#[derive(clap::Args)]
 struct QueryArgs {
+    /// Configuration file (YAML) whose jsonl sinks are the trail; the embedded default
+    /// when neither this nor --trail is given.
+    #[arg(long, short, conflicts_with = "trails")]
     config: Option<PathBuf>,
+    /// A trail file, as a jsonl sink's path: its rotated files next to it are read too.
+    /// Repeatable.
+    #[arg(long = "trail", value_name = "PATH", num_args = 1.., action = clap::ArgAction::Append)]
     trails: Vec<PathBuf>,
+    /// Records whose patient in context, or the patient the request names, is ID.
+    #[arg(long, value_name = "ID")]
     patient: Option<String>,
+    /// Records of this client_id.
+    #[arg(long, value_name = "ID")]
     client: Option<String>,
+    /// Records whose token subject or fhirUser is this.
+    #[arg(long, value_name = "SUB_OR_FHIRUSER")]
     user: Option<String>,
+    /// Records with this decision.
+    #[arg(long, value_enum)]
     decision: Option<Decision>,
+    /// Records made at or after this: a duration back from now (24h, 7days) or a UTC
+    /// time (2026-12-04T03:45:00Z, 2026-12-04).
+    #[arg(long, value_name = "WHEN")]
     since: Option<String>,
+    /// Records made before this: a duration back from now or a UTC time.
+    #[arg(long, value_name = "WHEN")]
     until: Option<String>,
+    /// Output format: a table for a person, or the records as stored (JSON lines).
+    #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
     format: QueryFormat,
+    /// Show only the first N matching records in time order.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
 }
 

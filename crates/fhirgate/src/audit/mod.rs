@@ -78,16 +78,11 @@ impl AuditTrail {
     ) -> Result<(AuditLog, Self), AuditOpenError> {
         let mut sinks = Vec::with_capacity(config.sinks.len());
         for (name, sink) in &config.sinks {
-            let batch = match sink {
-                config::Sink::Http(http) => http.batch,
-                config::Sink::Fhir(fhir) => fhir.batch,
-                config::Sink::Jsonl(_) | config::Sink::Stdout(_) => 1000,
-            };
-            let backoff_max = match sink {
-                config::Sink::Http(http) => http.backoff_max,
-                config::Sink::Fhir(fhir) => fhir.backoff_max,
-                config::Sink::Jsonl(_) | config::Sink::Stdout(_) => Duration::from_secs(5),
-            };
+            let (batch, backoff_max) = sink
+                .network()
+                .map_or((1000, Duration::from_secs(5)), |network| {
+                    (network.batch, network.backoff_max)
+                });
             let opened = Sink::open(name, sink, client, source)?;
             sinks.push((name.clone(), opened, batch, backoff_max));
         }

@@ -72,13 +72,13 @@ impl Sink {
                 })?,
             ))),
             config::Sink::Stdout(_) => Self::Stdout,
-            config::Sink::Http(http) => Self::Http(Poster::new(name, &http.delivery(), client)?),
+            config::Sink::Http(http) => Self::Http(Poster::new(name, http, client)?),
             config::Sink::Fhir(fhir) => {
                 let mut source = source.clone();
                 if let Some(site) = &fhir.site {
                     source.site = Some(site.clone());
                 }
-                Self::Fhir(Poster::new(name, &fhir.delivery(), client)?, source)
+                Self::Fhir(Poster::new(name, fhir, client)?, source)
             }
         })
     }
@@ -145,7 +145,7 @@ impl Sink {
 impl Poster {
     fn new(
         name: &str,
-        delivery: &config::Delivery,
+        delivery: &config::NetworkSink,
         client: &reqwest::Client,
     ) -> Result<Self, SinkOpenError> {
         let token = match &delivery.bearer_token_file {

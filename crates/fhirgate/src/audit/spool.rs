@@ -379,6 +379,13 @@ impl Writer {
         for (_, done) in batch.drain(..) {
             let _ = done.send(outcome.clone());
         }
+        // With `interval` the requests do not wait for the flush: it follows their answers.
+        if self.config.fsync == Fsync::Interval
+            && self.dirty
+            && self.last_sync.elapsed() >= self.config.fsync_interval
+        {
+            self.sync();
+        }
     }
 
     /// Rotates the segment when the batch would overflow it, and frees space when the spool
@@ -426,12 +433,7 @@ impl Writer {
         self.segments.last_mut().expect("open segment").1 = self.end.offset;
         self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.dirty = true;
-        let due = match self.config.fsync {
-            Fsync::Always => true,
-            Fsync::Interval => self.last_sync.elapsed() >= self.config.fsync_interval,
-            Fsync::Never => false,
-        };
-        if due && !self.sync() {
+        if self.config.fsync == Fsync::Always && !self.sync() {
             return Err(SpoolError::Write("cannot sync the segment".into()));
         }
         Ok(())

@@ -77,10 +77,10 @@ pub enum Sink {
     Jsonl(JsonlSink),
     /// JSON lines on standard output (logs go to standard error).
     Stdout(StdoutSink),
-    /// Batches of records POSTed as a JSON array.
-    Http(HttpSink),
+    /// Batches of records POSTed as a JSON array; any 2xx acknowledges a batch.
+    Http(NetworkSink),
     /// FHIR AuditEvents (IHE BALP shapes) in batch Bundles, `PUT AuditEvent/<record id>`.
-    Fhir(FhirSink),
+    Fhir(NetworkSink),
 }
 
 /// A JSON lines file.
@@ -103,33 +103,14 @@ pub struct JsonlSink {
 #[serde(deny_unknown_fields)]
 pub struct StdoutSink {}
 
-/// A collector taking JSON arrays of records.
+/// A network sink: an HTTP collector taking JSON arrays of records, or a FHIR server taking
+/// AuditEvents (which may be another server than the clinical one).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HttpSink {
-    /// Where batches are POSTed; any 2xx acknowledges the batch.
+pub struct NetworkSink {
+    /// Where batches are POSTed: the collector's URL, or the FHIR base URL.
     pub url: HttpUrl,
-    /// Most records per request.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// Time allowed for one request.
-    #[serde(default = "default_sink_timeout", deserialize_with = "duration")]
-    pub timeout: Duration,
-    /// Longest wait between retries (they start at 100 ms and double).
-    #[serde(default = "default_backoff_max", deserialize_with = "duration")]
-    pub backoff_max: Duration,
-    /// A file holding a bearer token sent as `Authorization`.
-    #[serde(default)]
-    pub bearer_token_file: Option<PathBuf>,
-}
-
-/// A FHIR server taking AuditEvents; may be another server than the clinical one.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FhirSink {
-    /// The FHIR base URL batch Bundles are POSTed to.
-    pub url: HttpUrl,
-    /// `AuditEvent.source.site`; the public base path's host when absent.
+    /// FHIR sinks only: `AuditEvent.source.site`.
     #[serde(default)]
     pub site: Option<String>,
     /// Most records per request.
@@ -145,35 +126,6 @@ pub struct FhirSink {
     #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
 }
-
-/// How a network sink is called.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub url: HttpUrl,
-    pub batch: usize,
-    pub timeout: Duration,
-    pub backoff_max: Duration,
-    pub bearer_token_file: Option<PathBuf>,
-}
-
-macro_rules! delivery_of {
-    ($sink:ty) => {
-        impl $sink {
-            /// How the sink is called.
-            pub fn delivery(&self) -> Delivery {
-                Delivery {
-                    url: self.url.clone(),
-                    batch: self.batch,
-                    timeout: self.timeout,
-                    backoff_max: self.backoff_max,
-                    bearer_token_file: self.bearer_token_file.clone(),
-                }
-            }
-        }
-    };
-}
-delivery_of!(HttpSink);
-delivery_of!(FhirSink);
 
 impl Audit {
     /// Rules spanning several keys; `(key, message)` on the first broken one.
@@ -197,21 +149,22 @@ impl Audit {
                     "sink names are 1 to 64 letters, digits, '-' or '_'".into(),
                 ));
             }
-            let delivery = match sink {
-                Sink::Http(http) => Some(http.delivery()),
-                Sink::Fhir(fhir) => Some(fhir.delivery()),
+            match sink {
                 Sink::Jsonl(file) if file.rotate_bytes == 0 => {
                     return Err((key(".jsonl.rotate_bytes"), "must be at least 1".into()));
                 }
-                Sink::Jsonl(_) | Sink::Stdout(_) => None,
-            };
-            if let Some(delivery) = delivery {
-                if delivery.batch == 0 {
-                    return Err((key(".batch"), "must be at least 1".into()));
+                Sink::Http(http) if http.site.is_some() => {
+                    return Err((key(".http.site"), "only FHIR sinks name a site".into()));
                 }
-                if delivery.timeout.is_zero() {
-                    return Err((key(".timeout"), "must be longer than zero".into()));
+                Sink::Http(network) | Sink::Fhir(network) => {
+                    if network.batch == 0 {
+                        return Err((key(".batch"), "must be at least 1".into()));
+                    }
+                    if network.timeout.is_zero() {
+                        return Err((key(".timeout"), "must be longer than zero".into()));
+                    }
                 }
+                Sink::Jsonl(_) | Sink::Stdout(_) => {}
             }
         }
         let spool = &self.spool;
@@ -238,13 +191,17 @@ impl Audit {
 }
 
 impl Sink {
-    /// Every file the sink reads at start (its secret), for `fhirgate check`.
-    pub fn secret_file(&self) -> Option<&PathBuf> {
+    /// How a network sink is called; `None` for local ones.
+    pub fn network(&self) -> Option<&NetworkSink> {
         match self {
-            Self::Http(http) => http.bearer_token_file.as_ref(),
-            Self::Fhir(fhir) => fhir.bearer_token_file.as_ref(),
+            Self::Http(network) | Self::Fhir(network) => Some(network),
             Self::Jsonl(_) | Self::Stdout(_) => None,
         }
+    }
+
+    /// Every file the sink reads at start (its secret), for `fhirgate check`.
+    pub fn secret_file(&self) -> Option<&PathBuf> {
+        self.network()?.bearer_token_file.as_ref()
     }
 }
 

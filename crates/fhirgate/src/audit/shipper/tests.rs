@@ -201,18 +201,12 @@ async fn a_shipper_retries_a_failing_sink_and_moves_its_cursor_only_on_success()
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     drop(listener);
-    let delivery = crate::config::Delivery {
+    let sink = crate::config::Sink::Http(crate::config::NetworkSink {
         url: serde_saphyr::from_str(&format!("\"http://{address}/records\"")).unwrap(),
+        site: None,
         batch: 5,
         timeout: Duration::from_secs(2),
         backoff_max: Duration::from_millis(200),
-        bearer_token_file: None,
-    };
-    let sink = crate::config::Sink::Http(crate::config::HttpSink {
-        url: delivery.url.clone(),
-        batch: delivery.batch,
-        timeout: delivery.timeout,
-        backoff_max: delivery.backoff_max,
         bearer_token_file: None,
     });
     let source = crate::audit::EventSource {
