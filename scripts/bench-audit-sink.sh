@@ -8,11 +8,13 @@
 #
 #   scripts/bench-audit-sink.sh [ROUNDS] [SECONDS] [RATE]   (defaults: 3 rounds, 15 s, 1000/s)
 #
+# Each round also measures the origin alone, for scale.
 # Installs Debian's hey, nginx, openssl and curl when missing. Prints a markdown table
 # (p50, p99 per variant and round) and the largest p99 difference from "up"; raw output is
 # kept in $FHIRGATE_WORK/bench-audit-sink/.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 cd "$FHIRGATE_ROOT"
 
 ROUNDS="${1:-3}"
@@ -24,26 +26,15 @@ ORIGIN_PORT=18391
 GATEWAY_PORT=18380
 ADMIN_PORT=18381
 SINK_PORT=18392
-FIXTURES="$FHIRGATE_ROOT/crates/fhirgate/tests/fixtures"
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-install_missing() {
-  local missing=()
-  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  local sudo=""
-  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-  log "installing ${missing[*]} (Debian packages)"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
-    >"$OUT/apt.log" 2>&1 || die "could not install ${missing[*]} (log: $OUT/apt.log)"
-}
-install_missing hey nginx openssl curl
+bench_install hey nginx openssl curl
 
 declare -a PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [[ -f "$OUT/nginx.pid" ]] && kill "$(cat "$OUT/nginx.pid")" 2>/dev/null || true
+  bench_cleanup
 }
 trap cleanup EXIT
 
@@ -51,38 +42,8 @@ log "building fhirgate (release)"
 cargo build --release -p fhirgate >"$OUT/build.log" 2>&1 || die "build failed (log: $OUT/build.log)"
 BIN="$FHIRGATE_ROOT/target/release/fhirgate"
 
-# ------------------------------------------------------------------ origin
-mkdir -p "$OUT/www/fhir/Patient"
-printf '{"keys":[%s]}' "$(cat "$FIXTURES/rsa-a.jwk.json")" >"$OUT/www/jwks.json"
-cat >"$OUT/www/fhir/Patient/pat-A" <<'JSON'
-{"resourceType":"Patient","id":"pat-A","meta":{"versionId":"1"},"name":[{"family":"Benchmark","given":["Synthetic"]}],"gender":"other","birthDate":"1970-01-01"}
-JSON
-cat >"$OUT/nginx.conf" <<NGINX
-worker_processes 1;
-pid $OUT/nginx.pid;
-error_log $OUT/nginx-error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 100000;
-  server {
-    listen 127.0.0.1:$ORIGIN_PORT;
-    root $OUT/www;
-    location /fhir/ { default_type "application/fhir+json"; }
-    location = /jwks.json { default_type "application/json"; }
-  }
-}
-NGINX
-nginx -c "$OUT/nginx.conf"
-
-# ------------------------------------------------------------------ token
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-now=$(date +%s)
-header=$(printf '{"alg":"RS256","kid":"rsa-a","typ":"JWT"}' | b64url)
-payload=$(printf '{"iss":"https://idp.bench","aud":"https://gw.bench/fhir","sub":"user-1","client_id":"bench-app","iat":%d,"exp":%d,"scope":"launch/patient patient/*.rs","patient":"pat-A"}' \
-  "$now" "$((now + 3600))" | b64url)
-signature=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign "$FIXTURES/rsa-a.pem" | b64url)
-TOKEN="$header.$payload.$signature"
+bench_origin "$ORIGIN_PORT"
+TOKEN="$(bench_token)"
 
 # ------------------------------------------------------------------ gateway
 cat >"$OUT/fhirgate.yaml" <<YAML
@@ -91,18 +52,13 @@ admin_listen: "127.0.0.1:$ADMIN_PORT"
 upstream:
   url: "http://127.0.0.1:$ORIGIN_PORT/fhir"
   public_base_path: "/fhir"
-issuers:
-  - issuer: "https://idp.bench"
-    audience: "https://gw.bench/fhir"
-    jwks_uri: "http://127.0.0.1:$ORIGIN_PORT/jwks.json"
-    algorithms: ["RS256"]
+$(bench_issuer_yaml "$ORIGIN_PORT")
 audit:
   spool: { path: "$OUT/spool" }
   sinks:
     audit-fhir:
       fhir: { url: "http://127.0.0.1:$SINK_PORT/fhir", batch: 100, timeout: 2s, backoff_max: 2s }
 YAML
-"$PYTHON" "$FHIRGATE_ROOT/scripts/httpcheck.py" wait "http://127.0.0.1:$ORIGIN_PORT/jwks.json" --timeout 20 >/dev/null
 
 # start_sink up|silent|refused: the sink's state for one run
 SINK_PID=""
@@ -147,7 +103,15 @@ run_variant() {
   fi
 }
 
+# The origin alone, for scale: what the load generator and nginx take without the gateway.
+run_direct() {
+  local url="http://127.0.0.1:$ORIGIN_PORT/fhir/Patient/pat-A"
+  hey -z "${SECONDS_PER_RUN}s" -c "$WORKERS" -q $((RATE / WORKERS)) "$url" >"$OUT/hey-direct-$1.txt"
+}
+
 for round in $(seq 1 "$ROUNDS"); do
+  log "round $round: origin direct"
+  run_direct "$round"
   for name in up silent refused; do
     log "round $round: sink $name"
     run_variant "$name" "$round"
@@ -161,6 +125,11 @@ echo "fixed rate $RATE requests/s ($WORKERS workers), $SECONDS_PER_RUN s per run
 echo
 echo "| sink | round | requests/s | p50 | p99 | unshipped at end | oldest unshipped (s) |"
 echo "|---|---|---|---|---|---|---|"
+for round in $(seq 1 "$ROUNDS"); do
+  f="$OUT/hey-direct-$round.txt"
+  rps=$(awk '$1 == "Requests/sec:" {printf "%.0f", $2}' "$f")
+  echo "| (origin direct, no gateway) | $round | $rps | $(pct "$f" 50) | $(pct "$f" 99) | | |"
+done
 for name in up silent refused; do
   for round in $(seq 1 "$ROUNDS"); do
     f="$OUT/hey-$name-$round.txt"

@@ -10,6 +10,7 @@
 # markdown table; the raw wrk output is kept in $FHIRGATE_WORK/bench-ratelimit/.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 cd "$FHIRGATE_ROOT"
 
 ROUNDS="${1:-3}"
@@ -19,25 +20,14 @@ ORIGIN_PORT=18291
 GATEWAY_PORT=18280
 ADMIN_PORT=18281
 REDIS_PORT=18279
-FIXTURES="$FHIRGATE_ROOT/crates/fhirgate/tests/fixtures"
 mkdir -p "$OUT"
 
-install_missing() {
-  local missing=()
-  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  local sudo=""
-  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-  log "installing ${missing[*]} (Debian packages)"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
-    >"$OUT/apt.log" 2>&1 || die "could not install ${missing[*]} (log: $OUT/apt.log)"
-}
-install_missing wrk nginx redis-server openssl curl
+bench_install wrk nginx redis-server openssl curl
 
 declare -a PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [[ -f "$OUT/nginx.pid" ]] && kill "$(cat "$OUT/nginx.pid")" 2>/dev/null || true
+  bench_cleanup
 }
 trap cleanup EXIT
 
@@ -45,38 +35,8 @@ log "building fhirgate (release)"
 cargo build --release -p fhirgate >"$OUT/build.log" 2>&1 || die "build failed (log: $OUT/build.log)"
 BIN="$FHIRGATE_ROOT/target/release/fhirgate"
 
-# ------------------------------------------------------------------ origin
-mkdir -p "$OUT/www/fhir/Patient"
-printf '{"keys":[%s]}' "$(cat "$FIXTURES/rsa-a.jwk.json")" >"$OUT/www/jwks.json"
-cat >"$OUT/www/fhir/Patient/pat-A" <<'JSON'
-{"resourceType":"Patient","id":"pat-A","meta":{"versionId":"1"},"name":[{"family":"Benchmark","given":["Synthetic"]}],"gender":"other","birthDate":"1970-01-01"}
-JSON
-cat >"$OUT/nginx.conf" <<NGINX
-worker_processes 1;
-pid $OUT/nginx.pid;
-error_log $OUT/nginx-error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 100000;
-  server {
-    listen 127.0.0.1:$ORIGIN_PORT;
-    root $OUT/www;
-    location /fhir/ { default_type "application/fhir+json"; }
-    location = /jwks.json { default_type "application/json"; }
-  }
-}
-NGINX
-nginx -c "$OUT/nginx.conf"
-
-# ------------------------------------------------------------------ token
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-now=$(date +%s)
-header=$(printf '{"alg":"RS256","kid":"rsa-a","typ":"JWT"}' | b64url)
-payload=$(printf '{"iss":"https://idp.bench","aud":"https://gw.bench/fhir","sub":"user-1","client_id":"bench-app","iat":%d,"exp":%d,"scope":"launch/patient patient/*.rs","patient":"pat-A"}' \
-  "$now" "$((now + 3600))" | b64url)
-signature=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign "$FIXTURES/rsa-a.pem" | b64url)
-TOKEN="$header.$payload.$signature"
+bench_origin "$ORIGIN_PORT"
+TOKEN="$(bench_token)"
 
 # ------------------------------------------------------------------ gateway variants
 config() {
@@ -87,11 +47,7 @@ admin_listen: "127.0.0.1:$ADMIN_PORT"
 upstream:
   url: "http://127.0.0.1:$ORIGIN_PORT/fhir"
   public_base_path: "/fhir"
-issuers:
-  - issuer: "https://idp.bench"
-    audience: "https://gw.bench/fhir"
-    jwks_uri: "http://127.0.0.1:$ORIGIN_PORT/jwks.json"
-    algorithms: ["RS256"]
+$(bench_issuer_yaml "$ORIGIN_PORT")
 audit:
   spool: { path: "$OUT/audit-$name.spool" }
   sinks: { trail: { jsonl: { path: "$OUT/audit-$name.jsonl" } } }
@@ -109,7 +65,6 @@ $RULE"
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
 PIDS+=($!)
-"$PYTHON" "$FHIRGATE_ROOT/scripts/httpcheck.py" wait "http://127.0.0.1:$ORIGIN_PORT/jwks.json" --timeout 20 >/dev/null
 
 run_variant() {
   local name="$1" round="$2"
