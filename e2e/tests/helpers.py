@@ -371,3 +371,33 @@ def read_audit_lines(want_ids: set[str], timeout: float = 10.0) -> list[dict]:
         if want_ids <= present or time.monotonic() > deadline:
             return lines
         time.sleep(0.25)
+
+
+# --------------------------------------------------------------------------- own gateways
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gateway_process(config: Path, admin_port: int, log_path: Path) -> subprocess.Popen:
+    """Starts `fhirgate serve --config CONFIG` (output appended to LOG_PATH) and waits until
+    its admin listener answers /healthz; fails the test when it exits or does not answer."""
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([str(FHIRGATE_BIN), "serve", "--config", str(config)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"gateway exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except requests.RequestException:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("gateway did not answer /healthz")

@@ -23,19 +23,13 @@ from collections import Counter
 import pytest
 import requests
 
-from helpers import FHIRGATE_BIN, IDP_URL, ROOT, VALIDATOR_PYTHON
+from helpers import IDP_URL, ROOT, VALIDATOR_PYTHON, free_port, start_gateway_process
 
 AUDIT_FHIR = os.environ.get("AUDIT_FHIR", "http://127.0.0.1:18092/fhir").rstrip("/")
 GATEWAY_AUDIENCE = "http://127.0.0.1:18080/fhir"  # tokens from the IdP carry this audience
 UPSTREAM = os.environ.get("FHIR_DIRECT", "http://127.0.0.1:18091/fhir").rstrip("/")
 AUDIT_VALIDATOR = ROOT / "e2e" / "validator" / "validate_audit_events.py"
 BALP_ENTITY = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Relay:
@@ -129,23 +123,6 @@ audit:
     return config
 
 
-def start(config, admin: int, log_path):
-    log = open(log_path, "ab")
-    proc = subprocess.Popen([str(FHIRGATE_BIN), "serve", "--config", str(config)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"gateway exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{admin}/healthz", timeout=1).status_code == 200:
-                return proc
-        except requests.RequestException:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("gateway did not answer /healthz")
-
-
 class Client:
     """Steady traffic with the client's own log: request id -> status of each answer."""
 
@@ -223,18 +200,29 @@ def test_every_answered_request_reaches_the_audit_server_once_across_an_outage_a
     prefix = f"fault-{uuid.uuid4().hex[:8]}"
     config = write_config(tmp_path, relay.port, listen, admin, prefix)
     log_path = tmp_path / "fhirgate.log"
-    proc = start(config, admin, log_path)
     token = tokens.mint("patient/*.rs", patient=patient_a.id)
-    client = Client(f"http://127.0.0.1:{listen}/fhir", token, patient_a.id, prefix)
+    procs = [start_gateway_process(config, admin, log_path)]
+    try:
+        check_delivery(procs, relay, config, admin, log_path, listen, token, patient_a.id, prefix)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        relay.down()
+
+
+def check_delivery(procs, relay, config, admin, log_path, listen, token, patient, prefix):
+    client = Client(f"http://127.0.0.1:{listen}/fhir", token, patient, prefix)
     try:
         time.sleep(2)
         relay.down()
         time.sleep(2)
         before_kill = unshipped(admin)
         assert before_kill > 0, "records waiting for the sink while it is down"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc = start(config, admin, log_path)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        procs.append(start_gateway_process(config, admin, log_path))
         time.sleep(1.5)
         # The sink is still down: the restarted gateway holds the records of both lives.
         assert unshipped(admin) >= before_kill
@@ -255,9 +243,8 @@ def test_every_answered_request_reaches_the_audit_server_once_across_an_outage_a
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(1)
-    proc.terminate()
-    proc.wait(timeout=15)
-    relay.down()
+    procs[-1].terminate()
+    assert procs[-1].wait(timeout=15) == 0
     assert not missing, f"{len(missing)} answered requests have no AuditEvent, e.g. {sorted(missing)[:5]}"
     counts = Counter(request_id(e) for e in events)
     twice = [rid for rid, n in counts.items() if n > 1]

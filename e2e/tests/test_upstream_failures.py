@@ -17,15 +17,10 @@ import uuid
 import pytest
 import requests
 
-from helpers import FHIRGATE_BIN, IDP_URL, ROOT, issue_codes, operation_outcome, run_validator
+from helpers import (FHIRGATE_BIN, IDP_URL, ROOT, free_port, issue_codes, operation_outcome, run_validator,
+                     start_gateway_process)
 
 GATEWAY_AUDIENCE = "http://127.0.0.1:18080/fhir"  # tokens from the IdP carry this audience
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class BlackHole:
@@ -77,21 +72,7 @@ audit:
   spool: {{ path: "{audit}.spool" }}
   sinks: {{ trail: {{ jsonl: {{ path: "{audit}" }} }} }}
 """)
-    log = open(tmp_path / "fhirgate.log", "wb")
-    proc = subprocess.Popen([str(FHIRGATE_BIN), "serve", "--config", str(config)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"second gateway exited with {proc.returncode}: {(tmp_path / 'fhirgate.log').read_text()[-2000:]}")
-        try:
-            if http.get(f"http://127.0.0.1:{admin}/healthz", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            time.sleep(0.2)
-    else:
-        proc.terminate()
-        pytest.fail("second gateway did not answer /healthz")
+    proc = start_gateway_process(config, admin, tmp_path / "fhirgate.log")
     return proc, f"http://127.0.0.1:{listen}/fhir", f"http://127.0.0.1:{admin}", audit
 
 
