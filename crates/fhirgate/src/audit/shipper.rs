@@ -252,15 +252,11 @@ fn read_batch_blocking(
                 let next = list_segments(root)?
                     .into_iter()
                     .map(|(number, _)| number)
-                    .find(|number| *number > at.segment)
-                    .unwrap_or(upto.segment);
-                at = Position {
-                    segment: next,
-                    offset: 0,
+                    .find(|number| *number > at.segment);
+                at = match next {
+                    Some(segment) => Position { segment, offset: 0 },
+                    None => upto,
                 };
-                if at.segment == upto.segment && next != upto.segment {
-                    at = upto;
-                }
                 continue;
             }
             Err(error) => return Err(error),
