@@ -88,6 +88,7 @@ impl AuditTrail {
                 config::Sink::Jsonl(_) | config::Sink::Stdout(_) => Duration::from_secs(5),
             };
             let opened = Sink::open(name, sink, client, source)?;
+            metrics.declare_audit_sink(name);
             sinks.push((name.clone(), opened, batch, backoff_max));
         }
         let names: Vec<String> = config.sinks.keys().cloned().collect();
