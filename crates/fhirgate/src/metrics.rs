@@ -1,37 +1,236 @@
 //! Prometheus metrics, served by the admin listener at `/metrics`.
 //!
-//! Every label is a typed value from a closed set or an operator's configuration (an issuer
-//! URL), never something a client sends: no patient, token, path or scope can become a label.
-//! Each gateway has its own registry, so gateways in one process (tests) do not share counts.
+//! Every label is a typed value from a closed set (a decision, a reason code, an interaction,
+//! a status class, an outcome) or an operator's configuration (an issuer URL, a sink name,
+//! a route name), never something a client sends: no patient, subject, token, path, scope or
+//! client id can become a label. Each gateway has its own registry, so gateways in one
+//! process (tests) do not share counts. `docs/OBSERVABILITY.md` describes every metric.
 
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use fhirgate_policy::request::Interaction;
+use http::StatusCode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Allowed or refused.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Decision {
-    Allow,
-    Deny,
+use crate::audit::AuditDecision;
+use crate::refusal::Refusal;
+
+/// Defines an enum of label values, each written as the lowercase text given for it.
+macro_rules! label_values {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident => $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            /// The label value as exported.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+                EncodeLabelValue::encode(&self.as_str(), encoder)
+            }
+        }
+    };
+}
+
+label_values! {
+    /// How a call to an issuer went.
+    pub enum Outcome {
+        Ok => "ok",
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// A cache lookup's result.
+    pub enum Lookup {
+        Hit => "hit",
+        Miss => "miss",
+    }
+}
+
+label_values! {
+    /// The gateway's caches.
+    pub enum Cache {
+        /// Verified JWTs.
+        VerifiedTokens => "verified_tokens",
+        /// Introspection answers.
+        Introspection => "introspection",
+    }
+}
+
+label_values! {
+    /// What finding the signing key named by a token's header came to.
+    pub enum KeyLookup {
+        /// In the keys already loaded.
+        Known => "known",
+        /// Found after a fetch of the JWKS (this request's or one it waited for).
+        Fetched => "fetched",
+        /// Not in the JWKS even after fetching it again.
+        Unknown => "unknown",
+        /// Not loaded, and no fetch made because the refetch cool-down had not passed.
+        CoolingDown => "cooling_down",
+        /// The issuer has no keys at all (every fetch so far failed).
+        Unavailable => "unavailable",
+    }
+}
+
+label_values! {
+    /// The first digit of an HTTP status.
+    pub enum StatusClass {
+        Informational => "1xx",
+        Success => "2xx",
+        Redirection => "3xx",
+        ClientError => "4xx",
+        ServerError => "5xx",
+        /// A status above 599, which HTTP allows but does not define.
+        Other => "other",
+    }
+}
+
+label_values! {
+    /// Why a call to the FHIR server failed.
+    pub enum UpstreamError {
+        /// No connection could be made (refused, unresolvable, connect timeout).
+        Connect => "connect",
+        /// No response head, or no whole body, within the response timeout.
+        Timeout => "timeout",
+        /// The connection broke or the answer was not valid HTTP.
+        InvalidResponse => "invalid_response",
+        /// A response body the gateway must check was larger than it reads.
+        ResponseTooLarge => "response_too_large",
+    }
+}
+
+impl StatusClass {
+    /// The class of `status`.
+    pub fn of(status: StatusCode) -> Self {
+        match status.as_u16() {
+            100..=199 => Self::Informational,
+            200..=299 => Self::Success,
+            300..=399 => Self::Redirection,
+            400..=499 => Self::ClientError,
+            500..=599 => Self::ServerError,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl EncodeLabelValue for AuditDecision {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// An audit reason code: `allowed`, or the [`Refusal::reason`] of a refused request. Only
+/// these two constructors exist, so the set of values is the gateway's fixed set of codes.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Reason(&'static str);
+
+impl Reason {
+    /// A request forwarded and answered.
+    pub const ALLOWED: Self = Self("allowed");
+
+    /// The reason code of `refusal`.
+    pub fn of(refusal: &Refusal) -> Self {
+        Self(refusal.reason())
+    }
+
+    /// The code, as written in audit records and labels.
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl EncodeLabelValue for Reason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        EncodeLabelValue::encode(&self.0, encoder)
+    }
+}
+
+/// The name of an upstream route. There is one route now, [`Route::DEFAULT`]; route names
+/// will come from the configuration when there are several.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Route(&'static str);
+
+impl Route {
+    /// The single upstream of the configuration's `upstream` section.
+    pub const DEFAULT: Self = Self("default");
+
+    /// The route's name.
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        EncodeLabelValue::encode(&self.0, encoder)
+    }
+}
+
+/// The FHIR interaction of a request as a label: its code, or `none` when the request was
+/// answered before it was classified.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct InteractionLabel(Option<Interaction>);
+
+impl EncodeLabelValue for InteractionLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        let code = self.0.map_or("none", |interaction| interaction.code());
+        EncodeLabelValue::encode(&code, encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    decision: Decision,
-    /// One of the gateway's fixed audit reasons.
-    reason: String,
+    route: Route,
+    decision: AuditDecision,
+    reason: Reason,
+    interaction: InteractionLabel,
+    status_class: StatusClass,
 }
 
-/// How a call to an issuer went.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Outcome {
-    Ok,
-    Error,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    route: Route,
+    interaction: InteractionLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: Route,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    route: Route,
+    kind: UpstreamError,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,26 +239,16 @@ struct IssuerOutcome {
     outcome: Outcome,
 }
 
-/// A cache lookup's result.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Lookup {
-    Hit,
-    Miss,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLookupLabels {
+    issuer: String,
+    result: KeyLookup,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     cache: Cache,
     result: Lookup,
-}
-
-/// The gateway's caches.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Cache {
-    /// Verified JWTs.
-    VerifiedTokens,
-    /// Introspection answers.
-    Introspection,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,17 +328,143 @@ impl AuditMetrics {
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// The gateway's metrics and the registry that exports them.
-pub struct Metrics {
-    registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_seconds: Histogram,
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Requests as their clients got them.
+struct RequestMetrics {
+    answered: Family<RequestLabels, Counter>,
+    seconds: Histograms<DurationLabels>,
+    throttled: Counter,
+}
+
+impl RequestMetrics {
+    fn new() -> Self {
+        Self {
+            answered: Family::default(),
+            seconds: Family::new_with_constructor(latency_histogram),
+            throttled: Counter::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "requests",
+            "Requests answered, by route, decision, audit reason, FHIR interaction and status class",
+            self.answered.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response head, gateway and upstream together, by route and FHIR interaction",
+            self.seconds.clone(),
+        );
+        registry.register(
+            "throttled",
+            "Requests refused by a rate limit",
+            self.throttled.clone(),
+        );
+    }
+}
+
+/// Calls to the FHIR server.
+struct UpstreamMetrics {
+    seconds: Histograms<RouteLabel>,
+    errors: Family<UpstreamErrorLabels, Counter>,
+}
+
+impl UpstreamMetrics {
+    fn new() -> Self {
+        Self {
+            seconds: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request to the FHIR server to its response head (or failure), pre-check fetches included",
+            self.seconds.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Calls to the FHIR server that failed, by kind",
+            self.errors.clone(),
+        );
+    }
+}
+
+/// Signing keys, introspection and the token caches.
+struct TokenMetrics {
     jwks_fetches: Family<IssuerOutcome, Counter>,
+    key_lookups: Family<KeyLookupLabels, Counter>,
     introspections: Family<IssuerOutcome, Counter>,
     introspection_seconds: Histograms<IssuerLabel>,
     cache_lookups: Family<CacheLabels, Counter>,
+}
+
+impl TokenMetrics {
+    fn new() -> Self {
+        Self {
+            jwks_fetches: Family::default(),
+            key_lookups: Family::default(),
+            introspections: Family::default(),
+            introspection_seconds: Family::new_with_constructor(latency_histogram),
+            cache_lookups: Family::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "jwks_fetches",
+            "JWKS (and discovery) fetches per issuer, by outcome",
+            self.jwks_fetches.clone(),
+        );
+        registry.register(
+            "signing_key_lookups",
+            "Lookups of the signing key a token names, per issuer, by result",
+            self.key_lookups.clone(),
+        );
+        registry.register(
+            "introspections",
+            "RFC 7662 introspection calls per issuer, by outcome",
+            self.introspections.clone(),
+        );
+        registry.register(
+            "introspection_duration_seconds",
+            "Latency of introspection calls per issuer",
+            self.introspection_seconds.clone(),
+        );
+        registry.register(
+            "token_cache_lookups",
+            "Lookups in the verified-token and introspection caches, by result",
+            self.cache_lookups.clone(),
+        );
+    }
+}
+
+/// One answered request, as its client got it.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered {
+    pub route: Route,
+    pub decision: AuditDecision,
+    pub reason: Reason,
+    /// `None` when the request was answered before it was classified.
+    pub interaction: Option<Interaction>,
+    pub status: StatusCode,
+    /// Time from request to response head.
+    pub took: Duration,
+}
+
+/// The gateway's metrics and the registry that exports them.
+pub struct Metrics {
+    registry: Registry,
+    requests: RequestMetrics,
+    upstream: UpstreamMetrics,
+    tokens: TokenMetrics,
     rate_limit_store_up: Gauge,
-    throttled: Counter,
     audit: AuditMetrics,
 }
 
@@ -159,132 +474,215 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn latency_histogram() -> Histogram {
-    // 0.5 ms to about 16 s.
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+/// `fhirgate_build_info`: always 1, labelled with the gateway's version.
+fn register_build_info(registry: &mut Registry) {
+    let info = Family::<BuildLabels, Gauge>::default();
+    info.get_or_create(&BuildLabels {
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .set(1);
+    registry.register(
+        "build_info",
+        "Always 1; the version label names the running gateway's version",
+        info,
+    );
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("fhirgate");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by decision and audit reason",
-            requests.clone(),
-        );
-        let request_seconds = latency_histogram();
-        registry.register(
-            "request_duration_seconds",
-            "Time from request to response head, gateway and upstream together",
-            request_seconds.clone(),
-        );
-        let jwks_fetches = Family::<IssuerOutcome, Counter>::default();
-        registry.register(
-            "jwks_fetches",
-            "JWKS (and discovery) fetches per issuer, by outcome",
-            jwks_fetches.clone(),
-        );
-        let introspections = Family::<IssuerOutcome, Counter>::default();
-        registry.register(
-            "introspections",
-            "RFC 7662 introspection calls per issuer, by outcome",
-            introspections.clone(),
-        );
-        let introspection_seconds: Histograms<IssuerLabel> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "introspection_duration_seconds",
-            "Latency of introspection calls per issuer",
-            introspection_seconds.clone(),
-        );
-        let cache_lookups = Family::<CacheLabels, Counter>::default();
-        registry.register(
-            "token_cache_lookups",
-            "Lookups in the verified-token and introspection caches, by result",
-            cache_lookups.clone(),
-        );
+        register_build_info(&mut registry);
+        let requests = RequestMetrics::new();
+        requests.register(&mut registry);
+        let upstream = UpstreamMetrics::new();
+        upstream.register(&mut registry);
+        let tokens = TokenMetrics::new();
+        tokens.register(&mut registry);
         let rate_limit_store_up = Gauge::default();
         registry.register(
             "rate_limit_store_up",
             "1 while the shared rate-limit store answers (or none is configured), else 0",
             rate_limit_store_up.clone(),
         );
-        let throttled = Counter::default();
-        registry.register(
-            "throttled",
-            "Requests refused by a rate limit",
-            throttled.clone(),
-        );
         let audit = AuditMetrics::default();
         audit.register(&mut registry);
-        Self {
-            audit,
+        let metrics = Self {
             registry,
-            rate_limit_store_up,
-            throttled,
             requests,
-            request_seconds,
-            jwks_fetches,
-            introspections,
-            introspection_seconds,
-            cache_lookups,
+            upstream,
+            tokens,
+            rate_limit_store_up,
+            audit,
+        };
+        metrics.declare_route(Route::DEFAULT);
+        metrics.declare_caches();
+        metrics
+    }
+}
+
+/// Makes the series of `labels` in `family`, at zero, if it is not there yet.
+fn declare<S, M, C>(family: &Family<S, M, C>, labels: &S)
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    let _ = family.get_or_create(labels);
+}
+
+/// Series of a closed set are made at zero when what they count comes into being, so that
+/// dashboards and `rate()` see 0 rather than nothing until the first event.
+impl Metrics {
+    /// The upstream series of `route`.
+    fn declare_route(&self, route: Route) {
+        for &kind in UpstreamError::ALL {
+            declare(&self.upstream.errors, &UpstreamErrorLabels { route, kind });
         }
+    }
+
+    /// The series of both caches.
+    fn declare_caches(&self) {
+        for &cache in Cache::ALL {
+            for &result in Lookup::ALL {
+                declare(&self.tokens.cache_lookups, &CacheLabels { cache, result });
+            }
+        }
+    }
+
+    /// The key-fetch series of an issuer whose JWTs are verified with its JWKS.
+    pub fn declare_jwks_issuer(&self, issuer: &str) {
+        for &outcome in Outcome::ALL {
+            let issuer = issuer.to_owned();
+            declare(
+                &self.tokens.jwks_fetches,
+                &IssuerOutcome { issuer, outcome },
+            );
+        }
+        for &result in KeyLookup::ALL {
+            let issuer = issuer.to_owned();
+            declare(
+                &self.tokens.key_lookups,
+                &KeyLookupLabels { issuer, result },
+            );
+        }
+    }
+
+    /// The introspection series of an issuer whose tokens are introspected.
+    pub fn declare_introspecting_issuer(&self, issuer: &str) {
+        for &outcome in Outcome::ALL {
+            let issuer = issuer.to_owned();
+            declare(
+                &self.tokens.introspections,
+                &IssuerOutcome { issuer, outcome },
+            );
+        }
+        let issuer = issuer.to_owned();
+        declare(&self.tokens.introspection_seconds, &IssuerLabel { issuer });
+    }
+
+    /// The delivery series of an audit sink.
+    pub fn declare_audit_sink(&self, sink: &str) {
+        let label = SinkLabel {
+            sink: sink.to_owned(),
+        };
+        declare(&self.audit.shipped, &label);
+        declare(&self.audit.delivery_failures, &label);
     }
 }
 
 impl Metrics {
     /// One answered request.
-    pub fn request(&self, decision: Decision, reason: &'static str, took: Duration) {
+    pub fn request(&self, answered: &Answered) {
+        let interaction = InteractionLabel(answered.interaction);
         self.requests
+            .answered
             .get_or_create(&RequestLabels {
-                decision,
-                reason: reason.to_owned(),
+                route: answered.route,
+                decision: answered.decision,
+                reason: answered.reason,
+                interaction,
+                status_class: StatusClass::of(answered.status),
             })
             .inc();
-        self.request_seconds.observe(took.as_secs_f64());
+        self.requests
+            .seconds
+            .get_or_create(&DurationLabels {
+                route: answered.route,
+                interaction,
+            })
+            .observe(answered.took.as_secs_f64());
+    }
+
+    /// One call to the FHIR server of `route`, answered or failed after `took`.
+    pub fn upstream_call(&self, route: Route, took: Duration) {
+        self.upstream
+            .seconds
+            .get_or_create(&RouteLabel { route })
+            .observe(took.as_secs_f64());
+    }
+
+    /// One failed call to the FHIR server of `route`.
+    pub fn upstream_error(&self, route: Route, kind: UpstreamError) {
+        self.upstream
+            .errors
+            .get_or_create(&UpstreamErrorLabels { route, kind })
+            .inc();
     }
 
     /// One JWKS or discovery fetch for `issuer`.
     pub fn jwks_fetch(&self, issuer: &str, outcome: Outcome) {
-        self.jwks_fetches
+        self.tokens
+            .jwks_fetches
             .get_or_create(&IssuerOutcome {
                 issuer: issuer.to_owned(),
                 outcome,
+            })
+            .inc();
+    }
+
+    /// One lookup of a token's signing key among `issuer`'s keys.
+    pub fn key_lookup(&self, issuer: &str, result: KeyLookup) {
+        self.tokens
+            .key_lookups
+            .get_or_create(&KeyLookupLabels {
+                issuer: issuer.to_owned(),
+                result,
             })
             .inc();
     }
 
     /// One introspection call to `issuer`.
     pub fn introspection(&self, issuer: &str, outcome: Outcome, took: Duration) {
-        self.introspections
+        self.tokens
+            .introspections
             .get_or_create(&IssuerOutcome {
                 issuer: issuer.to_owned(),
                 outcome,
             })
             .inc();
-        self.introspection_seconds
+        self.tokens
+            .introspection_seconds
             .get_or_create(&IssuerLabel {
                 issuer: issuer.to_owned(),
             })
             .observe(took.as_secs_f64());
     }
 
+    /// One cache lookup.
+    pub fn cache_lookup(&self, cache: Cache, result: Lookup) {
+        self.tokens
+            .cache_lookups
+            .get_or_create(&CacheLabels { cache, result })
+            .inc();
+    }
+
     /// One request refused by a rate limit.
     pub fn throttled(&self) {
-        self.throttled.inc();
+        self.requests.throttled.inc();
     }
 
     /// Whether the shared rate-limit store answers.
     pub fn rate_limit_store(&self, up: bool) {
         self.rate_limit_store_up.set(i64::from(up));
-    }
-
-    /// One cache lookup.
-    pub fn cache_lookup(&self, cache: Cache, result: Lookup) {
-        self.cache_lookups
-            .get_or_create(&CacheLabels { cache, result })
-            .inc();
     }
 
     /// Records appended to the audit spool.
@@ -350,32 +748,83 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn answered(decision: AuditDecision, reason: Reason, status: u16) -> Answered {
+        Answered {
+            route: Route::DEFAULT,
+            decision,
+            reason,
+            interaction: Some(Interaction::SearchType),
+            status: StatusCode::from_u16(status).unwrap(),
+            took: Duration::from_millis(2),
+        }
+    }
+
     #[test]
-    fn counts_are_exported_with_typed_labels() {
+    fn counts_are_exported_with_lowercase_typed_labels() {
         let metrics = Metrics::default();
-        metrics.request(Decision::Deny, "invalid_token", Duration::from_millis(2));
+        metrics.request(&answered(AuditDecision::Filter, Reason::ALLOWED, 200));
+        let refusal = Refusal::Token(crate::token::TokenError::Missing);
+        metrics.request(&Answered {
+            interaction: None,
+            ..answered(AuditDecision::Deny, Reason::of(&refusal), 401)
+        });
+        metrics.upstream_error(Route::DEFAULT, UpstreamError::InvalidResponse);
         metrics.jwks_fetch("https://idp.example", Outcome::Error);
+        metrics.key_lookup("https://idp.example", KeyLookup::CoolingDown);
         metrics.cache_lookup(Cache::VerifiedTokens, Lookup::Hit);
         let text = metrics.encode();
-        assert!(
-            text.contains(r#"fhirgate_requests_total{decision="Deny",reason="invalid_token"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                r#"fhirgate_jwks_fetches_total{issuer="https://idp.example",outcome="Error"} 1"#
+        for line in [
+            r#"fhirgate_requests_total{route="default",decision="filter",reason="allowed",interaction="search-type",status_class="2xx"} 1"#,
+            r#"fhirgate_requests_total{route="default",decision="deny",reason="no_token",interaction="none",status_class="4xx"} 1"#,
+            r#"fhirgate_request_duration_seconds_count{route="default",interaction="search-type"} 1"#,
+            r#"fhirgate_request_duration_seconds_count{route="default",interaction="none"} 1"#,
+            r#"fhirgate_upstream_errors_total{route="default",kind="invalid_response"} 1"#,
+            r#"fhirgate_jwks_fetches_total{issuer="https://idp.example",outcome="error"} 1"#,
+            r#"fhirgate_signing_key_lookups_total{issuer="https://idp.example",result="cooling_down"} 1"#,
+            r#"fhirgate_token_cache_lookups_total{cache="verified_tokens",result="hit"} 1"#,
+            concat!(
+                r#"fhirgate_build_info{version=""#,
+                env!("CARGO_PKG_VERSION"),
+                r#""} 1"#
             ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                r#"fhirgate_token_cache_lookups_total{cache="VerifiedTokens",result="Hit"} 1"#
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("fhirgate_request_duration_seconds_count 1"),
-            "{text}"
-        );
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn closed_sets_start_at_zero_and_empty_families_are_not_written() {
+        let metrics = Metrics::default();
+        metrics.declare_jwks_issuer("https://idp.example");
+        let text = metrics.encode();
+        for line in [
+            r#"fhirgate_upstream_errors_total{route="default",kind="connect"} 0"#,
+            r#"fhirgate_upstream_errors_total{route="default",kind="response_too_large"} 0"#,
+            r#"fhirgate_token_cache_lookups_total{cache="introspection",result="miss"} 0"#,
+            r#"fhirgate_jwks_fetches_total{issuer="https://idp.example",outcome="ok"} 0"#,
+            r#"fhirgate_signing_key_lookups_total{issuer="https://idp.example",result="unavailable"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+        // prometheus-client writes no `# TYPE` line for a family without series.
+        assert!(!text.contains("fhirgate_requests"), "{text}");
+        assert!(!text.contains("fhirgate_introspections"), "{text}");
+    }
+
+    #[test]
+    fn status_classes() {
+        for (status, class) in [
+            (101, "1xx"),
+            (204, "2xx"),
+            (304, "3xx"),
+            (429, "4xx"),
+            (504, "5xx"),
+            (600, "other"),
+        ] {
+            assert_eq!(
+                StatusClass::of(StatusCode::from_u16(status).unwrap()).as_str(),
+                class
+            );
+        }
     }
 }

@@ -523,13 +523,14 @@ async fn metrics_count_decisions_key_fetches_and_cache_use() {
     let text = response.text().await.unwrap();
     let issuer = &w.idp.issuer;
     for line in [
-        r#"fhirgate_requests_total{decision="Allow",reason="allowed"} 2"#.to_owned(),
-        r#"fhirgate_requests_total{decision="Deny",reason="other_patient"} 1"#.to_owned(),
-        r#"fhirgate_requests_total{decision="Deny",reason="no_token"} 1"#.to_owned(),
-        format!(r#"fhirgate_jwks_fetches_total{{issuer="{issuer}",outcome="Ok"}} 2"#),
-        r#"fhirgate_token_cache_lookups_total{cache="VerifiedTokens",result="Miss"} 1"#.to_owned(),
-        r#"fhirgate_token_cache_lookups_total{cache="VerifiedTokens",result="Hit"} 2"#.to_owned(),
-        "fhirgate_request_duration_seconds_count 4".to_owned(),
+        r#"fhirgate_requests_total{route="default",decision="allow",reason="allowed",interaction="read",status_class="2xx"} 2"#.to_owned(),
+        r#"fhirgate_requests_total{route="default",decision="deny",reason="other_patient",interaction="read",status_class="4xx"} 1"#.to_owned(),
+        r#"fhirgate_requests_total{route="default",decision="deny",reason="no_token",interaction="none",status_class="4xx"} 1"#.to_owned(),
+        format!(r#"fhirgate_jwks_fetches_total{{issuer="{issuer}",outcome="ok"}} 2"#),
+        r#"fhirgate_token_cache_lookups_total{cache="verified_tokens",result="miss"} 1"#.to_owned(),
+        r#"fhirgate_token_cache_lookups_total{cache="verified_tokens",result="hit"} 2"#.to_owned(),
+        r#"fhirgate_request_duration_seconds_count{route="default",interaction="read"} 3"#.to_owned(),
+        r#"fhirgate_request_duration_seconds_count{route="default",interaction="none"} 1"#.to_owned(),
     ] {
         assert!(text.contains(&line), "missing {line} in:\n{text}");
     }

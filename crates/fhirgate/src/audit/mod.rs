@@ -84,6 +84,7 @@ impl AuditTrail {
                     (network.batch, network.backoff_max)
                 });
             let opened = Sink::open(name, sink, client, source)?;
+            metrics.declare_audit_sink(name);
             sinks.push((name.clone(), opened, batch, backoff_max));
         }
         let names: Vec<String> = config.sinks.keys().cloned().collect();

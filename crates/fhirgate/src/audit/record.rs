@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::proxy::{ACCESS_TOKEN, param_name};
 
 /// What the gateway decided about a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditDecision {
     /// Forwarded, and the response passed on as the upstream sent it or checked whole.

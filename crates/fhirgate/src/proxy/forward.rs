@@ -1,5 +1,6 @@
 //! The forward step: the request as the FHIR server sees it, and the pooled client that sends it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use super::Peer;
 use super::headers::{self, REQUEST_ID};
 use crate::config;
+use crate::metrics::{Metrics, Route, UpstreamError};
 use crate::refusal::Refusal;
 use crate::token::Identity;
 
@@ -60,6 +62,9 @@ pub struct Upstream {
     authority: String,
     response_timeout: Duration,
     connect_timeout: Duration,
+    /// The name of this upstream in metrics.
+    route: Route,
+    metrics: Arc<Metrics>,
 }
 
 /// The upstream URL of a request: the upstream base, the base-relative path and the query.
@@ -86,7 +91,8 @@ pub struct Outbound<'a> {
 }
 
 impl Upstream {
-    pub fn new(config: &config::Upstream) -> Self {
+    /// The client for the configured upstream, counting into `metrics`.
+    pub fn new(config: &config::Upstream, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -104,7 +110,20 @@ impl Upstream {
             authority,
             response_timeout: config.response_timeout,
             connect_timeout: config.connect_timeout,
+            route: Route::DEFAULT,
+            metrics,
         }
+    }
+
+    /// The route this upstream serves, as metrics name it.
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    /// Counts a failed call and turns it into the refusal the client gets.
+    fn failed(&self, kind: UpstreamError, refusal: Refusal) -> Refusal {
+        self.metrics.upstream_error(self.route, kind);
+        refusal
     }
 
     /// Sends a request and waits for the status line and headers.
@@ -120,11 +139,20 @@ impl Upstream {
         request
             .headers_mut()
             .insert(header::HOST, headers::value(&self.authority));
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-            Err(_) => Err(Refusal::UpstreamTimeout),
+        let sent = std::time::Instant::now();
+        let answer =
+            tokio::time::timeout(self.response_timeout, self.client.request(request)).await;
+        self.metrics.upstream_call(self.route, sent.elapsed());
+        match answer {
+            Err(_) => Err(self.failed(UpstreamError::Timeout, Refusal::UpstreamTimeout)),
             Ok(Err(error)) => {
                 tracing::warn!(upstream = %self.base, %error, connect = error.is_connect(), "upstream request failed");
-                Err(Refusal::UpstreamUnavailable)
+                let kind = if error.is_connect() {
+                    UpstreamError::Connect
+                } else {
+                    UpstreamError::InvalidResponse
+                };
+                Err(self.failed(kind, Refusal::UpstreamUnavailable))
             }
             Ok(Ok(response)) => Ok(response),
         }
@@ -134,8 +162,15 @@ impl Upstream {
     pub async fn read_body(&self, body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
         let collect = Limited::new(body, limit).collect();
         match tokio::time::timeout(self.response_timeout, collect).await {
-            Err(_) => Err(Refusal::UpstreamTimeout),
-            Ok(Err(error)) => Err(Refusal::UpstreamUnverifiable(error.to_string())),
+            Err(_) => Err(self.failed(UpstreamError::Timeout, Refusal::UpstreamTimeout)),
+            Ok(Err(error)) => {
+                let kind = if error.is::<http_body_util::LengthLimitError>() {
+                    UpstreamError::ResponseTooLarge
+                } else {
+                    UpstreamError::InvalidResponse
+                };
+                Err(self.failed(kind, Refusal::UpstreamUnverifiable(error.to_string())))
+            }
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
         }
     }

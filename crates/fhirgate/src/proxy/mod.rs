@@ -66,7 +66,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         limiter: Limiter,
     ) -> Arc<Self> {
-        let upstream = Upstream::new(&config.upstream);
+        let upstream = Upstream::new(&config.upstream, metrics.clone());
         let policy = config.policy_options();
         let instance = config.instance();
         Arc::new(Self {

@@ -22,7 +22,7 @@ use super::verify::check_body;
 use super::{Gateway, Peer};
 use crate::audit::{self, AuditDecision, AuditRecord};
 use crate::body::{self, Body};
-use crate::metrics;
+use crate::metrics::{Answered, Reason};
 use crate::ratelimit::{Charge, Standing, Verdict, client_address, cost_of};
 use crate::refusal::{OutcomeFormat, Refusal};
 use crate::token::{Identity, Presentation};
@@ -69,8 +69,10 @@ pub async fn handle(
 
     let result = run(&gateway, request, &peer, &request_id, &mut facts).await;
     let (mut response, decision, reason) = match result {
-        Ok(response) if facts.withheld.is_some() => (response, AuditDecision::Filter, "allowed"),
-        Ok(response) => (response, AuditDecision::Allow, "allowed"),
+        Ok(response) if facts.withheld.is_some() => {
+            (response, AuditDecision::Filter, Reason::ALLOWED)
+        }
+        Ok(response) => (response, AuditDecision::Allow, Reason::ALLOWED),
         Err(refusal) => {
             let decision = if matches!(
                 refusal,
@@ -80,11 +82,11 @@ pub async fn handle(
             } else {
                 AuditDecision::Deny
             };
-            let reason = refusal.reason();
+            let reason = Reason::of(&refusal);
             if facts.rule.is_none() {
                 facts.rule = refusal.rule().map(str::to_owned);
             }
-            tracing::debug!(request.id = %request_id, reason, %refusal, "request refused");
+            tracing::debug!(request.id = %request_id, reason = reason.as_str(), %refusal, "request refused");
             (refusal.into_response(format), decision, reason)
         }
     };
@@ -130,7 +132,7 @@ pub async fn handle(
         resource_id: facts.resource_id,
         target_patient: facts.target_patient,
         decision,
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
         rule: facts.rule,
         status: response.status().as_u16(),
         upstream_status: facts.upstream_status,
@@ -139,20 +141,29 @@ pub async fn handle(
         upstream_latency_ms: facts.upstream_took.map(|t| t.as_secs_f64() * 1000.0),
         purpose_of_use: None,
     };
-    let counted = match decision {
-        AuditDecision::Allow | AuditDecision::Filter => metrics::Decision::Allow,
-        AuditDecision::Deny => metrics::Decision::Deny,
+    let mut answered = Answered {
+        route: gateway.upstream.route(),
+        decision,
+        reason,
+        interaction: facts.interaction,
+        status: response.status(),
+        took,
     };
-    gateway.metrics.request(counted, reason, took);
     if let Err(error) = gateway.audit.record(&record).await {
         // Without its record the answer cannot go out; the client is told to come back.
         tracing::error!(request.id = %record.request_id, %error, status = record.status, "request answered 503: its audit record cannot be written");
-        let mut refused = Refusal::AuditUnavailable.into_response(format);
+        let refusal = Refusal::AuditUnavailable;
+        answered.decision = AuditDecision::Deny;
+        answered.reason = Reason::of(&refusal);
+        let mut refused = refusal.into_response(format);
+        answered.status = refused.status();
         refused
             .headers_mut()
             .insert(REQUEST_ID.clone(), headers::value(&record.request_id));
+        gateway.metrics.request(&answered);
         return refused;
     }
+    gateway.metrics.request(&answered);
     response
 }
 

@@ -201,6 +201,7 @@ impl Introspector {
             }
         };
         let endpoint = OnceCell::new_with(config.endpoint.as_ref().map(HttpUrl::as_str));
+        metrics.declare_introspecting_issuer(issuer);
         Ok(Self {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::TokenError;
 use crate::config::{self, Issuer};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{KeyLookup, Metrics, Outcome};
 
 /// Largest JWKS or discovery document accepted.
 const MAX_DOCUMENT: usize = 512 * 1024;
@@ -89,6 +89,7 @@ impl std::fmt::Debug for IssuerKeys {
 impl IssuerKeys {
     pub fn new(config: Issuer, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
         let jwks_uri = config.jwks_uri.as_ref().map(|u| u.as_str());
+        metrics.declare_jwks_issuer(&config.issuer);
         Self {
             http,
             keys: ArcSwap::from_pointee(KeySet::default()),
@@ -169,16 +170,27 @@ impl IssuerKeys {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<Arc<VerifyKey>, TokenError> {
+        let (found, result) = self.look_up(kid, alg).await;
+        self.metrics.key_lookup(&self.config.issuer, result);
+        found
+    }
+
+    /// [`IssuerKeys::key_for`], with what the lookup came to.
+    async fn look_up(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> (Result<Arc<VerifyKey>, TokenError>, KeyLookup) {
         let seen = self.keys.load_full();
         if let Some(key) = find(&seen, kid, alg) {
-            return Ok(key);
+            return (Ok(key), KeyLookup::Known);
         }
         let mut state = self.fetch.lock().await;
         let current = self.keys.load_full();
         if current.generation != seen.generation {
             // Another request fetched while this one waited.
             if let Some(key) = find(&current, kid, alg) {
-                return Ok(key);
+                return (Ok(key), KeyLookup::Fetched);
             }
         }
         let cooling = state
@@ -193,11 +205,23 @@ impl IssuerKeys {
         drop(state);
         let current = self.keys.load_full();
         if current.keys.is_empty() {
-            return Err(TokenError::KeysUnavailable {
+            let unavailable = TokenError::KeysUnavailable {
                 issuer: self.config.issuer.clone(),
-            });
+            };
+            return (Err(unavailable), KeyLookup::Unavailable);
         }
-        find(&current, kid, alg).ok_or_else(|| TokenError::Invalid("signing key not known".into()))
+        match find(&current, kid, alg) {
+            Some(key) => (Ok(key), KeyLookup::Fetched),
+            None => {
+                let unknown = TokenError::Invalid("signing key not known".into());
+                let result = if cooling {
+                    KeyLookup::CoolingDown
+                } else {
+                    KeyLookup::Unknown
+                };
+                (Err(unknown), result)
+            }
+        }
     }
 
     async fn fetch_locked(&self, state: &mut FetchState) -> Result<(), FetchError> {
