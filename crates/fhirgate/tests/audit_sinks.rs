@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,14 +20,6 @@ mod support;
 
 const PATIENT_A: &str = r#"{"resourceType":"Patient","id":"pat-A","name":[{"family":"Alpha"}]}"#;
 const PATIENT_B: &str = r#"{"resourceType":"Patient","id":"pat-B","name":[{"family":"Beta"}]}"#;
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An HTTP audit collector that refuses batches with 503 until it is switched on, and keeps
 /// the record ids of every batch it accepted.
@@ -66,69 +58,10 @@ impl Collector {
     }
 }
 
-struct Gateway {
-    child: Child,
-    base: String,
-    admin: String,
-    dir: TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Gateway = GatewayProcess;
 
 async fn start_gateway(idp: &FakeIdp, fhir: &FakeFhir, audit: &str) -> Gateway {
-    let dir = TempDir::new();
-    let (port, admin_port) = (free_port(), free_port());
-    let yaml = format!(
-        r#"listen: "127.0.0.1:{port}"
-admin_listen: "127.0.0.1:{admin_port}"
-upstream:
-  url: "http://{upstream}/fhir"
-  public_base_path: "/fhir"
-issuers:
-  - issuer: "{issuer}"
-    audience: "https://gw.test/fhir"
-    algorithms: ["RS256"]
-{audit}
-"#,
-        upstream = fhir.addr,
-        issuer = idp.issuer,
-        audit = audit.replace("{dir}", &dir.0.display().to_string()),
-    );
-    let config = dir.0.join("fhirgate.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("FHIRGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    let ready = Instant::now();
-    while client()
-        .get(format!("{admin}/healthz"))
-        .send()
-        .await
-        .map_or(true, |r| r.status() != 200)
-    {
-        assert!(
-            ready.elapsed() < Duration::from_secs(30),
-            "gateway did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Gateway {
-        child,
-        base: format!("http://127.0.0.1:{port}/fhir"),
-        admin,
-        dir,
-    }
+    GatewayProcess::start(idp, fhir.addr, audit, Stdio::piped(), "/healthz").await
 }
 
 /// One GET with its own request id; the status and the body.

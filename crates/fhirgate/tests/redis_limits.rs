@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,14 +14,6 @@ const PATIENT_A: &str = r#"{"resourceType":"Patient","id":"pat-A"}"#;
 
 /// A rule of 10 requests a second with a burst of 100.
 const RULE: &str = "    - { name: per-client, key: [client_id], rate: 10, per: 1s, burst: 100 }";
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A redis-server child process, killed when dropped.
 struct Redis {
@@ -89,79 +80,25 @@ impl Drop for Redis {
     }
 }
 
-/// A `fhirgate serve` child process, killed when dropped.
-struct Process {
-    base: String,
-    admin: String,
-    child: Child,
-    _dir: TempDir,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn gateway_process(idp: &FakeIdp, fhir: &FakeFhir, redis_port: u16, mode: &str) -> Process {
-    let dir = TempDir::new();
-    let (port, admin_port) = (free_port(), free_port());
-    let yaml = format!(
-        r#"listen: "127.0.0.1:{port}"
-admin_listen: "127.0.0.1:{admin_port}"
-upstream:
-  url: "http://{upstream}/fhir"
-  public_base_path: "/fhir"
-issuers:
-  - issuer: "{issuer}"
-    audience: "https://gw.test/fhir"
-    algorithms: ["RS256"]
-audit:
-  spool: {{ path: "{audit}.spool" }}
-  sinks: {{ trail: {{ jsonl: {{ path: "{audit}" }} }} }}
+async fn gateway_process(
+    idp: &FakeIdp,
+    fhir: &FakeFhir,
+    redis_port: u16,
+    mode: &str,
+) -> GatewayProcess {
+    let rest = format!(
+        r#"audit:
+  spool: {{ path: "{{dir}}/audit.spool" }}
+  sinks: {{ trail: {{ jsonl: {{ path: "{{dir}}/audit.jsonl" }} }} }}
 rate_limits:
   redis:
     url: "redis://127.0.0.1:{redis_port}"
     failure_mode: {mode}
     timeout: "200ms"
   rules:
-{RULE}
-"#,
-        upstream = fhir.addr,
-        issuer = idp.issuer,
-        audit = dir.0.join("audit.jsonl").display(),
+{RULE}"#
     );
-    let config = dir.0.join("fhirgate.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    let ready = Instant::now();
-    while client()
-        .get(format!("{admin}/readyz"))
-        .send()
-        .await
-        .map_or(true, |r| r.status() != 200)
-    {
-        assert!(
-            ready.elapsed() < Duration::from_secs(30),
-            "gateway did not get ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Process {
-        base: format!("http://127.0.0.1:{port}/fhir"),
-        admin,
-        child,
-        _dir: dir,
-    }
+    GatewayProcess::start(idp, fhir.addr, &rest, Stdio::null(), "/readyz").await
 }
 
 /// Fires one request per URL at once; the statuses in order.

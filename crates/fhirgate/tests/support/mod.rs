@@ -586,3 +586,88 @@ pub fn check_answer(expected: &Value, response: &RawResponse) -> Vec<String> {
 
     problems
 }
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `fhirgate serve` child process with a configuration of its own, killed when dropped.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub admin: String,
+    pub dir: TempDir,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GatewayProcess {
+    /// Starts `fhirgate serve` with `listen`, `admin_listen`, an upstream at `upstream` and one
+    /// issuer `idp` (audience `https://gw.test/fhir`, RS256), then `rest` with `{dir}` replaced
+    /// by the process's own folder; waits until `ready` (`/healthz` or `/readyz`) answers 200.
+    pub async fn start(
+        idp: &FakeIdp,
+        upstream: SocketAddr,
+        rest: &str,
+        stdout: std::process::Stdio,
+        ready: &str,
+    ) -> Self {
+        let dir = TempDir::new();
+        let (port, admin_port) = (free_port(), free_port());
+        let yaml = format!(
+            r#"listen: "127.0.0.1:{port}"
+admin_listen: "127.0.0.1:{admin_port}"
+upstream:
+  url: "http://{upstream}/fhir"
+  public_base_path: "/fhir"
+issuers:
+  - issuer: "{issuer}"
+    audience: "https://gw.test/fhir"
+    algorithms: ["RS256"]
+{rest}
+"#,
+            issuer = idp.issuer,
+            rest = rest.replace("{dir}", &dir.0.display().to_string()),
+        );
+        let config = dir.0.join("fhirgate.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("FHIRGATE_LOG", "warn")
+            .stdout(stdout)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        let started = std::time::Instant::now();
+        while client()
+            .get(format!("{admin}{ready}"))
+            .send()
+            .await
+            .map_or(true, |r| r.status() != 200)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "gateway did not get ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}/fhir"),
+            admin,
+            dir,
+        }
+    }
+}
