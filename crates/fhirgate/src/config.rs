@@ -56,6 +56,50 @@ pub struct Config {
     /// Rate limits on authenticated requests.
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// Trace export, beyond the logs and the metrics the gateway always has.
+    #[serde(default)]
+    pub telemetry: Telemetry,
+}
+
+/// Trace export over OTLP/HTTP, in a binary built with the `otlp` feature.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver
+    /// (`http://127.0.0.1:4318`); spans are POSTed to `/v1/traces` under it. No spans are
+    /// exported when absent.
+    #[serde(default)]
+    pub otlp_endpoint: Option<HttpUrl>,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+        }
+    }
+}
+
+impl Telemetry {
+    /// Whether this binary can export what the section asks for.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.service_name.trim().is_empty() {
+            return Err(("telemetry.service_name".into(), "must not be empty".into()));
+        }
+        if self.otlp_endpoint.is_some() && !cfg!(feature = "otlp") {
+            return Err((
+                "telemetry.otlp_endpoint".into(),
+                "this fhirgate binary was built without the `otlp` feature, so it cannot export \
+                 traces; build it with `cargo build --release -p fhirgate --features otlp` or remove the key"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Rate limits: rules, what requests cost, and which peers may say who the client is.
@@ -520,6 +564,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         self.audit.validate()?;
+        self.telemetry.validate()?;
         if self.issuers.is_empty() {
             return Err(("issuers".into(), "at least one issuer is required".into()));
         }
@@ -792,6 +837,9 @@ pub(crate) fn option_duration<'de, D: Deserializer<'de>>(
 fn default_true() -> bool {
     true
 }
+fn default_service_name() -> String {
+    "fhirgate".to_owned()
+}
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
@@ -922,6 +970,34 @@ mod tests {
         let text = EMBEDDED_DEFAULT.replace("\"127.0.0.1:8081\"", "\"127.0.0.1:8080\"");
         let err = Config::parse(&text, "f.yaml").unwrap_err().to_string();
         assert!(err.contains("admin_listen"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_is_read_strictly_and_needs_the_otlp_feature_to_export() {
+        let with = |section: &str| format!("{EMBEDDED_DEFAULT}telemetry:\n{section}");
+        let config = Config::parse(&with("  service_name: \"gw-east\"\n"), "f").unwrap();
+        assert_eq!(config.telemetry.service_name, "gw-east");
+        assert!(config.telemetry.otlp_endpoint.is_none());
+        assert_eq!(
+            Config::embedded_default().telemetry.service_name,
+            "fhirgate"
+        );
+        for bad in [
+            "  otlp_endpont: \"http://127.0.0.1:4318\"\n",
+            "  otlp_endpoint: \"grpc://127.0.0.1:4317\"\n",
+            "  service_name: \" \"\n",
+        ] {
+            assert!(Config::parse(&with(bad), "f").is_err(), "{bad}");
+        }
+        let exporting = Config::parse(&with("  otlp_endpoint: \"http://127.0.0.1:4318/\"\n"), "f");
+        if cfg!(feature = "otlp") {
+            let endpoint = exporting.unwrap().telemetry.otlp_endpoint.unwrap();
+            assert_eq!(endpoint.as_str(), "http://127.0.0.1:4318");
+        } else {
+            let error = exporting.unwrap_err().to_string();
+            assert!(error.contains("telemetry.otlp_endpoint"), "{error}");
+            assert!(error.contains("without the `otlp` feature"), "{error}");
+        }
     }
 
     #[test]

@@ -16,4 +16,5 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod refusal;
 pub mod run;
+pub mod telemetry;
 pub mod token;

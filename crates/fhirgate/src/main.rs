@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fhirgate::config::Config;
+use fhirgate::telemetry::Telemetry;
 
 /// A SMART-on-FHIR enforcement gateway.
 #[derive(Parser)]
@@ -140,12 +141,21 @@ fn main() -> ExitCode {
                 },
                 None => Config::embedded_default(),
             };
-            init_logging();
+            let telemetry = match Telemetry::init(&config.telemetry) {
+                Ok(telemetry) => telemetry,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime starts");
-            match runtime.block_on(fhirgate::run::serve(config)) {
+            let served = runtime.block_on(fhirgate::run::serve(config));
+            drop(runtime);
+            telemetry.shutdown();
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(%error, "fhirgate stopped");
@@ -354,15 +364,4 @@ fn query_input(
     };
     filter.check_range().map_err(|e| e.to_string())?;
     Ok((trails, filter))
-}
-
-/// JSON logs on stderr; the level from `FHIRGATE_LOG` (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FHIRGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -45,6 +45,23 @@ fn check_names_a_misspelt_key_and_its_line_and_exits_2() {
 }
 
 #[test]
+fn check_refuses_trace_export_without_the_otlp_feature() {
+    let text = format!("{DEFAULT}telemetry:\n  otlp_endpoint: \"http://127.0.0.1:4318\"\n");
+    let output = check(&text);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if cfg!(feature = "otlp") {
+        assert!(output.status.success(), "{stderr}");
+    } else {
+        assert_eq!(output.status.code(), Some(2));
+        assert!(stderr.contains("telemetry.otlp_endpoint"), "{stderr}");
+        assert!(
+            stderr.contains("built without the `otlp` feature"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn check_reports_a_missing_file() {
     let output = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
         .args(["check", "--config", "/nonexistent/fhirgate.yaml"])

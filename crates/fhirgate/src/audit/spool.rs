@@ -333,6 +333,7 @@ impl Writer {
             }
             if shipped {
                 self.collect_garbage();
+                self.update_accepting();
             }
             if !batch.is_empty() {
                 self.append(&mut batch);

@@ -11,12 +11,14 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tracing::Instrument as _;
 
 use super::Peer;
 use super::headers::{self, REQUEST_ID};
 use crate::config;
 use crate::metrics::{Metrics, Route, UpstreamError};
 use crate::refusal::Refusal;
+use crate::telemetry;
 use crate::token::Identity;
 
 /// Headers a client may not set for the upstream: credentials, and what the gateway itself
@@ -139,23 +141,33 @@ impl Upstream {
         request
             .headers_mut()
             .insert(header::HOST, headers::value(&self.authority));
+        let span = telemetry::upstream_span(self.route, outbound.method.as_str());
         let sent = std::time::Instant::now();
-        let answer =
-            tokio::time::timeout(self.response_timeout, self.client.request(request)).await;
+        let answer = tokio::time::timeout(self.response_timeout, self.client.request(request))
+            .instrument(span.clone())
+            .await;
         self.metrics.upstream_call(self.route, sent.elapsed());
-        match answer {
-            Err(_) => Err(self.failed(UpstreamError::Timeout, Refusal::UpstreamTimeout)),
+        let kind = match answer {
+            Ok(Ok(response)) => {
+                telemetry::record_upstream(&span, Ok(response.status()));
+                return Ok(response);
+            }
+            Err(_) => UpstreamError::Timeout,
             Ok(Err(error)) => {
                 tracing::warn!(upstream = %self.base, %error, connect = error.is_connect(), "upstream request failed");
-                let kind = if error.is_connect() {
+                if error.is_connect() {
                     UpstreamError::Connect
                 } else {
                     UpstreamError::InvalidResponse
-                };
-                Err(self.failed(kind, Refusal::UpstreamUnavailable))
+                }
             }
-            Ok(Ok(response)) => Ok(response),
-        }
+        };
+        telemetry::record_upstream(&span, Err(kind));
+        let refusal = match kind {
+            UpstreamError::Timeout => Refusal::UpstreamTimeout,
+            _ => Refusal::UpstreamUnavailable,
+        };
+        Err(self.failed(kind, refusal))
     }
 
     /// Reads a whole response body, within the size limit and the response timeout.

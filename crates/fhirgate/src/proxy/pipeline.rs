@@ -13,6 +13,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::accept::{ACCESS_TOKEN, accept, has_param, token_in_url};
 use super::bundle::BundlePlan;
@@ -25,6 +26,7 @@ use crate::body::{self, Body};
 use crate::metrics::{Answered, Reason};
 use crate::ratelimit::{Charge, Standing, Verdict, client_address, cost_of};
 use crate::refusal::{OutcomeFormat, Refusal};
+use crate::telemetry;
 use crate::token::{Identity, Presentation};
 
 /// What the steps learn about a request, for its audit record.
@@ -66,8 +68,11 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok()),
     );
     let mut facts = Facts::default();
+    let span = telemetry::request_span(&request_id, &method);
 
-    let result = run(&gateway, request, &peer, &request_id, &mut facts).await;
+    let result = run(&gateway, request, &peer, &request_id, &mut facts)
+        .instrument(span.clone())
+        .await;
     let (mut response, decision, reason) = match result {
         Ok(response) if facts.withheld.is_some() => {
             (response, AuditDecision::Filter, Reason::ALLOWED)
@@ -160,11 +165,17 @@ pub async fn handle(
         refused
             .headers_mut()
             .insert(REQUEST_ID.clone(), headers::value(&record.request_id));
-        gateway.metrics.request(&answered);
+        count(&gateway, &span, &answered);
         return refused;
     }
-    gateway.metrics.request(&answered);
+    count(&gateway, &span, &answered);
     response
+}
+
+/// Counts an answered request in the metrics and records it on its span.
+fn count(gateway: &Gateway, span: &tracing::Span, answered: &Answered) {
+    gateway.metrics.request(answered);
+    telemetry::record_answer(span, answered);
 }
 
 async fn run(
@@ -207,7 +218,12 @@ async fn run(
         url: &url,
         client_certificate: peer.certificate.as_deref(),
     };
-    let identity = match gateway.tokens.authenticate(&presentation).await {
+    let authenticated = gateway
+        .tokens
+        .authenticate(&presentation)
+        .instrument(telemetry::authenticate_span())
+        .await;
+    let identity = match authenticated {
         Ok(identity) => identity,
         Err(error) => {
             // Bad or missing tokens count against the client's address too.
