@@ -16,7 +16,11 @@ use fhirgate_policy::scope::Perms;
 use serde::{Deserialize, Deserializer};
 
 mod audit;
+mod edge;
 pub use audit::{Audit, Fsync, JsonlSink, NetworkSink, Sink, Spool, StdoutSink, WhenFull};
+pub use edge::{
+    AllowedOrigin, Cors, Metadata, Smart, default_allow_headers, default_expose_headers,
+};
 
 /// The configuration compiled into the binary, used when `--config` is not given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.yaml");
@@ -59,6 +63,17 @@ pub struct Config {
     /// Trace export, beyond the logs and the metrics the gateway always has.
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// The `.well-known/smart-configuration` document: its authorization server, lifetime
+    /// and overrides (docs/DISCOVERY.md). Made from the first issuer when absent.
+    #[serde(default)]
+    pub smart: Option<Smart>,
+    /// The CapabilityStatement cache.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// Cross-origin requests from browser apps; none are allowed on the FHIR API when
+    /// absent (`metadata` and SMART discovery allow any origin regardless).
+    #[serde(default)]
+    pub cors: Option<Cors>,
 }
 
 /// Trace export over OTLP/HTTP, in a binary built with the `otlp` feature.
@@ -708,7 +723,7 @@ impl Config {
                 "must be at least 64".into(),
             ));
         }
-        Ok(())
+        self.validate_edge()
     }
 }
 
