@@ -10,6 +10,7 @@ pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod config;
+pub mod discovery;
 pub mod explain;
 pub mod metrics;
 pub mod proxy;
