@@ -143,14 +143,17 @@ impl EncodeLabelValue for AuditDecision {
     }
 }
 
-/// An audit reason code: `allowed`, or the [`Refusal::reason`] of a refused request. Only
-/// these two constructors exist, so the set of values is the gateway's fixed set of codes.
+/// An audit reason code: `allowed`, `cors_preflight`, or the [`Refusal::reason`] of a
+/// refused request. Only these constructors exist, so the set of values is the gateway's
+/// fixed set of codes.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct Reason(&'static str);
 
 impl Reason {
     /// A request forwarded and answered.
     pub const ALLOWED: Self = Self("allowed");
+    /// A CORS preflight from an allowed origin, answered by the gateway.
+    pub const CORS_PREFLIGHT: Self = Self("cors_preflight");
 
     /// The reason code of `refusal`.
     pub fn of(refusal: &Refusal) -> Self {

@@ -54,6 +54,10 @@ pub enum Refusal {
         rule: String,
         retry_after: std::time::Duration,
     },
+    #[error("cross-origin requests from this origin are not allowed")]
+    CorsOriginNotAllowed,
+    #[error("the authorization server's discovery document cannot be fetched; try again later")]
+    DiscoveryUnavailable,
 }
 
 /// The format a client asked for, by `_format` first and `Accept` second.
@@ -80,11 +84,13 @@ impl Refusal {
             Self::Policy(denial) => {
                 StatusCode::from_u16(denial.reason.status()).unwrap_or(StatusCode::FORBIDDEN)
             }
-            Self::ResponseWithheld => StatusCode::FORBIDDEN,
+            Self::ResponseWithheld | Self::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
             Self::ResponseHidden => StatusCode::NOT_FOUND,
             Self::TooManyMatches => StatusCode::PRECONDITION_FAILED,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::RateLimitUnavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimitUnavailable | Self::AuditUnavailable | Self::DiscoveryUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -104,11 +110,13 @@ impl Refusal {
             ) => IssueCode::Transient,
             Self::Classify(_) | Self::BadRequest(_) => IssueCode::Invalid,
             Self::Policy(denial) => denial.reason.issue_code(),
-            Self::ResponseWithheld => IssueCode::Forbidden,
+            Self::ResponseWithheld | Self::CorsOriginNotAllowed => IssueCode::Forbidden,
             Self::ResponseHidden => IssueCode::NotFound,
             Self::TooManyMatches => IssueCode::Processing,
             Self::Throttled { .. } => IssueCode::Throttled,
-            Self::RateLimitUnavailable | Self::AuditUnavailable => IssueCode::Transient,
+            Self::RateLimitUnavailable | Self::AuditUnavailable | Self::DiscoveryUnavailable => {
+                IssueCode::Transient
+            }
             Self::NotFound => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
@@ -176,6 +184,8 @@ impl Refusal {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamUnverifiable(_) => "upstream_unverifiable",
+            Self::CorsOriginNotAllowed => "cors_origin_not_allowed",
+            Self::DiscoveryUnavailable => "discovery_unavailable",
         }
     }
 
@@ -250,7 +260,7 @@ impl Refusal {
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
-        if matches!(self, Self::AuditUnavailable) {
+        if matches!(self, Self::AuditUnavailable | Self::DiscoveryUnavailable) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if matches!(self, Self::RateLimitUnavailable) {
@@ -396,6 +406,8 @@ mod tests {
             (Refusal::BodyTooLarge { limit: 1 }, 413, "too-long"),
             (Refusal::ResponseHidden, 404, "not-found"),
             (Refusal::TooManyMatches, 412, "processing"),
+            (Refusal::CorsOriginNotAllowed, 403, "forbidden"),
+            (Refusal::DiscoveryUnavailable, 503, "transient"),
         ];
         for (refusal, status, code) in cases {
             assert_eq!(refusal.status().as_u16(), status);

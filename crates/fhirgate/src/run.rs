@@ -77,10 +77,10 @@ pub async fn serve_on(
         public_base: config.public_base(),
     };
     let (audit, trail) = AuditTrail::start(&config.audit, &source, &http, metrics.clone())?;
-    let tokens = TokenValidator::new(&config, http, metrics.clone())?;
+    let tokens = TokenValidator::new(&config, http.clone(), metrics.clone())?;
     tokens.load_keys().await;
     let limiter = Limiter::new(&config.rate_limits)?;
-    let gateway = Gateway::new(config, tokens, audit, metrics, limiter);
+    let gateway = Gateway::new(config, tokens, audit, metrics, limiter, http);
     for issuer in gateway.tokens.issuers() {
         tokio::spawn(refresh_keys(issuer.clone()));
     }

@@ -209,8 +209,11 @@ pub fn upstream_headers(
 ) -> HeaderMap {
     let mut out = client.clone();
     headers::remove_hop_by_hop(&mut out);
-    for name in CLIENT_MAY_NOT_SET {
-        out.remove(name);
+    for name in CLIENT_MAY_NOT_SET
+        .iter()
+        .chain(&super::cors::CLIENT_CORS_HEADERS)
+    {
+        out.remove(*name);
     }
     let spoofed: Vec<HeaderName> = out
         .keys()

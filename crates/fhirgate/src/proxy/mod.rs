@@ -1,15 +1,20 @@
 //! The FHIR listener: the request pipeline and the connection loop that runs it.
 //!
 //! The pipeline steps each live in a module of their own and run in this order:
-//! accept ([`accept`]) → route → public? → authenticate ([`crate::token`]) → classify and
-//! authorize ([`fhirgate_policy`]) → forward ([`forward`]) → verify ([`verify`], [`bundle`] for Bundle entries) → record
-//! ([`crate::audit`]). [`pipeline`] strings them together.
+//! CORS preflight? ([`cors`]) → accept ([`accept`]) → route → public? ([`public`]) →
+//! authenticate ([`crate::token`]) → classify and authorize ([`fhirgate_policy`]) → forward
+//! ([`forward`]) → verify ([`verify`], [`bundle`] for Bundle entries) → record
+//! ([`crate::audit`]); every answer gets the gateway's CORS headers. [`pipeline`] strings
+//! them together.
 
 mod accept;
 mod bundle;
+mod cors;
 mod forward;
 mod headers;
+mod metadata;
 mod pipeline;
+mod public;
 mod server;
 mod tls;
 mod verify;
@@ -18,7 +23,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use self::accept::{ACCESS_TOKEN, accept, param_name};
+pub use self::cors::CorsPolicy;
 pub use self::forward::{Upstream, target_url};
+pub use self::metadata::MetadataCache;
 pub use self::pipeline::{classify_and_decide, grant_for, is_public, reads_body};
 pub use self::server::serve;
 pub use self::tls::{
@@ -29,6 +36,7 @@ use fhirgate_policy::options::PolicyOptions;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::discovery::Discovery;
 use crate::metrics::Metrics;
 use crate::ratelimit::Limiter;
 use crate::token::TokenValidator;
@@ -56,6 +64,13 @@ pub struct Gateway {
     pub limiter: Limiter,
     /// How audit records name this process.
     pub instance: String,
+    /// The authorization server's discovery, for `.well-known/smart-configuration` and the
+    /// CapabilityStatement; none when its document cannot be located.
+    pub discovery: Option<Discovery>,
+    /// The kept CapabilityStatement.
+    pub metadata: MetadataCache,
+    /// Which origins may call the API from a browser.
+    pub cors: CorsPolicy,
 }
 
 impl Gateway {
@@ -65,11 +80,18 @@ impl Gateway {
         audit: AuditLog,
         metrics: Arc<Metrics>,
         limiter: Limiter,
+        http: reqwest::Client,
     ) -> Arc<Self> {
         let upstream = Upstream::new(&config.upstream, metrics.clone());
         let policy = config.policy_options();
         let instance = config.instance();
+        let discovery = Discovery::new(&config, http);
+        let metadata = MetadataCache::new(config.metadata.cache_ttl);
+        let cors = CorsPolicy::new(config.cors.as_ref());
         Arc::new(Self {
+            discovery,
+            metadata,
+            cors,
             policy,
             config,
             tokens,

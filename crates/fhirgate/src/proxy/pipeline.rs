@@ -17,8 +17,10 @@ use tracing::Instrument as _;
 
 use super::accept::{ACCESS_TOKEN, accept, has_param, token_in_url};
 use super::bundle::BundlePlan;
+use super::cors;
 use super::forward::{Outbound, add_identity_headers, upstream_headers};
 use super::headers::{self, REQUEST_ID};
+use super::public::{self, PublicRequest, SMART_CONFIGURATION};
 use super::verify::check_body;
 use super::{Gateway, Peer};
 use crate::audit::{self, AuditDecision, AuditRecord};
@@ -44,6 +46,8 @@ struct Facts {
     withheld: Option<usize>,
     /// The tightest rate-limit standing, for the response headers.
     rate: Option<Standing>,
+    /// The reason recorded for an answered request when it is not `allowed`.
+    reason: Option<Reason>,
 }
 
 /// Answers one request: forwards it when the token allows it, refuses it otherwise, and
@@ -58,6 +62,12 @@ pub async fn handle(
     let request_id = headers::request_id(request.headers());
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
+    let cors = gateway.cors.allowance(
+        request.method(),
+        &path,
+        request.headers(),
+        gateway.config.upstream.public_base_path.as_str(),
+    );
     // Recorded without the value of any token a client put in the URL.
     let query = request.uri().query().map(audit::redact_query);
     let format = OutcomeFormat::negotiate(
@@ -77,11 +87,16 @@ pub async fn handle(
         Ok(response) if facts.withheld.is_some() => {
             (response, AuditDecision::Filter, Reason::ALLOWED)
         }
-        Ok(response) => (response, AuditDecision::Allow, Reason::ALLOWED),
+        Ok(response) => {
+            let reason = facts.reason.unwrap_or(Reason::ALLOWED);
+            (response, AuditDecision::Allow, reason)
+        }
         Err(refusal) => {
             let decision = if matches!(
                 refusal,
-                Refusal::UpstreamUnavailable | Refusal::UpstreamTimeout
+                Refusal::UpstreamUnavailable
+                    | Refusal::UpstreamTimeout
+                    | Refusal::DiscoveryUnavailable
             ) {
                 AuditDecision::Allow
             } else {
@@ -98,6 +113,8 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(REQUEST_ID.clone(), headers::value(&request_id));
+    let success = response.status().is_success();
+    gateway.cors.apply(&cors, success, response.headers_mut());
     if let Some(standing) = facts.rate.take()
         && gateway.config.rate_limits.headers
     {
@@ -165,6 +182,7 @@ pub async fn handle(
         refused
             .headers_mut()
             .insert(REQUEST_ID.clone(), headers::value(&record.request_id));
+        gateway.cors.apply(&cors, false, refused.headers_mut());
         count(&gateway, &span, &answered);
         return refused;
     }
@@ -190,6 +208,11 @@ async fn run(
     }
     let (parts, incoming) = request.into_parts();
     let base_path = gateway.config.upstream.public_base_path.as_str();
+    if cors::is_preflight(&parts.method, &parts.headers) {
+        let answer = gateway.cors.answer_preflight(&parts, base_path)?;
+        facts.reason = Some(Reason::CORS_PREFLIGHT);
+        return Ok(answer);
+    }
     let relative = accept(
         &parts.method,
         parts.uri.path(),
@@ -199,16 +222,20 @@ async fn run(
     )?;
 
     if is_public(&parts.method, relative) {
-        facts.interaction = Some(Interaction::Capabilities);
-        let outbound = Outbound {
-            method: &parts.method,
-            path: relative,
-            query: parts.uri.query(),
-            headers: upstream_headers(&parts.headers, peer, request_id, false),
-            body: Bytes::new(),
+        let request = PublicRequest {
+            parts: &parts,
+            relative,
+            peer,
+            request_id,
+            base: request_url(gateway, &parts, "", peer.tls),
         };
-        let response = send_upstream(gateway, outbound, facts).await?;
-        return Ok(pass_through(response));
+        let answered = public::answer(gateway, request).await;
+        facts.interaction = Some(answered.interaction);
+        if let Some(call) = answered.upstream {
+            facts.upstream_took = Some(call.took);
+            facts.upstream_status = call.status;
+        }
+        return answered.result;
     }
 
     let url = || request_url(gateway, &parts, relative, peer.tls);
@@ -551,7 +578,8 @@ fn request_url(
 
 /// `metadata` and SMART discovery are public, as SMART App Launch requires.
 pub fn is_public(method: &Method, relative: &str) -> bool {
-    (*method == Method::GET || *method == Method::HEAD) && relative == "metadata"
+    (*method == Method::GET || *method == Method::HEAD)
+        && (relative == "metadata" || relative == SMART_CONFIGURATION)
 }
 
 /// The grant of a verified caller: its scopes and its patient context.
