@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,13 +75,23 @@ pub enum JwksMode {
     ServeMaxAge(u32),
 }
 
-/// A fake OpenID provider: discovery and JWKS, with a fetch counter.
+/// How the fake discovery endpoint behaves: extra members of its document, whether it is
+/// down, and how often it was asked.
+#[derive(Default)]
+struct DiscoveryState {
+    extra: Mutex<serde_json::Map<String, Value>>,
+    down: AtomicBool,
+    fetches: AtomicUsize,
+}
+
+/// A fake OpenID provider: discovery and JWKS, with fetch counters.
 pub struct FakeIdp {
     pub addr: SocketAddr,
     pub issuer: String,
     keys: Arc<Mutex<Vec<Value>>>,
     mode: Arc<Mutex<JwksMode>>,
     fetches: Arc<AtomicUsize>,
+    discovery: Arc<DiscoveryState>,
 }
 
 impl FakeIdp {
@@ -89,20 +99,35 @@ impl FakeIdp {
         let keys = Arc::new(Mutex::new(keys));
         let mode = Arc::new(Mutex::new(JwksMode::Serve));
         let fetches = Arc::new(AtomicUsize::new(0));
+        let discovery = Arc::new(DiscoveryState::default());
         let issuer_cell: Arc<Mutex<String>> = Arc::default();
-        let (k, m, f, i) = (
+        let (k, m, f, i, d) = (
             keys.clone(),
             mode.clone(),
             fetches.clone(),
             issuer_cell.clone(),
+            discovery.clone(),
         );
         let addr = spawn_server(move |req: Request<Incoming>| {
-            let (keys, mode, fetches, issuer) = (k.clone(), m.clone(), f.clone(), i.clone());
+            let (keys, mode, fetches, issuer, discovery) =
+                (k.clone(), m.clone(), f.clone(), i.clone(), d.clone());
             async move {
                 match req.uri().path() {
                     "/.well-known/openid-configuration" => {
+                        discovery.fetches.fetch_add(1, Ordering::SeqCst);
+                        if discovery.down.load(Ordering::SeqCst) {
+                            return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "down");
+                        }
                         let issuer = issuer.lock().unwrap().clone();
-                        let doc = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+                        let mut doc =
+                            json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+                        for (name, value) in discovery.extra.lock().unwrap().iter() {
+                            let value = value.as_str().map_or_else(
+                                || value.clone(),
+                                |text| Value::from(text.replace("{issuer}", &issuer)),
+                            );
+                            doc[name] = value;
+                        }
                         respond(StatusCode::OK, "application/json", doc.to_string())
                     }
                     "/jwks" => {
@@ -148,7 +173,27 @@ impl FakeIdp {
             keys,
             mode,
             fetches,
+            discovery,
         }
+    }
+
+    /// Adds members to the discovery document (`{issuer}` in a string value becomes the
+    /// issuer's URL).
+    pub fn set_discovery(&self, extra: Value) {
+        let mut members = self.discovery.extra.lock().unwrap();
+        for (name, value) in extra.as_object().unwrap() {
+            members.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// Makes the discovery document answer 503 (or serve again).
+    pub fn set_discovery_down(&self, down: bool) {
+        self.discovery.down.store(down, Ordering::SeqCst);
+    }
+
+    /// How often the discovery document was asked for.
+    pub fn discovery_fetches(&self) -> usize {
+        self.discovery.fetches.load(Ordering::SeqCst)
     }
 
     pub fn set_keys(&self, keys: Vec<Value>) {
@@ -176,16 +221,64 @@ pub struct Seen {
     pub body: Bytes,
 }
 
+/// A canned answer of the fake FHIR server.
+#[derive(Clone, Debug)]
+pub struct Canned {
+    pub status: u16,
+    pub body: String,
+    /// Extra response headers (a `content-type` here replaces the JSON one).
+    pub headers: Vec<(String, String)>,
+    /// The body for requests asking for XML (`_format` or `Accept` naming xml), if any.
+    pub xml: Option<String>,
+}
+
+impl Canned {
+    fn new(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            body: body.to_owned(),
+            headers: Vec::new(),
+            xml: None,
+        }
+    }
+
+    /// The answer to `parts`: XML when asked for and there is some.
+    fn answer(&self, parts: &http::request::Parts) -> Response<Full<Bytes>> {
+        let asks_xml = parts.uri.query().is_some_and(|q| q.contains("_format=xml"))
+            || parts
+                .headers
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("xml"));
+        let (content_type, body) = match (&self.xml, asks_xml) {
+            (Some(xml), true) => ("application/fhir+xml", xml.clone()),
+            _ => ("application/fhir+json", self.body.clone()),
+        };
+        let mut response = respond(
+            StatusCode::from_u16(self.status).unwrap(),
+            content_type,
+            body,
+        );
+        for (name, value) in &self.headers {
+            response.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        response
+    }
+}
+
 /// A fake FHIR server answering canned bodies by path (query ignored) and recording requests.
 pub struct FakeFhir {
     pub addr: SocketAddr,
-    routes: Arc<Mutex<HashMap<String, (u16, String)>>>,
+    routes: Arc<Mutex<HashMap<String, Canned>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl FakeFhir {
     pub async fn start() -> Self {
-        let routes: Arc<Mutex<HashMap<String, (u16, String)>>> = Arc::default();
+        let routes: Arc<Mutex<HashMap<String, Canned>>> = Arc::default();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let (r, s) = (routes.clone(), seen.clone());
         let addr = spawn_server(move |req: Request<Incoming>| {
@@ -202,15 +295,11 @@ impl FakeFhir {
                 let key = format!("{} {}", parts.method, parts.uri.path());
                 let route = routes.lock().unwrap().get(&key).cloned();
                 match route {
-                    Some((HANG, _)) => {
+                    Some(canned) if canned.status == HANG => {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         respond(StatusCode::OK, "text/plain", "")
                     }
-                    Some((status, body)) => respond(
-                        StatusCode::from_u16(status).unwrap(),
-                        "application/fhir+json",
-                        body,
-                    ),
+                    Some(canned) => canned.answer(&parts),
                     None => respond(
                         StatusCode::NOT_FOUND,
                         "application/fhir+json",
@@ -225,14 +314,34 @@ impl FakeFhir {
 
     /// Answers `METHOD /fhir/path` (`METHOD /fhir` for an empty path) with `body`.
     pub fn route(&self, method: &str, path: &str, status: u16, body: &str) {
+        self.route_canned(method, path, Canned::new(status, body));
+    }
+
+    /// [`FakeFhir::route`] with extra response headers and an XML body for requests that ask
+    /// for XML.
+    pub fn route_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+        xml: Option<&str>,
+    ) {
+        let mut canned = Canned::new(200, body);
+        canned.headers = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        canned.xml = xml.map(str::to_owned);
+        self.route_canned(method, path, canned);
+    }
+
+    fn route_canned(&self, method: &str, path: &str, canned: Canned) {
         let key = match path {
             "" => format!("{method} /fhir"),
             path => format!("{method} /fhir/{path}"),
         };
-        self.routes
-            .lock()
-            .unwrap()
-            .insert(key, (status, body.to_owned()));
+        self.routes.lock().unwrap().insert(key, canned);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -285,6 +394,18 @@ impl TestGateway {
         issuer_extra: &str,
         upstream_extra: &str,
     ) -> Self {
+        Self::start_with_sections(idp, upstream_addr, issuer_extra, upstream_extra, "").await
+    }
+
+    /// [`TestGateway::start_with`] with `sections` (top-level YAML, such as `cors:`) at the
+    /// end of the configuration.
+    pub async fn start_with_sections(
+        idp: &FakeIdp,
+        upstream_addr: SocketAddr,
+        issuer_extra: &str,
+        upstream_extra: &str,
+        sections: &str,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -310,6 +431,7 @@ issuers:
 audit:
   spool: {{ path: "{audit}.spool" }}
   sinks: {{ trail: {{ jsonl: {{ path: "{audit}" }} }} }}
+{sections}
 "#,
             issuer = idp.issuer,
             audit = audit_path.display(),
