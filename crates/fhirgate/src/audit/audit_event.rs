@@ -291,6 +291,9 @@ fn reason_text(reason: &str) -> &'static str {
         "upstream_unavailable" => "the FHIR server was unavailable",
         "upstream_timeout" => "the FHIR server did not answer in time",
         "upstream_unverifiable" => "the FHIR server's response could not be checked",
+        "cors_preflight" => "a CORS preflight from an allowed origin was answered",
+        "cors_origin_not_allowed" => "the origin may not make cross-origin requests",
+        "discovery_unavailable" => "the authorization server's discovery document was unavailable",
         _ => "see the reason code",
     }
 }
