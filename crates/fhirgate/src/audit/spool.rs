@@ -21,7 +21,7 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
@@ -228,6 +228,10 @@ pub fn open(
         cursors: Mutex::new(cursors),
         bytes: AtomicU64::new(segments.iter().map(|(_, size)| size).sum()),
     });
+    let flusher = match config.fsync {
+        Fsync::Interval => Some(Flusher::start(&file, config.fsync_interval).map_err(failed)?),
+        Fsync::Always | Fsync::Never => None,
+    };
     let (sender, receiver) = std_mpsc::channel();
     let mut writer = Writer {
         config: config.clone(),
@@ -238,8 +242,8 @@ pub fn open(
         end: committed.position,
         records: 0,
         dirty: false,
-        last_sync: Instant::now(),
         failing: false,
+        flusher,
         metrics,
     };
     writer.collect_garbage();
@@ -293,10 +297,77 @@ struct Writer {
     records: u64,
     /// Written since the last sync.
     dirty: bool,
-    last_sync: Instant,
     /// The last write failed: requests are refused until a probe write succeeds.
     failing: bool,
+    /// With `fsync: interval`, the thread that flushes the open segment.
+    flusher: Option<Flusher>,
     metrics: Arc<Metrics>,
+}
+
+/// Flushes the open segment to stable storage every `fsync_interval` on a thread of its own,
+/// so that with `fsync: interval` no append ever waits for the disk's flush.
+struct Flusher {
+    /// The newly opened segment after a rotation (the previous one is flushed first).
+    next: std_mpsc::Sender<File>,
+    state: Arc<FlushState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Written since the last flush.
+    dirty: AtomicBool,
+    /// A flush failed: the writer treats the spool as unwritable.
+    failed: AtomicBool,
+}
+
+impl Flusher {
+    fn start(file: &File, interval: Duration) -> std::io::Result<Self> {
+        let mut current = file.try_clone()?;
+        let state = Arc::new(FlushState::default());
+        let (next, segments) = std_mpsc::channel::<File>();
+        let flushing = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("fhirgate-audit-flush".into())
+            .spawn(move || {
+                let flush = |file: &File| {
+                    if let Err(error) = file.sync_data() {
+                        tracing::error!(%error, "audit spool flush failed");
+                        flushing.failed.store(true, Ordering::Relaxed);
+                    }
+                };
+                loop {
+                    match segments.recv_timeout(interval) {
+                        Ok(file) => {
+                            flush(&current);
+                            current = file;
+                        }
+                        Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                            if flushing.dirty.swap(false, Ordering::Relaxed) {
+                                flush(&current);
+                            }
+                        }
+                        Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                            flush(&current);
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            next,
+            state,
+            thread: Some(thread),
+        })
+    }
+
+    /// Flushes what is left and stops the thread.
+    fn stop(mut self) {
+        drop(self.next);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Writer {
@@ -305,8 +376,6 @@ impl Writer {
         loop {
             let wait = if self.failing {
                 Duration::from_millis(500)
-            } else if self.dirty && self.config.fsync == Fsync::Interval {
-                self.config.fsync_interval
             } else {
                 Duration::from_secs(1)
             };
@@ -346,16 +415,18 @@ impl Writer {
                 break;
             }
         }
-        if self.dirty {
-            let _ = self.file.sync_data();
+        match self.flusher.take() {
+            Some(flusher) => flusher.stop(),
+            None if self.dirty => {
+                let _ = self.file.sync_data();
+            }
+            None => {}
         }
     }
 
-    /// Nothing arrived for a while: sync what interval mode left, probe a failing disk.
+    /// Nothing arrived for a while: probe a failing disk, free what was shipped.
     fn idle(&mut self) {
-        if self.dirty && self.config.fsync != Fsync::Never {
-            self.sync();
-        }
+        self.check_flushes();
         if self.failing {
             self.probe();
         }
@@ -380,18 +451,23 @@ impl Writer {
         for (_, done) in batch.drain(..) {
             let _ = done.send(outcome.clone());
         }
-        // With `interval` the requests do not wait for the flush: it follows their answers.
-        if self.config.fsync == Fsync::Interval
-            && self.dirty
-            && self.last_sync.elapsed() >= self.config.fsync_interval
-        {
-            self.sync();
+    }
+
+    /// A failed flush on the flusher's thread makes the spool unwritable like a failed write.
+    fn check_flushes(&mut self) {
+        let failed = self
+            .flusher
+            .as_ref()
+            .is_some_and(|f| f.state.failed.swap(false, Ordering::Relaxed));
+        if failed {
+            self.fail(&std::io::Error::other("flushing the segment failed"));
         }
     }
 
     /// Rotates the segment when the batch would overflow it, and frees space when the spool
     /// is full: by waiting for the sinks (refuse) or by dropping the oldest segment.
     fn make_room(&mut self, bytes: u64) -> Result<(), SpoolError> {
+        self.check_flushes();
         if self.failing {
             return Err(SpoolError::Write("the last write failed".into()));
         }
@@ -434,6 +510,9 @@ impl Writer {
         self.segments.last_mut().expect("open segment").1 = self.end.offset;
         self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.dirty = true;
+        if let Some(flusher) = &self.flusher {
+            flusher.state.dirty.store(true, Ordering::Relaxed);
+        }
         if self.config.fsync == Fsync::Always && !self.sync() {
             return Err(SpoolError::Write("cannot sync the segment".into()));
         }
@@ -455,7 +534,6 @@ impl Writer {
         match self.file.sync_data() {
             Ok(()) => {
                 self.dirty = false;
-                self.last_sync = Instant::now();
                 true
             }
             Err(error) => {
@@ -492,12 +570,23 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Result<(), SpoolError> {
-        if self.config.fsync != Fsync::Never && self.dirty && !self.sync() {
+        if self.config.fsync == Fsync::Always && self.dirty && !self.sync() {
             return Err(SpoolError::Write("cannot sync the segment".into()));
         }
         let next = self.end.segment + 1;
         let path = segment_path(&self.shared.root, next);
-        match OpenOptions::new().create(true).append(true).open(&path) {
+        let opened = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|file| {
+                if let Some(flusher) = &self.flusher {
+                    // The flusher flushes the segment it had before it takes this one.
+                    let _ = flusher.next.send(file.try_clone()?);
+                }
+                Ok(file)
+            });
+        match opened {
             Ok(file) => {
                 self.file = file;
                 self.end = Position {

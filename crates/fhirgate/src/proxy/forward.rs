@@ -234,9 +234,11 @@ pub fn upstream_headers(
         headers::value(if peer.tls { "https" } else { "http" }),
     );
     out.insert(REQUEST_ID.clone(), headers::value(request_id));
+    // Bodies come back unencoded so that they can be checked and their upstream URLs
+    // rewritten; the gateway compresses what it sends to clients that accept it.
+    out.insert(header::ACCEPT_ENCODING, headers::value("identity"));
     if response_checked {
         out.insert(header::ACCEPT, headers::value("application/fhir+json"));
-        out.insert(header::ACCEPT_ENCODING, headers::value("identity"));
     }
     out
 }

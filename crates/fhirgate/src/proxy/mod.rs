@@ -10,6 +10,7 @@ mod bundle;
 mod forward;
 mod headers;
 mod pipeline;
+mod rewrite;
 mod server;
 mod tls;
 mod verify;
