@@ -7,6 +7,7 @@
 
 mod accept;
 mod bundle;
+mod encoding;
 mod forward;
 mod headers;
 mod pipeline;

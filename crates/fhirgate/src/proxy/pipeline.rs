@@ -359,7 +359,11 @@ async fn run(
     let (head, incoming) = response.into_parts();
     let bytes = gateway
         .upstream
-        .read_body(incoming, gateway.config.limits.max_checked_response)
+        .read_body(
+            incoming,
+            head.headers.get(header::CONTENT_ENCODING),
+            gateway.config.limits.max_checked_response,
+        )
         .await?;
     let (body, withheld) = match (&plan, obligations.response_check.as_ref()) {
         (Some(plan), _) => {
@@ -725,10 +729,12 @@ async fn fetch_for_check(
         }
         _ => {}
     }
+    let (head, incoming) = response.into_parts();
     let bytes = gateway
         .upstream
         .read_body(
-            response.into_body(),
+            incoming,
+            head.headers.get(header::CONTENT_ENCODING),
             gateway.config.limits.max_checked_response,
         )
         .await?;
