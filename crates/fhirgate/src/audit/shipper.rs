@@ -94,6 +94,13 @@ impl Shipper {
                 }
             };
             if batch.lines.is_empty() {
+                if batch.next == cursor {
+                    // No whole record yet where the cursor stands: wait for more.
+                    if !self.pause(Duration::from_millis(200), &mut control).await {
+                        return;
+                    }
+                    continue;
+                }
                 // Only segment boundaries (or dropped segments) were crossed.
                 if batch.next.segment != cursor.segment {
                     let behind = count_behind(shared.root(), batch.next, now.position).await;
@@ -131,7 +138,17 @@ impl Shipper {
     ) -> bool {
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.sink.deliver(&batch.lines).await {
+            let delivery = self.sink.deliver(&batch.lines);
+            // While draining at shutdown a sink gets no longer than the deadline.
+            let run = *control.borrow();
+            let outcome = match run {
+                Run::Drain(deadline) => match tokio::time::timeout_at(deadline, delivery).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => return false,
+                },
+                Run::Ship => delivery.await,
+            };
+            match outcome {
                 Ok(()) => {
                     self.metrics
                         .audit_shipped(&self.name, batch.lines.len() as u64, true);

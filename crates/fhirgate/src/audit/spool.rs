@@ -29,6 +29,9 @@ use tokio::sync::{oneshot, watch};
 use crate::config::{Fsync, Spool as SpoolConfig, WhenFull};
 use crate::metrics::Metrics;
 
+/// How often a spool that cannot be written is tried again.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
 /// A place in the spool: a segment and a byte offset in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Position {
@@ -153,18 +156,19 @@ impl Shared {
 
     /// Stores `sink`'s position (atomically, by rename) and records it for clean-up.
     pub fn store_cursor(&self, sink: &str, position: Position) -> std::io::Result<()> {
+        // In memory first: segments the sink has can go even when the disk is too full to
+        // store the cursor file (after a restart the sink then gets some records again).
+        self.cursors
+            .lock()
+            .expect("cursor map")
+            .insert(sink.to_owned(), position);
         let path = cursor_path(&self.root, sink);
         let temporary = path.with_extension("json.tmp");
         fs::write(
             &temporary,
             serde_json::to_vec(&position).expect("positions serialise"),
         )?;
-        fs::rename(&temporary, &path)?;
-        self.cursors
-            .lock()
-            .expect("cursor map")
-            .insert(sink.to_owned(), position);
-        Ok(())
+        fs::rename(&temporary, &path)
     }
 
     pub fn bytes(&self) -> u64 {
@@ -195,6 +199,13 @@ pub fn open(
     };
     fs::create_dir_all(root.join("segments")).map_err(failed)?;
     fs::create_dir_all(root.join("cursors")).map_err(failed)?;
+    let lock = File::create(root.join("lock")).map_err(failed)?;
+    if lock.try_lock().is_err() {
+        return Err(failed(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "another fhirgate process uses this spool; give each process a spool of its own",
+        )));
+    }
     let mut segments = list_segments(&root).map_err(failed)?;
     if segments.is_empty() {
         File::create(segment_path(&root, 0)).map_err(failed)?;
@@ -234,6 +245,7 @@ pub fn open(
     };
     let (sender, receiver) = std_mpsc::channel();
     let mut writer = Writer {
+        _lock: lock,
         config: config.clone(),
         shared: shared.clone(),
         sinks: sinks.to_vec(),
@@ -243,6 +255,7 @@ pub fn open(
         records: 0,
         dirty: false,
         failing: false,
+        last_probe: std::time::Instant::now(),
         flusher,
         metrics,
     };
@@ -287,6 +300,8 @@ pub fn preflight(config: &SpoolConfig) -> Result<(), SpoolOpenError> {
 
 /// The writer thread's state.
 struct Writer {
+    /// Held while the writer runs: one process per spool.
+    _lock: File,
     config: SpoolConfig,
     shared: Arc<Shared>,
     sinks: Vec<String>,
@@ -299,6 +314,7 @@ struct Writer {
     dirty: bool,
     /// The last write failed: requests are refused until a probe write succeeds.
     failing: bool,
+    last_probe: std::time::Instant,
     /// With `fsync: interval`, the thread that flushes the open segment.
     flusher: Option<Flusher>,
     metrics: Arc<Metrics>,
@@ -375,7 +391,7 @@ impl Writer {
         let mut batch: Vec<Pending> = Vec::new();
         loop {
             let wait = if self.failing {
-                Duration::from_millis(500)
+                PROBE_INTERVAL
             } else {
                 Duration::from_secs(1)
             };
@@ -400,6 +416,10 @@ impl Writer {
                     next = receiver.try_recv().ok();
                 }
             }
+            if self.failing && self.last_probe.elapsed() >= PROBE_INTERVAL {
+                // Requests keep coming while the disk fails: probe on time, not on silence.
+                self.probe();
+            }
             if shipped {
                 self.collect_garbage();
                 self.update_accepting();
@@ -407,9 +427,7 @@ impl Writer {
             if !batch.is_empty() {
                 self.append(&mut batch);
             }
-            if shipped || !self.shared.accepting.load(Ordering::Relaxed) {
-                self.update_accepting();
-            }
+            self.update_accepting();
             self.report();
             if closing {
                 break;
@@ -545,7 +563,9 @@ impl Writer {
 
     /// Writes and removes a small file: when it works, the spool is writable again.
     fn probe(&mut self) {
-        let path = self.shared.root.join("probe");
+        self.last_probe = std::time::Instant::now();
+        // Where segments are made: a new one must be possible, not only a write to the root.
+        let path = self.shared.root.join("segments").join("probe");
         let written = File::create(&path).and_then(|mut file| {
             file.write_all(&[b'\n'; 4096])?;
             file.sync_data()
@@ -639,13 +659,20 @@ impl Writer {
         true
     }
 
-    /// Takes requests again once a full spool has room (a tenth free) and writes work.
+    /// Takes requests while a tenth of the spool is free and writes work. Requests are
+    /// refused from 90 % on, so that those already admitted still find room for their records.
     fn update_accepting(&self) {
         let room = self.shared.bytes() + self.config.max_bytes / 10 <= self.config.max_bytes;
         let accepting = !self.failing && (room || self.config.when_full == WhenFull::DropOldest);
         let was = self.shared.accepting.swap(accepting, Ordering::Relaxed);
         if accepting && !was {
             tracing::info!("audit spool has room again; taking requests");
+        } else if was && !accepting && !self.failing {
+            tracing::error!(
+                bytes = self.shared.bytes(),
+                max_bytes = self.config.max_bytes,
+                "audit spool 90% full: refusing requests until the sinks catch up"
+            );
         }
     }
 
@@ -739,10 +766,14 @@ fn clamp(stored: Option<Position>, segments: &[(u64, u64)], oldest: u64) -> Posi
             segment: stored.segment,
             offset: stored.offset.min(*size),
         },
-        None if stored.segment > segments.last().map_or(0, |s| s.0) => Position {
-            segment: segments.last().map_or(0, |s| s.0),
-            offset: segments.last().map_or(0, |s| s.1),
-        },
-        None => start,
+        // A segment not on disk (deleted by hand, or a spool wiped): sending records again
+        // is better than skipping any.
+        None => {
+            tracing::warn!(
+                segment = stored.segment,
+                "audit sink cursor names a segment the spool does not hold; shipping from the oldest record held"
+            );
+            start
+        }
     }
 }

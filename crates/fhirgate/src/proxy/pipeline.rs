@@ -57,8 +57,14 @@ pub async fn handle(
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
     let request_id = headers::request_id(request.headers());
+    // The client's address after the trusted-proxy rules, as rate limits see it.
+    let source = client_address(
+        peer.address.ip(),
+        request.headers(),
+        &gateway.config.rate_limits.trusted_proxies,
+    );
     let method = request.method().to_string();
-    let path = request.uri().path().to_owned();
+    let path = audit::redact_path(request.uri().path());
     // Recorded without the value of any token a client put in the URL.
     let query = request.uri().query().map(audit::redact_query);
     let format = OutcomeFormat::negotiate(
@@ -129,7 +135,7 @@ pub async fn handle(
         fhir_context: identity.as_ref().and_then(|i| i.fhir_context.clone()),
         token_id: identity.as_ref().and_then(|i| i.token_id.clone()),
         scopes: identity.as_ref().and_then(|i| i.scope.clone()),
-        source: peer.address.ip().to_string(),
+        source: source.to_string(),
         method,
         path,
         query,

@@ -119,8 +119,15 @@ fn service(
 > {
     let pipeline = tower::service_fn(move |request| {
         let (gateway, peer) = (gateway.clone(), peer.clone());
-        let answer: Answer =
-            Box::pin(async move { Ok::<_, Infallible>(handle(gateway, request, peer).await) });
+        // A task of its own: a client that goes away does not cancel a request the upstream
+        // may already be acting on before its audit record is written.
+        let handling = tokio::spawn(handle(gateway, request, peer));
+        let answer: Answer = Box::pin(async move {
+            Ok::<_, Infallible>(handling.await.unwrap_or_else(|error| {
+                tracing::error!(%error, "request handler failed");
+                internal_error()
+            }))
+        });
         answer
     });
     TowerToHyperService::new(CompressionLayer::new().layer(pipeline))
@@ -129,3 +136,18 @@ fn service(
 /// The pipeline's answer to one request.
 type Answer =
     Pin<Box<dyn Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send>>;
+
+/// The answer when the request handler itself failed.
+fn internal_error() -> http::Response<crate::body::Body> {
+    let outcome = fhirgate_policy::outcome::OperationOutcome::error(
+        fhirgate_policy::outcome::IssueCode::Exception,
+        "The gateway failed while handling the request".to_owned(),
+    );
+    let mut response = http::Response::new(crate::body::full(outcome.to_json()));
+    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/fhir+json; charset=utf-8"),
+    );
+    response
+}
