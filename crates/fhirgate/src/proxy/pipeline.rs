@@ -418,23 +418,34 @@ async fn send_upstream(
 fn target_patient(request: &FhirRequest) -> Option<String> {
     if let Some((kind, id)) = &request.compartment
         && kind == "Patient"
+        && is_fhir_id(id)
     {
         return Some(id.clone());
     }
     if request.resource_type.as_deref() == Some("Patient")
-        && let Some(id) = &request.id
+        && let Some(id) = request.id.as_ref().filter(|id| is_fhir_id(id))
     {
         return Some(id.clone());
     }
+    let searches_patients = request.resource_type.as_deref() == Some("Patient");
     request.params.iter().find_map(|(name, value)| {
         let name = name.split(':').next().unwrap_or(name);
         let value = match name {
             "patient" => value.strip_prefix("Patient/").unwrap_or(value),
             "subject" => value.strip_prefix("Patient/")?,
+            "_id" if searches_patients => value,
             _ => return None,
         };
-        (!value.is_empty() && !value.contains(',')).then(|| value.to_owned())
+        is_fhir_id(value).then(|| value.to_owned())
     })
+}
+
+/// A FHIR id: 1 to 64 letters, digits, `-` and `.` (one patient, not a list or a path).
+fn is_fhir_id(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
 }
 
 /// A response whose body the gateway checked (and may have changed).
