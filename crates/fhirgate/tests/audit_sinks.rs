@@ -301,6 +301,23 @@ async fn a_full_spool_refuses_requests_before_the_upstream_until_the_sink_catche
         metric(&gateway, "fhirgate_audit_spool_accepting").await,
         Some(0.0)
     );
+    let ready = client()
+        .get(format!("{}/readyz", gateway.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "a refusing spool makes the gateway unready"
+    );
+    assert!(
+        ready
+            .text()
+            .await
+            .unwrap()
+            .contains(r#""audit_spool":false"#)
+    );
 
     // Refused while full, before reaching the upstream.
     fhir.clear();
@@ -335,4 +352,46 @@ async fn a_full_spool_refuses_requests_before_the_upstream_until_the_sink_catche
     .await;
     let shipped: HashSet<String> = collector.received().into_iter().collect();
     assert!(shipped.len() > answered, "{} shipped", shipped.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_still_leaves_the_record_of_what_reached_the_upstream() {
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    // An upstream that takes its time over every request.
+    let upstream = spawn_server(|_request: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        respond(
+            StatusCode::CREATED,
+            "application/fhir+json",
+            r#"{"resourceType":"Observation","id":"obs-new","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/pat-A"}}"#,
+        )
+    })
+    .await;
+    let gateway = TestGateway::start(&idp, upstream, "").await;
+    let token = sign(
+        "rsa-a",
+        Some("rsa-a"),
+        &claims(&idp.issuer, "patient/Observation.c"),
+    );
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/Observation", gateway.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+json")
+        .header("x-request-id", "impatient-create")
+        .body(r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/pat-A"}}"#)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client should have timed out");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let records = gateway.stop().await;
+    let record = records
+        .iter()
+        .find(|r| r["request_id"] == "impatient-create")
+        .expect("a record of the abandoned create");
+    assert_eq!(record["upstream_status"], 201, "{record}");
+    assert_eq!(record["interaction"], "create", "{record}");
 }

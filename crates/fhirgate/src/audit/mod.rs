@@ -20,7 +20,7 @@ pub mod sink;
 pub mod spool;
 
 pub use audit_event::EventSource;
-pub use record::{AuditDecision, AuditRecord, now_rfc3339, redact_query, rfc3339};
+pub use record::{AuditDecision, AuditRecord, now_rfc3339, redact_path, redact_query, rfc3339};
 pub use spool::SpoolError;
 
 use crate::config;

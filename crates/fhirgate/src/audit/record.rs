@@ -93,14 +93,15 @@ pub struct AuditRecord {
     pub purpose_of_use: Option<String>,
 }
 
-/// A query as recorded: the value of an `access_token` parameter replaced, so a token a
-/// client put in the URL never reaches the audit trail.
+/// A query as recorded: the value of an `access_token` parameter (in any letter case), and
+/// any value shaped like a JWT, replaced, so a token a client put in the URL never reaches the
+/// audit trail.
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| {
-            if param_name(pair) == ACCESS_TOKEN {
-                let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if param_name(pair).eq_ignore_ascii_case(ACCESS_TOKEN) || looks_like_jwt(value) {
                 format!("{name}=[redacted]")
             } else {
                 pair.to_owned()
@@ -108,6 +109,35 @@ pub fn redact_query(query: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// A path as recorded: a segment shaped like a JWT replaced.
+pub fn redact_path(path: &str) -> String {
+    if !path.split('/').any(looks_like_jwt) {
+        return path.to_owned();
+    }
+    path.split('/')
+        .map(|segment| {
+            if looks_like_jwt(segment) {
+                "[redacted]"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Three base64url parts, the first a JSON object (`eyJ`): a JWS or JWE compact token.
+fn looks_like_jwt(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    text.len() >= 24
+        && (parts.len() == 3 || parts.len() == 5)
+        && parts[0].starts_with("eyJ")
+        && parts.iter().all(|p| {
+            p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'%' | b'='))
+        })
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.
@@ -118,4 +148,33 @@ pub fn now_rfc3339() -> String {
 /// A time as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(time: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyLUEifQ.c2lnbmF0dXJlLWJ5dGVz";
+
+    #[test]
+    fn tokens_in_queries_and_paths_are_redacted_whatever_they_are_called() {
+        assert_eq!(
+            redact_query(&format!("ACCESS_TOKEN={JWT}&patient=pat-A")),
+            "ACCESS_TOKEN=[redacted]&patient=pat-A"
+        );
+        assert_eq!(redact_query(&format!("token={JWT}")), "token=[redacted]");
+        assert_eq!(
+            redact_query("access_token=opaque123"),
+            "access_token=[redacted]"
+        );
+        assert_eq!(
+            redact_query("code=abc.def.ghi&_count=5"),
+            "code=abc.def.ghi&_count=5"
+        );
+        assert_eq!(
+            redact_path(&format!("/fhir/Observation/{JWT}")),
+            "/fhir/Observation/[redacted]"
+        );
+        assert_eq!(redact_path("/fhir/Patient/pat-A"), "/fhir/Patient/pat-A");
+    }
 }

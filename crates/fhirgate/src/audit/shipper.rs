@@ -66,11 +66,12 @@ impl Shipper {
         let start = *committed.borrow();
         let behind = count_behind(shared.root(), cursor, start.position).await;
         // Records before the cursor, in the numbering of `Committed::records`.
-        let mut shipped_mark = start.records.saturating_sub(behind);
+        // May be below zero: records from before this start are behind the cursor too.
+        let mut shipped_mark = start.records as i64 - behind as i64;
         loop {
             let now = *committed.borrow_and_update();
             lag.records
-                .store(now.records.saturating_sub(shipped_mark), Ordering::Relaxed);
+                .store(behind_by(now.records, shipped_mark), Ordering::Relaxed);
             let run = *control.borrow();
             if cursor >= now.position {
                 lag.oldest_ms.store(0, Ordering::Relaxed);
@@ -94,10 +95,17 @@ impl Shipper {
                 }
             };
             if batch.lines.is_empty() {
+                if batch.next == cursor {
+                    // No whole record yet where the cursor stands: wait for more.
+                    if !self.pause(Duration::from_millis(200), &mut control).await {
+                        return;
+                    }
+                    continue;
+                }
                 // Only segment boundaries (or dropped segments) were crossed.
                 if batch.next.segment != cursor.segment {
                     let behind = count_behind(shared.root(), batch.next, now.position).await;
-                    shipped_mark = now.records.saturating_sub(behind);
+                    shipped_mark = now.records as i64 - behind as i64;
                 }
                 cursor = batch.next;
                 continue;
@@ -113,7 +121,7 @@ impl Shipper {
             if !self.deliver(&batch, &mut control, &progress).await {
                 return;
             }
-            shipped_mark += batch.lines.len() as u64;
+            shipped_mark += batch.lines.len() as i64;
             cursor = batch.next;
             if let Err(error) = shared.store_cursor(&self.name, cursor) {
                 tracing::warn!(sink = %self.name, %error, "cannot store the sink's cursor; records may be sent again after a restart");
@@ -131,7 +139,17 @@ impl Shipper {
     ) -> bool {
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.sink.deliver(&batch.lines).await {
+            let delivery = self.sink.deliver(&batch.lines);
+            // While draining at shutdown a sink gets no longer than the deadline.
+            let run = *control.borrow();
+            let outcome = match run {
+                Run::Drain(deadline) => match tokio::time::timeout_at(deadline, delivery).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => return false,
+                },
+                Run::Ship => delivery.await,
+            };
+            match outcome {
                 Ok(()) => {
                     self.metrics
                         .audit_shipped(&self.name, batch.lines.len() as u64, true);
@@ -182,7 +200,7 @@ impl Shipper {
 struct Progress<'a> {
     lag: &'a Lag,
     committed: &'a watch::Receiver<Committed>,
-    shipped_mark: u64,
+    shipped_mark: i64,
 }
 
 impl Progress<'_> {
@@ -190,8 +208,14 @@ impl Progress<'_> {
         let records = self.committed.borrow().records;
         self.lag
             .records
-            .store(records.saturating_sub(self.shipped_mark), Ordering::Relaxed);
+            .store(behind_by(records, self.shipped_mark), Ordering::Relaxed);
     }
+}
+
+/// Records appended and not yet shipped: `records` appended so far, less the mark of what is
+/// behind the cursor in the same numbering.
+fn behind_by(records: u64, shipped_mark: i64) -> u64 {
+    u64::try_from(records as i64 - shipped_mark).unwrap_or(0)
 }
 
 /// A wait made a little shorter or longer at random, so that gateways do not retry in step.

@@ -97,12 +97,18 @@ impl Sink {
                 Ok(())
             }
             Self::Stdout => {
-                let mut out = std::io::stdout().lock();
-                for line in lines {
-                    out.write_all(line)?;
-                    out.write_all(b"\n")?;
-                }
-                out.flush()?;
+                // A pipe that backs up blocks this thread, never the runtime.
+                let lines = lines.to_vec();
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    let mut out = std::io::stdout().lock();
+                    for line in &lines {
+                        out.write_all(line)?;
+                        out.write_all(b"\n")?;
+                    }
+                    out.flush()
+                })
+                .await
+                .map_err(std::io::Error::other)??;
                 Ok(())
             }
             Self::Http(poster) => {

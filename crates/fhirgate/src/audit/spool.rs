@@ -21,13 +21,16 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Fsync, Spool as SpoolConfig, WhenFull};
 use crate::metrics::Metrics;
+
+/// How often a spool that cannot be written is tried again.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A place in the spool: a segment and a byte offset in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -153,18 +156,19 @@ impl Shared {
 
     /// Stores `sink`'s position (atomically, by rename) and records it for clean-up.
     pub fn store_cursor(&self, sink: &str, position: Position) -> std::io::Result<()> {
+        // In memory first: segments the sink has can go even when the disk is too full to
+        // store the cursor file (after a restart the sink then gets some records again).
+        self.cursors
+            .lock()
+            .expect("cursor map")
+            .insert(sink.to_owned(), position);
         let path = cursor_path(&self.root, sink);
         let temporary = path.with_extension("json.tmp");
         fs::write(
             &temporary,
             serde_json::to_vec(&position).expect("positions serialise"),
         )?;
-        fs::rename(&temporary, &path)?;
-        self.cursors
-            .lock()
-            .expect("cursor map")
-            .insert(sink.to_owned(), position);
-        Ok(())
+        fs::rename(&temporary, &path)
     }
 
     pub fn bytes(&self) -> u64 {
@@ -195,6 +199,13 @@ pub fn open(
     };
     fs::create_dir_all(root.join("segments")).map_err(failed)?;
     fs::create_dir_all(root.join("cursors")).map_err(failed)?;
+    let lock = File::create(root.join("lock")).map_err(failed)?;
+    if lock.try_lock().is_err() {
+        return Err(failed(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "another fhirgate process uses this spool; give each process a spool of its own",
+        )));
+    }
     let mut segments = list_segments(&root).map_err(failed)?;
     if segments.is_empty() {
         File::create(segment_path(&root, 0)).map_err(failed)?;
@@ -228,8 +239,13 @@ pub fn open(
         cursors: Mutex::new(cursors),
         bytes: AtomicU64::new(segments.iter().map(|(_, size)| size).sum()),
     });
+    let flusher = match config.fsync {
+        Fsync::Interval => Some(Flusher::start(&file, config.fsync_interval).map_err(failed)?),
+        Fsync::Always | Fsync::Never => None,
+    };
     let (sender, receiver) = std_mpsc::channel();
     let mut writer = Writer {
+        _lock: lock,
         config: config.clone(),
         shared: shared.clone(),
         sinks: sinks.to_vec(),
@@ -238,8 +254,9 @@ pub fn open(
         end: committed.position,
         records: 0,
         dirty: false,
-        last_sync: Instant::now(),
         failing: false,
+        last_probe: std::time::Instant::now(),
+        flusher,
         metrics,
     };
     writer.collect_garbage();
@@ -283,6 +300,8 @@ pub fn preflight(config: &SpoolConfig) -> Result<(), SpoolOpenError> {
 
 /// The writer thread's state.
 struct Writer {
+    /// Held while the writer runs: one process per spool.
+    _lock: File,
     config: SpoolConfig,
     shared: Arc<Shared>,
     sinks: Vec<String>,
@@ -293,10 +312,78 @@ struct Writer {
     records: u64,
     /// Written since the last sync.
     dirty: bool,
-    last_sync: Instant,
     /// The last write failed: requests are refused until a probe write succeeds.
     failing: bool,
+    last_probe: std::time::Instant,
+    /// With `fsync: interval`, the thread that flushes the open segment.
+    flusher: Option<Flusher>,
     metrics: Arc<Metrics>,
+}
+
+/// Flushes the open segment to stable storage every `fsync_interval` on a thread of its own,
+/// so that with `fsync: interval` no append ever waits for the disk's flush.
+struct Flusher {
+    /// The newly opened segment after a rotation (the previous one is flushed first).
+    next: std_mpsc::Sender<File>,
+    state: Arc<FlushState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Written since the last flush.
+    dirty: AtomicBool,
+    /// A flush failed: the writer treats the spool as unwritable.
+    failed: AtomicBool,
+}
+
+impl Flusher {
+    fn start(file: &File, interval: Duration) -> std::io::Result<Self> {
+        let mut current = file.try_clone()?;
+        let state = Arc::new(FlushState::default());
+        let (next, segments) = std_mpsc::channel::<File>();
+        let flushing = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("fhirgate-audit-flush".into())
+            .spawn(move || {
+                let flush = |file: &File| {
+                    if let Err(error) = file.sync_data() {
+                        tracing::error!(%error, "audit spool flush failed");
+                        flushing.failed.store(true, Ordering::Relaxed);
+                    }
+                };
+                loop {
+                    match segments.recv_timeout(interval) {
+                        Ok(file) => {
+                            flush(&current);
+                            current = file;
+                        }
+                        Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                            if flushing.dirty.swap(false, Ordering::Relaxed) {
+                                flush(&current);
+                            }
+                        }
+                        Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                            flush(&current);
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            next,
+            state,
+            thread: Some(thread),
+        })
+    }
+
+    /// Flushes what is left and stops the thread.
+    fn stop(mut self) {
+        drop(self.next);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Writer {
@@ -304,9 +391,7 @@ impl Writer {
         let mut batch: Vec<Pending> = Vec::new();
         loop {
             let wait = if self.failing {
-                Duration::from_millis(500)
-            } else if self.dirty && self.config.fsync == Fsync::Interval {
-                self.config.fsync_interval
+                PROBE_INTERVAL
             } else {
                 Duration::from_secs(1)
             };
@@ -331,6 +416,10 @@ impl Writer {
                     next = receiver.try_recv().ok();
                 }
             }
+            if self.failing && self.last_probe.elapsed() >= PROBE_INTERVAL {
+                // Requests keep coming while the disk fails: probe on time, not on silence.
+                self.probe();
+            }
             if shipped {
                 self.collect_garbage();
                 self.update_accepting();
@@ -338,24 +427,24 @@ impl Writer {
             if !batch.is_empty() {
                 self.append(&mut batch);
             }
-            if shipped || !self.shared.accepting.load(Ordering::Relaxed) {
-                self.update_accepting();
-            }
+            self.update_accepting();
             self.report();
             if closing {
                 break;
             }
         }
-        if self.dirty {
-            let _ = self.file.sync_data();
+        match self.flusher.take() {
+            Some(flusher) => flusher.stop(),
+            None if self.dirty => {
+                let _ = self.file.sync_data();
+            }
+            None => {}
         }
     }
 
-    /// Nothing arrived for a while: sync what interval mode left, probe a failing disk.
+    /// Nothing arrived for a while: probe a failing disk, free what was shipped.
     fn idle(&mut self) {
-        if self.dirty && self.config.fsync != Fsync::Never {
-            self.sync();
-        }
+        self.check_flushes();
         if self.failing {
             self.probe();
         }
@@ -380,18 +469,23 @@ impl Writer {
         for (_, done) in batch.drain(..) {
             let _ = done.send(outcome.clone());
         }
-        // With `interval` the requests do not wait for the flush: it follows their answers.
-        if self.config.fsync == Fsync::Interval
-            && self.dirty
-            && self.last_sync.elapsed() >= self.config.fsync_interval
-        {
-            self.sync();
+    }
+
+    /// A failed flush on the flusher's thread makes the spool unwritable like a failed write.
+    fn check_flushes(&mut self) {
+        let failed = self
+            .flusher
+            .as_ref()
+            .is_some_and(|f| f.state.failed.swap(false, Ordering::Relaxed));
+        if failed {
+            self.fail(&std::io::Error::other("flushing the segment failed"));
         }
     }
 
     /// Rotates the segment when the batch would overflow it, and frees space when the spool
     /// is full: by waiting for the sinks (refuse) or by dropping the oldest segment.
     fn make_room(&mut self, bytes: u64) -> Result<(), SpoolError> {
+        self.check_flushes();
         if self.failing {
             return Err(SpoolError::Write("the last write failed".into()));
         }
@@ -434,6 +528,9 @@ impl Writer {
         self.segments.last_mut().expect("open segment").1 = self.end.offset;
         self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.dirty = true;
+        if let Some(flusher) = &self.flusher {
+            flusher.state.dirty.store(true, Ordering::Relaxed);
+        }
         if self.config.fsync == Fsync::Always && !self.sync() {
             return Err(SpoolError::Write("cannot sync the segment".into()));
         }
@@ -455,7 +552,6 @@ impl Writer {
         match self.file.sync_data() {
             Ok(()) => {
                 self.dirty = false;
-                self.last_sync = Instant::now();
                 true
             }
             Err(error) => {
@@ -467,7 +563,9 @@ impl Writer {
 
     /// Writes and removes a small file: when it works, the spool is writable again.
     fn probe(&mut self) {
-        let path = self.shared.root.join("probe");
+        self.last_probe = std::time::Instant::now();
+        // Where segments are made: a new one must be possible, not only a write to the root.
+        let path = self.shared.root.join("segments").join("probe");
         let written = File::create(&path).and_then(|mut file| {
             file.write_all(&[b'\n'; 4096])?;
             file.sync_data()
@@ -492,12 +590,23 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Result<(), SpoolError> {
-        if self.config.fsync != Fsync::Never && self.dirty && !self.sync() {
+        if self.config.fsync == Fsync::Always && self.dirty && !self.sync() {
             return Err(SpoolError::Write("cannot sync the segment".into()));
         }
         let next = self.end.segment + 1;
         let path = segment_path(&self.shared.root, next);
-        match OpenOptions::new().create(true).append(true).open(&path) {
+        let opened = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|file| {
+                if let Some(flusher) = &self.flusher {
+                    // The flusher flushes the segment it had before it takes this one.
+                    let _ = flusher.next.send(file.try_clone()?);
+                }
+                Ok(file)
+            });
+        match opened {
             Ok(file) => {
                 self.file = file;
                 self.end = Position {
@@ -550,13 +659,20 @@ impl Writer {
         true
     }
 
-    /// Takes requests again once a full spool has room (a tenth free) and writes work.
+    /// Takes requests while a tenth of the spool is free and writes work. Requests are
+    /// refused from 90 % on, so that those already admitted still find room for their records.
     fn update_accepting(&self) {
         let room = self.shared.bytes() + self.config.max_bytes / 10 <= self.config.max_bytes;
         let accepting = !self.failing && (room || self.config.when_full == WhenFull::DropOldest);
         let was = self.shared.accepting.swap(accepting, Ordering::Relaxed);
         if accepting && !was {
             tracing::info!("audit spool has room again; taking requests");
+        } else if was && !accepting && !self.failing {
+            tracing::error!(
+                bytes = self.shared.bytes(),
+                max_bytes = self.config.max_bytes,
+                "audit spool 90% full: refusing requests until the sinks catch up"
+            );
         }
     }
 
@@ -650,10 +766,14 @@ fn clamp(stored: Option<Position>, segments: &[(u64, u64)], oldest: u64) -> Posi
             segment: stored.segment,
             offset: stored.offset.min(*size),
         },
-        None if stored.segment > segments.last().map_or(0, |s| s.0) => Position {
-            segment: segments.last().map_or(0, |s| s.0),
-            offset: segments.last().map_or(0, |s| s.1),
-        },
-        None => start,
+        // A segment not on disk (deleted by hand, or a spool wiped): sending records again
+        // is better than skipping any.
+        None => {
+            tracing::warn!(
+                segment = stored.segment,
+                "audit sink cursor names a segment the spool does not hold; shipping from the oldest record held"
+            );
+            start
+        }
     }
 }

@@ -171,7 +171,25 @@ impl Upstream {
     }
 
     /// Reads a whole response body, within the size limit and the response timeout.
-    pub async fn read_body(&self, body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
+    /// Reads a body the gateway must check, decoded by its `Content-Encoding`; at most
+    /// `limit` bytes before and after decoding.
+    pub async fn read_body(
+        &self,
+        body: Incoming,
+        encoding: Option<&http::HeaderValue>,
+        limit: usize,
+    ) -> Result<Bytes, Refusal> {
+        let raw = self.read_raw(body, limit).await?;
+        super::encoding::decode(encoding, raw, limit).map_err(|error| {
+            let kind = match error {
+                super::encoding::DecodeError::TooLarge { .. } => UpstreamError::ResponseTooLarge,
+                _ => UpstreamError::InvalidResponse,
+            };
+            self.failed(kind, Refusal::UpstreamUnverifiable(error.to_string()))
+        })
+    }
+
+    async fn read_raw(&self, body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
         let collect = Limited::new(body, limit).collect();
         match tokio::time::timeout(self.response_timeout, collect).await {
             Err(_) => Err(self.failed(UpstreamError::Timeout, Refusal::UpstreamTimeout)),
@@ -237,9 +255,11 @@ pub fn upstream_headers(
         headers::value(if peer.tls { "https" } else { "http" }),
     );
     out.insert(REQUEST_ID.clone(), headers::value(request_id));
+    // Bodies come back unencoded so that they can be checked and their upstream URLs
+    // rewritten; the gateway compresses what it sends to clients that accept it.
+    out.insert(header::ACCEPT_ENCODING, headers::value("identity"));
     if response_checked {
         out.insert(header::ACCEPT, headers::value("application/fhir+json"));
-        out.insert(header::ACCEPT_ENCODING, headers::value("identity"));
     }
     out
 }

@@ -1,6 +1,6 @@
 //! The `metadata` endpoint: the upstream's CapabilityStatement as the edge states it.
 //!
-//! The upstream's own base URL is replaced by the public base everywhere in the body, and
+//! The upstream's own base URL is replaced by the public base throughout the body, and
 //! every `rest` entry of a JSON statement gets the gateway's `security`: SMART-on-FHIR, the
 //! `oauth-uris` of the smart-configuration and whether CORS is configured. The plain JSON
 //! statement (no query, JSON asked for or nothing particular) is kept for
@@ -15,6 +15,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::rewrite::Rewrite;
 use crate::body::{self, Body};
 use crate::discovery::Document;
 
@@ -158,12 +159,13 @@ pub fn render(text: &str, upstream_base: &str, base: &str, security: &Security<'
     serde_json::to_vec(&statement).map_or_else(|_| Bytes::from(replaced), Bytes::from)
 }
 
-/// `text` with every occurrence of the upstream's base URL made the public base.
+/// `text` with the upstream's base URL made the public base wherever it stands as a whole
+/// URL prefix (plain or JSON-escaped), as [`Rewrite`] does for every other answer.
 pub fn replace_base(text: &str, upstream_base: &str, base: &str) -> String {
-    if upstream_base.is_empty() {
-        return text.to_owned();
-    }
-    text.replace(upstream_base, base)
+    Rewrite::new(upstream_base, base)
+        .and_then(|rewrite| rewrite.apply(text.as_bytes()))
+        .and_then(|rewritten| String::from_utf8(rewritten).ok())
+        .unwrap_or_else(|| text.to_owned())
 }
 
 /// Sets `security` on every `rest` entry of mode `server` (every entry when none names a

@@ -10,11 +10,13 @@
 mod accept;
 mod bundle;
 mod cors;
+mod encoding;
 mod forward;
 mod headers;
 mod metadata;
 mod pipeline;
 mod public;
+mod rewrite;
 mod server;
 mod tls;
 mod verify;

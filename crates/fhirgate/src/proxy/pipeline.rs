@@ -21,6 +21,7 @@ use super::cors;
 use super::forward::{Outbound, add_identity_headers, upstream_headers};
 use super::headers::{self, REQUEST_ID};
 use super::public::{self, PublicRequest, SMART_CONFIGURATION};
+use super::rewrite::Rewrite;
 use super::verify::check_body;
 use super::{Gateway, Peer};
 use crate::audit::{self, AuditDecision, AuditRecord};
@@ -60,11 +61,17 @@ pub async fn handle(
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
     let request_id = headers::request_id(request.headers());
+    // The client's address after the trusted-proxy rules, as rate limits see it.
+    let source = client_address(
+        peer.address.ip(),
+        request.headers(),
+        &gateway.config.rate_limits.trusted_proxies,
+    );
     let method = request.method().to_string();
-    let path = request.uri().path().to_owned();
+    let path = audit::redact_path(request.uri().path());
     let cors = gateway.cors.allowance(
         request.method(),
-        &path,
+        request.uri().path(),
         request.headers(),
         gateway.config.upstream.public_base_path.as_str(),
     );
@@ -145,7 +152,7 @@ pub async fn handle(
         fhir_context: identity.as_ref().and_then(|i| i.fhir_context.clone()),
         token_id: identity.as_ref().and_then(|i| i.token_id.clone()),
         scopes: identity.as_ref().and_then(|i| i.scope.clone()),
-        source: peer.address.ip().to_string(),
+        source: source.to_string(),
         method,
         path,
         query,
@@ -227,7 +234,7 @@ async fn run(
             relative,
             peer,
             request_id,
-            base: request_url(gateway, &parts, "", peer.tls),
+            base: public_base(gateway, &parts, peer.tls),
         };
         let answered = public::answer(gateway, request).await;
         facts.interaction = Some(answered.interaction);
@@ -347,6 +354,17 @@ async fn run(
         Some(plan) => plan.upstream_body(&body)?,
         None => body,
     };
+    // Absolute URLs of the public base become the upstream's own.
+    let rewrites = Rewrites::new(gateway, &parts, peer.tls);
+    let body = rewrites.outbound(&body).map_or(body, Bytes::from);
+    let outbound_query;
+    let query = match query.and_then(|q| rewrites.outbound(q.as_bytes())) {
+        Some(rewritten) => {
+            outbound_query = String::from_utf8(rewritten).unwrap_or_default();
+            Some(outbound_query.as_str())
+        }
+        None => query,
+    };
     let checked = obligations.response_check.is_some() || plan.is_some();
     let mut headers = upstream_headers(&parts.headers, peer, request_id, checked);
     if gateway.config.upstream.identity_headers
@@ -368,12 +386,16 @@ async fn run(
 
     if !checked || !response.status().is_success() || parts.method == Method::HEAD {
         // Errors (an OperationOutcome at most) and bodiless answers carry no clinical data.
-        return Ok(pass_through(response));
+        return Ok(pass_through(response, rewrites.to_client.as_ref()));
     }
     let (head, incoming) = response.into_parts();
     let bytes = gateway
         .upstream
-        .read_body(incoming, gateway.config.limits.max_checked_response)
+        .read_body(
+            incoming,
+            head.headers.get(header::CONTENT_ENCODING),
+            gateway.config.limits.max_checked_response,
+        )
         .await?;
     let (body, withheld) = match (&plan, obligations.response_check.as_ref()) {
         (Some(plan), _) => {
@@ -394,7 +416,12 @@ async fn run(
     if withheld > 0 {
         facts.withheld = Some(withheld);
     }
-    Ok(checked_reply(head, body, withheld > 0 || plan.is_some()))
+    Ok(checked_reply(
+        head,
+        body,
+        withheld > 0 || plan.is_some(),
+        rewrites.to_client.as_ref(),
+    ))
 }
 
 /// The request the client asked for, sent upstream, with its status and time recorded.
@@ -417,28 +444,51 @@ async fn send_upstream(
 fn target_patient(request: &FhirRequest) -> Option<String> {
     if let Some((kind, id)) = &request.compartment
         && kind == "Patient"
+        && is_fhir_id(id)
     {
         return Some(id.clone());
     }
     if request.resource_type.as_deref() == Some("Patient")
-        && let Some(id) = &request.id
+        && let Some(id) = request.id.as_ref().filter(|id| is_fhir_id(id))
     {
         return Some(id.clone());
     }
+    let searches_patients = request.resource_type.as_deref() == Some("Patient");
     request.params.iter().find_map(|(name, value)| {
         let name = name.split(':').next().unwrap_or(name);
         let value = match name {
             "patient" => value.strip_prefix("Patient/").unwrap_or(value),
             "subject" => value.strip_prefix("Patient/")?,
+            "_id" if searches_patients => value,
             _ => return None,
         };
-        (!value.is_empty() && !value.contains(',')).then(|| value.to_owned())
+        is_fhir_id(value).then(|| value.to_owned())
     })
 }
 
+/// A FHIR id: 1 to 64 letters, digits, `-` and `.` (one patient, not a list or a path).
+fn is_fhir_id(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+}
+
 /// A response whose body the gateway checked (and may have changed).
-fn checked_reply(mut head: http::response::Parts, body: Bytes, changed: bool) -> Response<Body> {
+fn checked_reply(
+    mut head: http::response::Parts,
+    body: Bytes,
+    changed: bool,
+    rewrite: Option<&Rewrite>,
+) -> Response<Body> {
     super::headers::remove_hop_by_hop(&mut head.headers);
+    let body = match rewrite {
+        Some(rewrite) => {
+            rewrite_location(&mut head.headers, rewrite);
+            rewrite.apply(&body).map_or(body, Bytes::from)
+        }
+        None => body,
+    };
     head.headers.remove(header::CONTENT_LENGTH);
     head.headers.remove(header::CONTENT_ENCODING);
     if changed {
@@ -553,7 +603,18 @@ fn request_url(
     relative: &str,
     tls: bool,
 ) -> String {
-    let base = match &gateway.config.public_url {
+    let base = public_base(gateway, parts, tls);
+    if relative.is_empty() {
+        base
+    } else {
+        format!("{base}/{relative}")
+    }
+}
+
+/// The FHIR base URL as this client addresses the gateway: `public_url`, or the connection's
+/// scheme, the `Host` header and the public base path.
+fn public_base(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> String {
+    match &gateway.config.public_url {
         Some(url) => url.as_str().trim_end_matches('/').to_owned(),
         None => {
             let host = parts
@@ -568,11 +629,29 @@ fn request_url(
                 gateway.config.upstream.public_base_path.as_str()
             )
         }
-    };
-    if relative.is_empty() {
-        base
-    } else {
-        format!("{base}/{relative}")
+    }
+}
+
+/// The rewrites of one request: the upstream's base to the public one in what comes back, the
+/// public base to the upstream's in what goes there.
+struct Rewrites {
+    to_client: Option<Rewrite>,
+    to_upstream: Option<Rewrite>,
+}
+
+impl Rewrites {
+    fn new(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> Self {
+        let public = public_base(gateway, parts, tls);
+        let upstream = gateway.config.upstream.url.as_str();
+        Self {
+            to_client: Rewrite::new(&upstream, &public),
+            to_upstream: Rewrite::new(&public, &upstream),
+        }
+    }
+
+    /// A request body or query as the upstream should see it.
+    fn outbound(&self, data: &[u8]) -> Option<Vec<u8>> {
+        self.to_upstream.as_ref()?.apply(data)
     }
 }
 
@@ -694,10 +773,12 @@ async fn fetch_for_check(
         }
         _ => {}
     }
+    let (head, incoming) = response.into_parts();
     let bytes = gateway
         .upstream
         .read_body(
-            response.into_body(),
+            incoming,
+            head.headers.get(header::CONTENT_ENCODING),
             gateway.config.limits.max_checked_response,
         )
         .await?;
@@ -755,8 +836,51 @@ async fn precheck_matches(
 }
 
 /// An upstream response on its way to the client, streamed.
-fn pass_through(response: Response<Incoming>) -> Response<Body> {
+fn pass_through(response: Response<Incoming>, rewrite: Option<&Rewrite>) -> Response<Body> {
     let (mut head, incoming) = response.into_parts();
     super::headers::remove_hop_by_hop(&mut head.headers);
-    Response::from_parts(head, body::stream(incoming))
+    let Some(rewrite) = rewrite else {
+        return Response::from_parts(head, body::stream(incoming));
+    };
+    rewrite_location(&mut head.headers, rewrite);
+    let encoded = head
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let textual = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(is_textual);
+    if encoded || !textual {
+        // An encoded body cannot be rewritten; the upstream is asked for identity.
+        return Response::from_parts(head, body::stream(incoming));
+    }
+    head.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(head, rewrite.clone().stream(body::stream(incoming)))
+}
+
+/// `Location` and `Content-Location` pointing at the upstream's base point at the public one.
+fn rewrite_location(headers: &mut http::HeaderMap, rewrite: &Rewrite) {
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        if let Some(value) = headers.get(&name).and_then(|v| rewrite.header(v)) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// Media types whose bodies may carry the upstream's URLs as text.
+fn is_textual(content_type: &str) -> bool {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media.starts_with("text/")
+        || media.ends_with("json")
+        || media.ends_with("xml")
+        || media.ends_with("+json")
+        || media.ends_with("+xml")
+        || media == "application/x-ndjson"
 }

@@ -198,10 +198,12 @@ async fn fetch(
     let status = response.status();
     call.status = Some(status.as_u16());
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let encoding = response.headers().get(header::CONTENT_ENCODING).cloned();
     let bytes = gateway
         .upstream
         .read_body(
             response.into_body(),
+            encoding.as_ref(),
             gateway.config.limits.max_checked_response,
         )
         .await?;

@@ -6,13 +6,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::Layer as _;
+use tower::util::ServiceFn;
+use tower_http::compression::{Compression, CompressionLayer};
 
 use super::pipeline::handle;
 use super::{Gateway, Peer};
@@ -103,18 +108,46 @@ pub async fn serve(
     }
 }
 
-/// The service answering one connection's requests.
+/// The service answering one connection's requests: the pipeline, with what it sends
+/// compressed (gzip, br, deflate) for clients that accept it. Bodies that already have a
+/// `Content-Encoding` (an upstream's, passed through) are left as they are.
 fn service(
     gateway: Arc<Gateway>,
     peer: Arc<Peer>,
-) -> impl hyper::service::Service<
-    http::Request<Incoming>,
-    Response = http::Response<crate::body::Body>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send,
-> + Clone {
-    service_fn(move |request| {
+) -> TowerToHyperService<
+    Compression<ServiceFn<impl FnMut(http::Request<Incoming>) -> Answer + Clone>>,
+> {
+    let pipeline = tower::service_fn(move |request| {
         let (gateway, peer) = (gateway.clone(), peer.clone());
-        async move { Ok::<_, Infallible>(handle(gateway, request, peer).await) }
-    })
+        // A task of its own: a client that goes away does not cancel a request the upstream
+        // may already be acting on before its audit record is written.
+        let handling = tokio::spawn(handle(gateway, request, peer));
+        let answer: Answer = Box::pin(async move {
+            Ok::<_, Infallible>(handling.await.unwrap_or_else(|error| {
+                tracing::error!(%error, "request handler failed");
+                internal_error()
+            }))
+        });
+        answer
+    });
+    TowerToHyperService::new(CompressionLayer::new().layer(pipeline))
+}
+
+/// The pipeline's answer to one request.
+type Answer =
+    Pin<Box<dyn Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send>>;
+
+/// The answer when the request handler itself failed.
+fn internal_error() -> http::Response<crate::body::Body> {
+    let outcome = fhirgate_policy::outcome::OperationOutcome::error(
+        fhirgate_policy::outcome::IssueCode::Exception,
+        "The gateway failed while handling the request".to_owned(),
+    );
+    let mut response = http::Response::new(crate::body::full(outcome.to_json()));
+    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/fhir+json; charset=utf-8"),
+    );
+    response
 }

@@ -269,20 +269,25 @@ impl Canned {
     }
 }
 
+/// Extra response headers by route.
+type RouteHeaders = Arc<Mutex<HashMap<String, Vec<(String, String)>>>>;
+
 /// A fake FHIR server answering canned bodies by path (query ignored) and recording requests.
 pub struct FakeFhir {
     pub addr: SocketAddr,
     routes: Arc<Mutex<HashMap<String, Canned>>>,
+    headers: RouteHeaders,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl FakeFhir {
     pub async fn start() -> Self {
         let routes: Arc<Mutex<HashMap<String, Canned>>> = Arc::default();
+        let headers: RouteHeaders = Arc::default();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let (r, s) = (routes.clone(), seen.clone());
+        let (r, h, s) = (routes.clone(), headers.clone(), seen.clone());
         let addr = spawn_server(move |req: Request<Incoming>| {
-            let (routes, seen) = (r.clone(), s.clone());
+            let (routes, extra, seen) = (r.clone(), h.clone(), s.clone());
             async move {
                 let (parts, body) = req.into_parts();
                 let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
@@ -294,7 +299,8 @@ impl FakeFhir {
                 });
                 let key = format!("{} {}", parts.method, parts.uri.path());
                 let route = routes.lock().unwrap().get(&key).cloned();
-                match route {
+                let extra = extra.lock().unwrap().get(&key).cloned().unwrap_or_default();
+                let mut response = match route {
                     Some(canned) if canned.status == HANG => {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         respond(StatusCode::OK, "text/plain", "")
@@ -305,16 +311,39 @@ impl FakeFhir {
                         "application/fhir+json",
                         r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#,
                     ),
+                };
+                for (name, value) in extra {
+                    response.headers_mut().insert(
+                        http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                        http::HeaderValue::from_str(&value).unwrap(),
+                    );
                 }
+                response
             }
         })
         .await;
-        Self { addr, routes, seen }
+        Self {
+            addr,
+            routes,
+            headers,
+            seen,
+        }
+    }
+
+    /// The key of route `METHOD /fhir/path` (`METHOD /fhir` for an empty path).
+    fn key(method: &str, path: &str) -> String {
+        match path {
+            "" => format!("{method} /fhir"),
+            path => format!("{method} /fhir/{path}"),
+        }
     }
 
     /// Answers `METHOD /fhir/path` (`METHOD /fhir` for an empty path) with `body`.
     pub fn route(&self, method: &str, path: &str, status: u16, body: &str) {
-        self.route_canned(method, path, Canned::new(status, body));
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(Self::key(method, path), Canned::new(status, body));
     }
 
     /// [`FakeFhir::route`] with extra response headers and an XML body for requests that ask
@@ -333,15 +362,26 @@ impl FakeFhir {
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect();
         canned.xml = xml.map(str::to_owned);
-        self.route_canned(method, path, canned);
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(Self::key(method, path), canned);
     }
 
-    fn route_canned(&self, method: &str, path: &str, canned: Canned) {
-        let key = match path {
-            "" => format!("{method} /fhir"),
-            path => format!("{method} /fhir/{path}"),
-        };
-        self.routes.lock().unwrap().insert(key, canned);
+    /// Adds response headers to the route `METHOD /fhir/path`.
+    pub fn route_headers(&self, method: &str, path: &str, headers: &[(&str, &str)]) {
+        self.headers.lock().unwrap().insert(
+            Self::key(method, path),
+            headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+    }
+
+    /// The base URL the fake server answers under.
+    pub fn base(&self) -> String {
+        format!("http://{}/fhir", self.addr)
     }
 
     pub fn seen(&self) -> Vec<Seen> {

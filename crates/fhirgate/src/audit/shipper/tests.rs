@@ -292,3 +292,54 @@ async fn a_shipper_retries_a_failing_sink_and_moves_its_cursor_only_on_success()
     server.abort();
     writer.close().await;
 }
+
+#[tokio::test]
+async fn a_backlog_from_before_a_restart_counts_as_unshipped() {
+    let dir = folder();
+    let spool_config = config(&dir.0, 1 << 20, WhenFull::Refuse);
+    let metrics = Arc::new(Metrics::default());
+    let (handle, writer) = spool::open(&spool_config, &["down".into()], metrics.clone()).unwrap();
+    for n in 0..7 {
+        handle.append(line(n)).await.unwrap();
+    }
+    writer.close().await;
+
+    let (handle, writer) = spool::open(&spool_config, &["down".into()], metrics.clone()).unwrap();
+    handle.append(line(7)).await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let sink = crate::config::Sink::Http(crate::config::NetworkSink {
+        url: serde_saphyr::from_str(&format!("\"http://{address}/records\"")).unwrap(),
+        site: None,
+        batch: 5,
+        timeout: Duration::from_secs(1),
+        backoff_max: Duration::from_millis(100),
+        bearer_token_file: None,
+    });
+    let source = crate::audit::EventSource {
+        observer: "test".into(),
+        site: None,
+        public_base: "http://gw.example/fhir".into(),
+    };
+    let shipper = Shipper {
+        name: "down".into(),
+        sink: super::Sink::open("down", &sink, &reqwest::Client::new(), &source).unwrap(),
+        batch: 5,
+        backoff_max: Duration::from_millis(100),
+        spool: handle.clone(),
+        metrics,
+    };
+    let (control, watching) = watch::channel(Run::Ship);
+    let lag = Arc::new(Lag::default());
+    let task = tokio::spawn(shipper.run(watching, lag.clone()));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        lag.records.load(Ordering::Relaxed),
+        8,
+        "7 from before the restart, 1 after"
+    );
+    let _ = control.send(Run::Drain(Instant::now()));
+    task.await.unwrap();
+    writer.close().await;
+}

@@ -1,0 +1,200 @@
+//! Base URL rewriting: the upstream's own base URL never reaches a client, and the gateway's
+//! public base never reaches the upstream.
+//!
+//! FHIR servers write absolute URLs of their own base into responses (`Bundle.link`,
+//! `entry.fullUrl`, references, `Location`). Behind the gateway that base is an internal
+//! address; clients must see (and follow) the public one. The rewrite is a byte-level
+//! replacement of the base where it stands as a whole URL prefix: followed by `/`, `?`, `#`,
+//! a quote, `<`, whitespace, the end of the text, or (JSON-escaped) `\/`. Both the plain form
+//! and the `\/`-escaped form some JSON writers use are replaced. Bodies are rewritten while they
+//! stream, without buffering them whole.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use http_body::{Body as HttpBody, Frame};
+use memchr::memmem;
+
+use crate::body::{Body, BodyError};
+
+/// One base URL replaced by another, in both its plain and JSON-escaped forms.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Longest pattern, minus one: bytes held back between chunks of a stream.
+    keep: usize,
+}
+
+impl Rewrite {
+    /// Replaces `from` (a base URL without trailing `/`) with `to`. `None` when they are the
+    /// same, so nothing needs doing.
+    pub fn new(from: &str, to: &str) -> Option<Self> {
+        let (from, to) = (from.trim_end_matches('/'), to.trim_end_matches('/'));
+        if from == to || from.is_empty() {
+            return None;
+        }
+        let mut pairs = vec![(from.as_bytes().to_vec(), to.as_bytes().to_vec())];
+        let escaped = from.replace('/', "\\/");
+        if escaped != from {
+            pairs.push((escaped.into_bytes(), to.replace('/', "\\/").into_bytes()));
+        }
+        let keep = pairs.iter().map(|(f, _)| f.len()).max().unwrap_or(1);
+        Some(Self { pairs, keep })
+    }
+
+    /// The text with every whole-prefix occurrence replaced; `None` when there is none.
+    pub fn apply(&self, text: &[u8]) -> Option<Vec<u8>> {
+        self.apply_until(text, text.len(), true).map(|(out, _)| out)
+    }
+
+    /// Replaces occurrences that start before `limit`; the end of `text` counts as a boundary
+    /// when `at_end`. Returns the rewritten prefix up to the last position it is sure of, and
+    /// how many input bytes that prefix covers; `None` when nothing was replaced and every
+    /// byte up to `limit` can go out as it is.
+    fn apply_until(&self, text: &[u8], limit: usize, at_end: bool) -> Option<(Vec<u8>, usize)> {
+        let mut hits: Vec<(usize, usize)> = Vec::new();
+        for (index, (from, _)) in self.pairs.iter().enumerate() {
+            for at in memmem::find_iter(text, from) {
+                if at >= limit {
+                    break;
+                }
+                let end = at + from.len();
+                let bounded = match text.get(end) {
+                    Some(&next) => is_boundary(next, text.get(end + 1).copied()),
+                    None => at_end,
+                };
+                if bounded {
+                    hits.push((at, index));
+                }
+            }
+        }
+        if hits.is_empty() {
+            return None;
+        }
+        hits.sort_unstable();
+        let mut out = Vec::with_capacity(text.len() + 64);
+        let mut copied = 0;
+        for (at, index) in hits {
+            if at < copied {
+                continue;
+            }
+            let (from, to) = &self.pairs[index];
+            out.extend_from_slice(&text[copied..at]);
+            out.extend_from_slice(to);
+            copied = at + from.len();
+        }
+        let covered = copied.max(limit.min(text.len()));
+        out.extend_from_slice(&text[copied..covered]);
+        Some((out, covered))
+    }
+
+    /// A header value with the base replaced at its start.
+    pub fn header(&self, value: &HeaderValue) -> Option<HeaderValue> {
+        let bytes = value.as_bytes();
+        let (from, to) = &self.pairs[0];
+        let rest = bytes.strip_prefix(from.as_slice())?;
+        if !rest
+            .first()
+            .is_none_or(|&b| is_boundary(b, rest.get(1).copied()))
+        {
+            return None;
+        }
+        let mut out = to.clone();
+        out.extend_from_slice(rest);
+        HeaderValue::from_bytes(&out).ok()
+    }
+
+    /// A body rewritten as it streams.
+    pub fn stream(self, body: Body) -> Body {
+        http_body_util::BodyExt::boxed_unsync(Rewriting {
+            rewrite: self,
+            inner: body,
+            held: BytesMut::new(),
+            done: false,
+            trailers: None,
+        })
+    }
+}
+
+/// Whether the byte after a base URL ends it as a prefix (`next` is the byte after that).
+fn is_boundary(byte: u8, next: Option<u8>) -> bool {
+    match byte {
+        b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b')' | b',' => true,
+        b'\\' => matches!(next, Some(b'/' | b'"' | b'u')),
+        byte => byte.is_ascii_whitespace(),
+    }
+}
+
+/// A body whose data frames are rewritten, with the bytes that could start a base held back
+/// until the next frame shows how they go on.
+struct Rewriting {
+    rewrite: Rewrite,
+    inner: Body,
+    held: BytesMut,
+    done: bool,
+    /// Trailers seen after the data, sent once the held bytes are out.
+    trailers: Option<Frame<Bytes>>,
+}
+
+impl Rewriting {
+    /// What can go out of the held bytes now; all of it at the end.
+    fn release(&mut self, at_end: bool) -> Option<Bytes> {
+        if self.held.is_empty() {
+            return None;
+        }
+        // Two bytes of look-ahead decide a boundary, so that much more stays back.
+        let hold = if at_end { 0 } else { self.rewrite.keep + 2 };
+        let limit = self.held.len().saturating_sub(hold);
+        if limit == 0 && !at_end {
+            return None;
+        }
+        let (out, covered) = match self.rewrite.apply_until(&self.held, limit, at_end) {
+            Some(found) => found,
+            None => (self.held[..limit].to_vec(), limit),
+        };
+        let _ = self.held.split_to(covered);
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+}
+
+impl HttpBody for Rewriting {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            if self.done {
+                if let Some(data) = self.release(true) {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                return Poll::Ready(self.trailers.take().map(Ok));
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.done = true,
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.held.extend_from_slice(&data);
+                        if let Some(out) = self.release(false) {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    // Trailers end the data: what is held goes first.
+                    Err(trailers) => {
+                        self.trailers = Some(trailers);
+                        self.done = true;
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
