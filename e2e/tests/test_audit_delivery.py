@@ -218,8 +218,13 @@ def check_delivery(procs, relay, config, admin, log_path, listen, token, patient
         time.sleep(2)
         relay.down()
         time.sleep(2)
-        before_kill = unshipped(admin)
-        assert before_kill > 0, "records waiting for the sink while it is down"
+        # Records wait for the sink while it is down (the metric is refreshed every second).
+        deadline = time.monotonic() + 15
+        while (before_kill := unshipped(admin)) <= 0 and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert before_kill > 0, (
+            f"no records waiting for the sink while it is down: {len(client.answered)} answered, "
+            f"{len(client.unanswered)} not")
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
         procs.append(start_gateway_process(config, admin, log_path))
