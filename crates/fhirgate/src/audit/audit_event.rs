@@ -291,6 +291,8 @@ fn reason_text(reason: &str) -> &'static str {
         "upstream_unavailable" => "the FHIR server was unavailable",
         "upstream_timeout" => "the FHIR server did not answer in time",
         "upstream_unverifiable" => "the FHIR server's response could not be checked",
+        "not_acceptable" => "the client accepts no format the gateway writes",
+        "json_required" => "XML was asked for a response the gateway checks in JSON",
         _ => "see the reason code",
     }
 }
