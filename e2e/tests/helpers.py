@@ -72,6 +72,7 @@ MODULE_ORDER = [
     "test_upstream_failures",
     "test_issuers",
     "test_audit_delivery",
+    "test_formats",
     "test_zz_audit",
 ]
 
