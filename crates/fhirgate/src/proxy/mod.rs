@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use self::accept::{ACCESS_TOKEN, accept, param_name};
 pub use self::forward::{Upstream, target_url};
-pub use self::pipeline::{classify_and_decide, grant_for, is_public, reads_body};
+pub use self::pipeline::{checks_response, classify_and_decide, grant_for, is_public, reads_body};
 pub use self::server::serve;
 pub use self::tls::{
     TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,

@@ -292,7 +292,7 @@ async fn run(
     };
 
     let plan = BundlePlan::new(&obligations, &body);
-    let checked = obligations.response_check.is_some() || plan.is_some();
+    let checked = checks_response(&obligations);
     forwardable(wanted, checked)?;
     // The upstream answers checks and checked responses in JSON: no `_format` may say otherwise.
     let json_query = query.map(without_format_param);
@@ -568,6 +568,13 @@ pub fn grant_for(identity: &Identity) -> Grant {
         identity.patient.clone(),
     )
     .with_context(identity.encounter.clone(), identity.fhir_user.clone())
+}
+
+/// Does the gateway read and check the response of a request allowed with `obligations`?
+/// Such a response is had from the upstream in JSON only. The pipeline and `fhirgate
+/// explain` both ask here.
+pub fn checks_response(obligations: &decision::Obligations) -> bool {
+    obligations.response_check.is_some() || BundlePlan::applies(obligations)
 }
 
 /// Does the gateway read (and classify) the body of requests with this method?
