@@ -28,6 +28,8 @@ export FHIRGATE_CONFIG="$FHIRGATE_ROOT/e2e/fhirgate-e2e.yaml"
 export FHIRGATE_AUDIT="$FHIRGATE_ROOT/.work/e2e-audit.jsonl"
 export FHIRGATE_LOG_FILE="$WORK_DIR/fhirgate-e2e.log"
 export FHIRGATE_VALIDATOR_PYTHON="$WORK_DIR/venv-validator/bin/python"
+# the refusal bodies of crates/fhirgate/tests/outcomes.rs, validated by e2e/tests/test_formats.py
+export FHIRGATE_OUTCOME_SAMPLES="$WORK_DIR/outcome-samples"
 GATEWAY_PID="$WORK_DIR/fhirgate-e2e.pid"
 
 declare -a RESULTS=()
@@ -55,6 +57,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$WORK_DIR"
+rm -rf "$FHIRGATE_OUTCOME_SAMPLES"   # written afresh by phase 1, or absent when it is skipped
 
 # ---------------------------------------------------------------- 1. unit tests
 section "1/6 cargo test --workspace"

@@ -73,6 +73,7 @@ MODULE_ORDER = [
     "test_issuers",
     "test_audit_delivery",
     "test_discovery",
+    "test_formats",
     "test_zz_audit",
 ]
 

@@ -21,6 +21,7 @@ from helpers import AUDIT_FILE, ROOT, VALIDATOR_PYTHON, read_audit_lines, run_va
 
 AUDIT_FHIR = os.environ.get("AUDIT_FHIR", "http://127.0.0.1:18092/fhir").rstrip("/")
 AUDIT_VALIDATOR = ROOT / "e2e" / "validator" / "validate_audit_events.py"
+OUTCOME_VALIDATOR = ROOT / "e2e" / "validator" / "validate_outcomes.py"
 
 REQUIRED_FIELDS = {
     "time": str, "request_id": str, "client_id": (str, type(None)), "subject": (str, type(None)),
@@ -31,18 +32,28 @@ REQUIRED_FIELDS = {
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
-def test_every_error_body_is_a_valid_r4_operation_outcome(gw):
+def test_every_error_body_is_a_valid_r4_operation_outcome(gw, tmp_path):
     errors = [e for e in gw.exchanges if e.status >= 400]
     assert len(errors) >= 5, "too few refusals recorded; did the other tests run?"
     bodies = []
+    xml = []
     for e in errors:
+        if e.content_type.startswith("application/fhir+xml"):
+            xml.append(e)
+            continue
         try:
             json.loads(e.body)
         except ValueError:
-            pytest.fail(f"{e.method} {e.path} -> {e.status}: body is not JSON: {e.body[:300]!r}")
+            pytest.fail(f"{e.method} {e.path} -> {e.status}: body is neither XML nor JSON: {e.body[:300]!r}")
         bodies.append(e.body)
     result = run_validator(bodies)
     assert result.returncode == 0, f"R4 validation failed:\n{result.stdout}\n{result.stderr}"
+    if xml:
+        for n, e in enumerate(xml):
+            (tmp_path / f"{n:04d}-{e.status}.xml").write_bytes(e.body)
+        checked = subprocess.run([str(VALIDATOR_PYTHON), str(OUTCOME_VALIDATOR), "--quiet", str(tmp_path)],
+                                 capture_output=True, text=True, timeout=300)
+        assert checked.returncode == 0, f"R4 XML validation failed:\n{checked.stdout}\n{checked.stderr}"
 
 
 @pytest.fixture(scope="module")

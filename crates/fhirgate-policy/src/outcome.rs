@@ -1,9 +1,17 @@
 //! FHIR R4 OperationOutcome rendering (JSON and XML) for gateway-originated errors.
 //!
 //! JSON is produced from serde structs whose field order is the R4 element order; XML is written
-//! by hand in the fixed R4 element order with attribute escaping. Nothing here reads requests.
+//! by hand in the fixed R4 element order (`text`, then `issue`: `severity`, `code`, `details`,
+//! `diagnostics`, `expression`) with escaping. Both carry the same generated narrative (an XHTML
+//! `div` with one paragraph per issue) and the same strings: text is made a valid FHIR string
+//! when it is set, so the two formats never differ. XML is UTF-8 without an XML declaration
+//! (UTF-8 is XML's default encoding). Nothing here reads requests.
 
 use serde::Serialize;
+use serde::ser::SerializeStruct as _;
+
+/// The XHTML namespace of narrative `div`s.
+const XHTML: &str = "http://www.w3.org/1999/xhtml";
 
 /// R4 IssueType codes used by the gateway (`http://hl7.org/fhir/issue-type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,11 +159,32 @@ pub struct Issue {
 }
 
 /// An R4 OperationOutcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperationOutcome {
-    #[serde(rename = "resourceType")]
-    resource_type: &'static str,
     issue: Vec<Issue>,
+}
+
+/// `OperationOutcome.text`: a narrative generated from the issues.
+#[derive(Serialize)]
+struct Narrative {
+    status: &'static str,
+    div: String,
+}
+
+impl Serialize for OperationOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut outcome = s.serialize_struct("OperationOutcome", 3)?;
+        outcome.serialize_field("resourceType", "OperationOutcome")?;
+        outcome.serialize_field(
+            "text",
+            &Narrative {
+                status: "generated",
+                div: self.narrative(),
+            },
+        )?;
+        outcome.serialize_field("issue", &self.issue)?;
+        outcome.end()
+    }
 }
 
 impl OperationOutcome {
@@ -169,38 +198,73 @@ impl OperationOutcome {
         let issue = Issue {
             severity,
             code,
-            details: Some(Details {
-                text: details.into(),
-            }),
+            details: None,
             diagnostics: None,
             expression: Vec::new(),
         };
-        Self {
-            resource_type: "OperationOutcome",
-            issue: vec![issue],
-        }
+        Self { issue: Vec::new() }.push(issue).with_details(details)
     }
 
-    /// Adds another issue.
+    /// Adds another issue (its strings made valid FHIR strings, empty ones left out).
     pub fn push(mut self, issue: Issue) -> Self {
-        self.issue.push(issue);
+        let Issue {
+            severity,
+            code,
+            details,
+            diagnostics,
+            expression,
+        } = issue;
+        self.issue.push(Issue {
+            severity,
+            code,
+            details: details.and_then(|d| fhir_string(d.text).map(|text| Details { text })),
+            diagnostics: diagnostics.and_then(fhir_string),
+            expression: expression.into_iter().filter_map(fhir_string).collect(),
+        });
         self
     }
 
-    /// Sets `diagnostics` on the last issue.
+    /// Sets `details.text` on the last issue (left out when empty).
+    fn with_details(mut self, details: impl Into<String>) -> Self {
+        if let Some(last) = self.issue.last_mut() {
+            last.details = fhir_string(details.into()).map(|text| Details { text });
+        }
+        self
+    }
+
+    /// Sets `diagnostics` on the last issue (left out when empty).
     pub fn with_diagnostics(mut self, diagnostics: impl Into<String>) -> Self {
         if let Some(last) = self.issue.last_mut() {
-            last.diagnostics = Some(diagnostics.into());
+            last.diagnostics = fhir_string(diagnostics.into());
         }
         self
     }
 
-    /// Adds a FHIRPath `expression` to the last issue.
+    /// Adds a FHIRPath `expression` to the last issue (unless empty).
     pub fn with_expression(mut self, expression: impl Into<String>) -> Self {
         if let Some(last) = self.issue.last_mut() {
-            last.expression.push(expression.into());
+            last.expression.extend(fhir_string(expression.into()));
         }
         self
+    }
+
+    /// The narrative `div`: one paragraph per issue, `severity (code): details`, escaped.
+    pub fn narrative(&self) -> String {
+        let mut div = format!(r#"<div xmlns="{XHTML}">"#);
+        for issue in &self.issue {
+            div.push_str("<p>");
+            div.push_str(issue.severity.code());
+            div.push_str(" (");
+            div.push_str(issue.code.code());
+            div.push(')');
+            if let Some(details) = &issue.details {
+                div.push_str(": ");
+                escape_text(&mut div, &details.text);
+            }
+            div.push_str("</p>");
+        }
+        div.push_str("</div>");
+        div
     }
 
     /// The issues.
@@ -216,6 +280,10 @@ impl OperationOutcome {
     /// Renders `application/fhir+xml`.
     pub fn to_xml(&self) -> Vec<u8> {
         let mut out = String::from(r#"<OperationOutcome xmlns="http://hl7.org/fhir">"#);
+        out.push_str("<text>");
+        push_value(&mut out, "status", "generated");
+        out.push_str(&self.narrative());
+        out.push_str("</text>");
         for issue in &self.issue {
             out.push_str("<issue>");
             push_value(&mut out, "severity", issue.severity.code());
@@ -238,16 +306,33 @@ impl OperationOutcome {
     }
 }
 
+/// An element whose primitive value is its `value` attribute.
 fn push_value(out: &mut String, element: &str, value: &str) {
     out.push('<');
     out.push_str(element);
     out.push_str(" value=\"");
-    escape_attr(out, value);
+    escape(out, value);
     out.push_str("\"/>");
 }
 
-/// Escapes an XML attribute value; control characters not allowed in XML 1.0 become U+FFFD.
-fn escape_attr(out: &mut String, value: &str) {
+/// Escapes element content (the narrative's text): `&`, `<` and `>`; characters XML 1.0 does
+/// not allow become U+FFFD.
+fn escape_text(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c if allowed(c) => out.push(c),
+            _ => out.push('\u{FFFD}'),
+        }
+    }
+}
+
+/// Escapes an XML attribute value. Tab, line feed and carriage return become character
+/// references (attribute normalisation would turn them into spaces); characters XML 1.0 does
+/// not allow become U+FFFD.
+fn escape(out: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -258,10 +343,30 @@ fn escape_attr(out: &mut String, value: &str) {
             '\t' => out.push_str("&#x9;"),
             '\n' => out.push_str("&#xA;"),
             '\r' => out.push_str("&#xD;"),
-            c if c.is_control() => out.push('\u{FFFD}'),
-            c => out.push(c),
+            c if allowed(c) => out.push(c),
+            _ => out.push('\u{FFFD}'),
         }
     }
+}
+
+/// May `c` stand in a FHIR string (and so in XML 1.0 and JSON alike)? FHIR strings exclude
+/// code points below U+0020 but tab, line feed and carriage return; XML 1.0 excludes U+FFFE
+/// and U+FFFF; the C1 controls and DEL carry no text and are excluded too.
+fn allowed(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r') || !(c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}'))
+}
+
+/// `text` as a FHIR string: characters that may not stand in one replaced by U+FFFD; `None`
+/// when nothing but whitespace is left (FHIR strings are never empty).
+fn fhir_string(text: String) -> Option<String> {
+    let text = if text.chars().all(allowed) {
+        text
+    } else {
+        text.chars()
+            .map(|c| if allowed(c) { c } else { '\u{FFFD}' })
+            .collect()
+    };
+    (!text.trim().is_empty()).then_some(text)
 }
 
 #[cfg(test)]
@@ -278,7 +383,7 @@ mod tests {
         let json = String::from_utf8(oo.to_json()).unwrap();
         assert_eq!(
             json,
-            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"forbidden","details":{"text":"Scope does not permit search on Observation"},"diagnostics":"required: patient/Observation.s"}]}"#
+            r#"{"resourceType":"OperationOutcome","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>error (forbidden): Scope does not permit search on Observation</p></div>"},"issue":[{"severity":"error","code":"forbidden","details":{"text":"Scope does not permit search on Observation"},"diagnostics":"required: patient/Observation.s"}]}"#
         );
     }
 
@@ -290,7 +395,68 @@ mod tests {
         let xml = String::from_utf8(oo.to_xml()).unwrap();
         assert_eq!(
             xml,
-            "<OperationOutcome xmlns=\"http://hl7.org/fhir\"><issue><severity value=\"error\"/><code value=\"not-supported\"/><details><text value=\"a &amp; &lt;b&gt; &quot;c&quot;\u{FFFD}\"/></details><diagnostics value=\"x&#xA;y\"/><expression value=\"Bundle.entry[1]\"/></issue></OperationOutcome>"
+            concat!(
+                "<OperationOutcome xmlns=\"http://hl7.org/fhir\">",
+                "<text><status value=\"generated\"/>",
+                "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>error (not-supported): ",
+                "a &amp; &lt;b&gt; \"c\"\u{FFFD}</p></div></text>",
+                "<issue><severity value=\"error\"/><code value=\"not-supported\"/>",
+                "<details><text value=\"a &amp; &lt;b&gt; &quot;c&quot;\u{FFFD}\"/></details>",
+                "<diagnostics value=\"x&#xA;y\"/><expression value=\"Bundle.entry[1]\"/>",
+                "</issue></OperationOutcome>"
+            )
+        );
+    }
+
+    #[test]
+    fn strings_are_fhir_strings_in_both_formats() {
+        let oo = OperationOutcome::error(
+            IssueCode::Invalid,
+            "a\u{0}b\u{1b}c\u{7f}d\u{85}e\u{fffe}f\u{ffff}g\th",
+        )
+        .with_diagnostics("\u{8}");
+        let text = "a\u{fffd}b\u{fffd}c\u{fffd}d\u{fffd}e\u{fffd}f\u{fffd}g\th";
+        let issue = &oo.issues()[0];
+        assert_eq!(issue.details.as_ref().unwrap().text, text);
+        assert_eq!(issue.diagnostics.as_deref(), Some("\u{fffd}"));
+        let json: serde_json::Value = serde_json::from_slice(&oo.to_json()).unwrap();
+        assert_eq!(json["issue"][0]["details"]["text"], text);
+        let xml = String::from_utf8(oo.to_xml()).unwrap();
+        assert!(
+            xml.contains("a\u{fffd}b\u{fffd}c\u{fffd}d\u{fffd}e\u{fffd}f\u{fffd}g&#x9;h"),
+            "{xml}"
+        );
+        assert!(!xml.chars().any(|c| !allowed(c)), "{xml:?}");
+    }
+
+    #[test]
+    fn empty_strings_are_left_out() {
+        let oo = OperationOutcome::error(IssueCode::Exception, "  ")
+            .with_diagnostics("")
+            .with_expression("");
+        let json = String::from_utf8(oo.to_json()).unwrap();
+        assert!(
+            json.ends_with(r#""issue":[{"severity":"error","code":"exception"}]}"#),
+            "{json}"
+        );
+        assert!(json.contains("<p>error (exception)</p>"), "{json}");
+        let pushed = OperationOutcome::error(IssueCode::Invalid, "x").push(Issue {
+            severity: Severity::Warning,
+            code: IssueCode::Value,
+            details: Some(Details {
+                text: String::new(),
+            }),
+            diagnostics: Some("d\u{0}".into()),
+            expression: vec![String::new(), "Patient.id".into()],
+        });
+        let second = &pushed.issues()[1];
+        assert_eq!(second.details, None);
+        assert_eq!(second.diagnostics.as_deref(), Some("d\u{fffd}"));
+        assert_eq!(second.expression, ["Patient.id"]);
+        assert!(
+            pushed
+                .narrative()
+                .ends_with("<p>error (invalid): x</p><p>warning (value)</p></div>")
         );
     }
 

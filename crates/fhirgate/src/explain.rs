@@ -28,7 +28,7 @@ use self::report::{
 };
 use crate::config::Config;
 use crate::proxy;
-use crate::refusal::Refusal;
+use crate::refusal::{OutcomeFormat, Refusal, forwardable, without_format_param};
 
 /// A usage, configuration or input error: `fhirgate explain` exits 2.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +110,18 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
     };
     request.relative_path = Some(relative.to_owned());
 
+    let wanted = OutcomeFormat::negotiate(query.as_deref(), &headers);
     if proxy::is_public(&method, relative) {
+        if let Err(refusal) = forwardable(wanted, false) {
+            let decision = refused("format", &refusal);
+            return Ok(report(
+                input,
+                decoded.report,
+                grant_report,
+                request,
+                decision,
+            ));
+        }
         let obligations = Obligations {
             rule: "public",
             ..Obligations::default()
@@ -169,6 +180,14 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
                     let rule = denial.rule;
                     let mut report = refused("policy", &Refusal::Policy(denial));
                     report.rule = Some(rule.to_owned());
+                    report
+                }
+                Decision::Allow(obligations)
+                    if let Err(refusal) =
+                        forwardable(wanted, proxy::checks_response(&obligations)) =>
+                {
+                    let mut report = refused("format", &refusal);
+                    report.rule = Some(obligations.rule.to_owned());
                     report
                 }
                 Decision::Allow(obligations) => DecisionReport {
@@ -491,6 +510,13 @@ fn obligations_report(
         narrowed = decision::narrowed_query(query, &obligations.add_params);
         Some(narrowed.as_str())
     };
+    // As the pipeline does: checks and checked responses are asked for without `_format`.
+    let json_query = upstream_query.map(without_format_param);
+    let upstream_query = if proxy::checks_response(obligations) {
+        json_query.as_deref()
+    } else {
+        upstream_query
+    };
     let upstream_if_none_exist = (!obligations.add_if_none_exist.is_empty()).then(|| {
         let original = headers.get("if-none-exist").and_then(|v| v.to_str().ok());
         decision::narrowed_query(original, &obligations.add_if_none_exist)
@@ -515,7 +541,7 @@ fn obligations_report(
             }
             Precheck::Matches(check) => PrecheckReport {
                 kind: "matches",
-                fetch_url: proxy::target_url(&upstream_base, relative, upstream_query),
+                fetch_url: proxy::target_url(&upstream_base, relative, json_query.as_deref()),
                 checks: format!(
                     "every resource the criteria match must be covered: {}; the matches must fit \
                      in one page",

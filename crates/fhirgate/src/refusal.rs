@@ -2,7 +2,9 @@
 //!
 //! A [`Refusal`] knows its HTTP status, its OperationOutcome issue code, its RFC 6750
 //! challenge and the short reason written to the audit trail. Bodies are FHIR R4
-//! OperationOutcomes in JSON, or XML when the client asked for XML.
+//! OperationOutcomes in the format the client negotiated ([`OutcomeFormat::negotiate`]):
+//! XML when it asked for XML, JSON otherwise, and JSON for the 406 that says it asked for a
+//! format fhirgate does not write.
 
 use bytes::Bytes;
 use fhirgate_policy::decision::Denial;
@@ -12,6 +14,10 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, Body};
 use crate::token::{DpopChallenge, TokenError};
+
+mod negotiate;
+
+pub use negotiate::{NotAcceptable, OutcomeFormat, without_format_param};
 
 /// The realm named in every Bearer challenge.
 const REALM: &str = "fhirgate";
@@ -58,13 +64,12 @@ pub enum Refusal {
     CorsOriginNotAllowed,
     #[error("the authorization server's discovery document cannot be fetched; try again later")]
     DiscoveryUnavailable,
-}
-
-/// The format a client asked for, by `_format` first and `Accept` second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutcomeFormat {
-    Json,
-    Xml,
+    /// No format the gateway writes satisfies `_format` or `Accept`.
+    #[error("{0}")]
+    NotAcceptable(#[from] NotAcceptable),
+    /// XML asked for a response the gateway checks, which it checks in JSON only.
+    #[error("the gateway checks this response and hands it on in FHIR JSON only")]
+    JsonRequired,
 }
 
 impl Refusal {
@@ -96,6 +101,7 @@ impl Refusal {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamUnavailable | Self::UpstreamUnverifiable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotAcceptable(_) | Self::JsonRequired => StatusCode::NOT_ACCEPTABLE,
         }
     }
 
@@ -122,6 +128,7 @@ impl Refusal {
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
             Self::UpstreamUnavailable | Self::UpstreamUnverifiable(_) => IssueCode::Transient,
             Self::UpstreamTimeout => IssueCode::Timeout,
+            Self::NotAcceptable(_) | Self::JsonRequired => IssueCode::NotSupported,
         }
     }
 
@@ -148,6 +155,15 @@ impl Refusal {
             Self::Token(TokenError::Invalid(_) | TokenError::Expired) => "invalid_token",
             Self::Policy(_) | Self::ResponseWithheld if self.status() == StatusCode::FORBIDDEN => {
                 "insufficient_scope"
+            }
+            // Every other 401 and 403 still names the scheme (RFC 6750 section 3), without
+            // an error code: the refusal is not about the token.
+            _ if matches!(
+                self.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) =>
+            {
+                return Some(format!("Bearer realm=\"{REALM}\""));
             }
             _ => return None,
         };
@@ -186,6 +202,8 @@ impl Refusal {
             Self::UpstreamUnverifiable(_) => "upstream_unverifiable",
             Self::CorsOriginNotAllowed => "cors_origin_not_allowed",
             Self::DiscoveryUnavailable => "discovery_unavailable",
+            Self::NotAcceptable(_) => "not_acceptable",
+            Self::JsonRequired => "json_required",
         }
     }
 
@@ -220,6 +238,15 @@ impl Refusal {
                 "Rate limit '{rule}' exceeded; retry after {} s",
                 retry_seconds(*retry_after)
             ),
+            Self::NotAcceptable(_) => {
+                "The gateway answers in FHIR R4 JSON (application/fhir+json) or XML \
+                 (application/fhir+xml) only"
+                    .into()
+            }
+            Self::JsonRequired => "The gateway checks this response against the access token \
+                 and hands it on in FHIR JSON only; ask again with _format=json or \
+                 Accept: application/fhir+json"
+                .into(),
             other => other.to_string(),
         }
     }
@@ -232,20 +259,31 @@ impl Refusal {
                 outcome = outcome.with_expression(expression.clone());
             }
         }
+        if let Self::NotAcceptable(why) = self {
+            outcome = outcome.with_diagnostics(why.to_string());
+        }
         outcome
     }
 
-    /// The response sent to the client.
+    /// The response sent to the client, in `format` (JSON when the refusal is that no format
+    /// fhirgate writes was acceptable).
     pub fn into_response(self, format: OutcomeFormat) -> Response<Body> {
+        let format = match self {
+            Self::NotAcceptable(_) => OutcomeFormat::Json,
+            _ => format,
+        };
         let outcome = self.outcome();
-        let (bytes, content_type) = match format {
-            OutcomeFormat::Json => (outcome.to_json(), "application/fhir+json; charset=utf-8"),
-            OutcomeFormat::Xml => (outcome.to_xml(), "application/fhir+xml; charset=utf-8"),
+        let bytes = match format {
+            OutcomeFormat::Json => outcome.to_json(),
+            OutcomeFormat::Xml => outcome.to_xml(),
         };
         let mut response = Response::new(body::full(Bytes::from(bytes)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(challenge) = self.challenge()
             && let Ok(value) = HeaderValue::from_str(&challenge)
@@ -276,105 +314,28 @@ impl Refusal {
     }
 }
 
+/// The last check before a request goes upstream: the client accepts a format the gateway can
+/// hand on. A response the gateway checks (`checked`) is read as JSON and only JSON goes on,
+/// so XML cannot be had for it; an unchecked response passes in whatever format the upstream
+/// answers.
+pub fn forwardable(
+    wanted: Result<OutcomeFormat, NotAcceptable>,
+    checked: bool,
+) -> Result<(), Refusal> {
+    match wanted? {
+        OutcomeFormat::Xml if checked => Err(Refusal::JsonRequired),
+        _ => Ok(()),
+    }
+}
+
 /// Whole seconds to wait, rounded up, at least one.
 fn retry_seconds(wait: std::time::Duration) -> u64 {
     (wait.as_secs_f64().ceil() as u64).max(1)
 }
 
-impl OutcomeFormat {
-    /// Chooses by `_format` in the query, then by the `Accept` header; JSON by default.
-    pub fn negotiate(query: Option<&str>, accept: Option<&str>) -> Self {
-        if let Some(format) = query.and_then(format_param) {
-            return if is_xml(&format) {
-                Self::Xml
-            } else {
-                Self::Json
-            };
-        }
-        let Some(accept) = accept else {
-            return Self::Json;
-        };
-        let mut best: Option<(f32, Self)> = None;
-        for item in accept.split(',') {
-            let mut params = item.split(';');
-            let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
-            let quality = params
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            let format = if is_xml(&media) {
-                Self::Xml
-            } else if is_json(&media) {
-                Self::Json
-            } else {
-                continue;
-            };
-            if quality > 0.0 && best.is_none_or(|(q, _)| quality > q) {
-                best = Some((quality, format));
-            }
-        }
-        best.map_or(Self::Json, |(_, format)| format)
-    }
-}
-
-fn format_param(query: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        (name == "_format").then(|| {
-            percent_encoding::percent_decode_str(value)
-                .decode_utf8_lossy()
-                .to_ascii_lowercase()
-        })
-    })
-}
-
-fn is_xml(media: &str) -> bool {
-    matches!(
-        media,
-        "xml" | "text/xml" | "application/xml" | "application/fhir+xml" | "application/xml+fhir"
-    )
-}
-
-fn is_json(media: &str) -> bool {
-    matches!(
-        media,
-        "json" | "application/json" | "application/fhir+json" | "application/json+fhir"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn negotiation() {
-        use OutcomeFormat::*;
-        assert_eq!(OutcomeFormat::negotiate(None, None), Json);
-        assert_eq!(
-            OutcomeFormat::negotiate(Some("_format=xml"), Some("application/json")),
-            Xml
-        );
-        assert_eq!(
-            OutcomeFormat::negotiate(Some("a=b&_format=json"), Some("text/xml")),
-            Json
-        );
-        assert_eq!(
-            OutcomeFormat::negotiate(None, Some("application/fhir+xml")),
-            Xml
-        );
-        assert_eq!(
-            OutcomeFormat::negotiate(
-                None,
-                Some("application/fhir+xml;q=0.5, application/fhir+json")
-            ),
-            Json
-        );
-        assert_eq!(OutcomeFormat::negotiate(None, Some("text/html")), Json);
-        assert_eq!(
-            OutcomeFormat::negotiate(Some("_format=html"), Some("text/html")),
-            Json
-        );
-    }
 
     #[test]
     fn challenges_follow_rfc6750() {
@@ -408,6 +369,12 @@ mod tests {
             (Refusal::TooManyMatches, 412, "processing"),
             (Refusal::CorsOriginNotAllowed, 403, "forbidden"),
             (Refusal::DiscoveryUnavailable, 503, "transient"),
+            (
+                Refusal::NotAcceptable(NotAcceptable::Accept),
+                406,
+                "not-supported",
+            ),
+            (Refusal::JsonRequired, 406, "not-supported"),
         ];
         for (refusal, status, code) in cases {
             assert_eq!(refusal.status().as_u16(), status);

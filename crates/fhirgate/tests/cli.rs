@@ -245,6 +245,62 @@ fn explain_refuses_a_read_of_another_patient_with_403() {
 }
 
 #[test]
+fn explain_says_406_where_the_gateway_would() {
+    // A checked response asked for in XML.
+    let run = explain_claims(
+        "patient/Observation.rs",
+        &[
+            "--format",
+            "json",
+            "GET",
+            "/fhir/Observation/o-1?_format=xml",
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["decision"]["step"], "format");
+    assert_eq!(report["decision"]["answer"]["status"], 406);
+    assert_eq!(
+        report["decision"]["answer"]["audit_reason"],
+        "json_required"
+    );
+    // A format the gateway does not write, even for public metadata.
+    let run = explain_claims(
+        "patient/Patient.r",
+        &[
+            "-H",
+            "Accept: text/html",
+            "--format",
+            "json",
+            "GET",
+            "/fhir/metadata",
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        report["decision"]["answer"]["audit_reason"],
+        "not_acceptable"
+    );
+    // A checked response asked for in JSON goes upstream without `_format`.
+    let run = explain_claims(
+        "patient/Observation.rs",
+        &[
+            "--format",
+            "json",
+            "GET",
+            "/fhir/Observation/o-1?_format=json",
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        report["decision"]["obligations"]["upstream_url"],
+        "http://127.0.0.1:8091/fhir/Observation/o-1"
+    );
+}
+
+#[test]
 fn explain_reports_malformed_scopes_as_granting_nothing() {
     let scope = "openid patient/Observation.sr patient/observation.rs patient/Observation.rs";
     let run = explain_claims(scope, &["GET", "/fhir/Observation/o-1"]);

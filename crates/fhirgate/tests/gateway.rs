@@ -388,6 +388,133 @@ async fn metadata_is_public_and_refusals_speak_xml_when_asked() {
     );
 }
 
+/// A request with `Accept` set, its status, headers and body.
+async fn get_accepting(
+    world: &World,
+    path: &str,
+    token: Option<&str>,
+    accept: &str,
+) -> (u16, http::HeaderMap, String) {
+    let mut request = client()
+        .get(format!("{}/{path}", world.gateway.base))
+        .header("accept", accept);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn xml_for_a_checked_response_is_refused_before_the_upstream() {
+    let w = world().await;
+    let token = token(&w, "patient/*.rs");
+    for (path, accept) in [
+        ("Observation/obs-A1?_format=xml", "application/fhir+json"),
+        ("Observation/obs-A1", "application/fhir+xml"),
+        ("Observation?_format=application/fhir%2Bxml", "*/*"),
+    ] {
+        let (status, headers, body) = get_accepting(&w, path, Some(&token), accept).await;
+        assert_eq!(status, 406, "{path}: {body}");
+        assert_eq!(
+            headers["content-type"],
+            "application/fhir+xml; charset=utf-8"
+        );
+        assert!(body.contains("<code value=\"not-supported\"/>"), "{body}");
+        assert!(body.contains("_format=json"), "{body}");
+    }
+    assert!(w.fhir.seen().is_empty(), "nothing went upstream");
+    let audit = w.gateway.stop().await;
+    assert!(
+        audit
+            .iter()
+            .all(|r| r["reason"] == "json_required" && r["status"] == 406)
+    );
+}
+
+#[tokio::test]
+async fn a_checked_response_is_asked_for_in_json_only() {
+    let w = world().await;
+    let token = token(&w, "patient/*.rs");
+    let path = "Observation/obs-A1?_format=json&%5Fformat=xml&_pretty=true";
+    let (status, headers, body) =
+        get_accepting(&w, path, Some(&token), "application/fhir+xml;q=0.1, */*").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, OBS_A1);
+    assert_eq!(headers["content-type"], "application/fhir+json");
+    let seen = w.fhir.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].uri.contains("format"), "{}", seen[0].uri);
+    assert!(seen[0].uri.contains("_pretty=true"), "{}", seen[0].uri);
+    assert_eq!(seen[0].headers["accept"], "application/fhir+json");
+}
+
+#[tokio::test]
+async fn an_unchecked_response_keeps_the_clients_format() {
+    let w = world().await;
+    // The launch patient's own Patient resource is read without a response check.
+    let token = token(&w, "patient/*.rs");
+    let (status, _, _) = get_accepting(
+        &w,
+        "Patient/pat-A?_format=xml",
+        Some(&token),
+        "application/fhir+xml",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = w.fhir.seen();
+    assert!(seen[0].uri.ends_with("?_format=xml"), "{}", seen[0].uri);
+    assert_eq!(seen[0].headers["accept"], "application/fhir+xml");
+}
+
+#[tokio::test]
+async fn formats_the_gateway_does_not_write_are_406_in_json_after_other_refusals() {
+    let w = world().await;
+    let token = token(&w, "user/Patient.rs");
+    for (path, accept) in [
+        ("Patient/pat-A?_format=html", "application/fhir+xml"),
+        ("Patient/pat-A", "text/html"),
+        ("Patient/pat-A", "application/fhir+json; fhirVersion=3.0"),
+        ("metadata?_format=ttl", "*/*"),
+    ] {
+        let (status, headers, body) = get_accepting(&w, path, Some(&token), accept).await;
+        assert_eq!(status, 406, "{path} {accept}: {body}");
+        assert_eq!(
+            headers["content-type"],
+            "application/fhir+json; charset=utf-8"
+        );
+        assert_eq!(issue_code(&body), "not-supported");
+    }
+    assert!(w.fhir.seen().is_empty(), "nothing went upstream");
+    // Refusals decided earlier keep their status, in JSON.
+    let (status, headers, body) = get_accepting(&w, "Patient/pat-A", None, "text/html").await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"fhirgate\"");
+    assert_eq!(issue_code(&body), "login");
+    let (status, _, body) =
+        get_accepting(&w, "Observation/obs-A1?_format=html", Some(&token), "*/*").await;
+    assert_eq!(status, 403);
+    assert_eq!(issue_code(&body), "forbidden");
+    let audit = w.gateway.stop().await;
+    let reasons: Vec<&str> = audit
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "not_acceptable",
+            "not_acceptable",
+            "not_acceptable",
+            "not_acceptable",
+            "no_token",
+            "insufficient_scope"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn every_request_has_exactly_one_audit_record() {
     let w = world().await;

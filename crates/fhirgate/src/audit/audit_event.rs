@@ -294,6 +294,8 @@ fn reason_text(reason: &str) -> &'static str {
         "cors_preflight" => "a CORS preflight from an allowed origin was answered",
         "cors_origin_not_allowed" => "the origin may not make cross-origin requests",
         "discovery_unavailable" => "the authorization server's discovery document was unavailable",
+        "not_acceptable" => "the client accepts no format the gateway writes",
+        "json_required" => "XML was asked for a response the gateway checks in JSON",
         _ => "see the reason code",
     }
 }

@@ -179,7 +179,7 @@ pub struct Compartment {
 pub struct DecisionReport {
     /// `allow` or `deny`.
     pub outcome: &'static str,
-    /// The step that decided: `accept`, `public`, `limits`, `classify` or `policy`.
+    /// The step that decided: `accept`, `public`, `limits`, `classify`, `policy` or `format`.
     pub step: &'static str,
     /// The policy rule that allowed or refused.
     pub rule: Option<String>,

@@ -30,9 +30,15 @@ pub struct CheckedBundle {
 }
 
 impl<'a> BundlePlan<'a> {
+    /// Do these obligations reach inside a batch or transaction (entries carried out or
+    /// refused in place)?
+    pub fn applies(obligations: &Obligations) -> bool {
+        !(obligations.entries.is_empty() && obligations.refused_entries.is_empty())
+    }
+
     /// The plan for `obligations`, when they concern Bundle entries at all.
     pub fn new(obligations: &'a Obligations, request_body: &[u8]) -> Option<Self> {
-        if obligations.entries.is_empty() && obligations.refused_entries.is_empty() {
+        if !Self::applies(obligations) {
             return None;
         }
         let total = serde_json::from_slice::<Value>(request_body)

@@ -28,7 +28,7 @@ use crate::audit::{self, AuditDecision, AuditRecord};
 use crate::body::{self, Body};
 use crate::metrics::{Answered, Reason};
 use crate::ratelimit::{Charge, Standing, Verdict, client_address, cost_of};
-use crate::refusal::{OutcomeFormat, Refusal};
+use crate::refusal::{NotAcceptable, OutcomeFormat, Refusal, forwardable, without_format_param};
 use crate::telemetry;
 use crate::token::{Identity, Presentation};
 
@@ -77,17 +77,13 @@ pub async fn handle(
     );
     // Recorded without the value of any token a client put in the URL.
     let query = request.uri().query().map(audit::redact_query);
-    let format = OutcomeFormat::negotiate(
-        query.as_deref(),
-        request
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let wanted = OutcomeFormat::negotiate(query.as_deref(), request.headers());
+    // Refusals decided before the format is checked go out in JSON when it is unacceptable.
+    let format = wanted.clone().unwrap_or(OutcomeFormat::Json);
     let mut facts = Facts::default();
     let span = telemetry::request_span(&request_id, &method);
 
-    let result = run(&gateway, request, &peer, &request_id, &mut facts)
+    let result = run(&gateway, request, &peer, &request_id, wanted, &mut facts)
         .instrument(span.clone())
         .await;
     let (mut response, decision, reason) = match result {
@@ -208,6 +204,7 @@ async fn run(
     request: Request<Incoming>,
     peer: &Peer,
     request_id: &str,
+    wanted: Result<OutcomeFormat, NotAcceptable>,
     facts: &mut Facts,
 ) -> Result<Response<Body>, Refusal> {
     if !gateway.audit.accepting() {
@@ -229,6 +226,7 @@ async fn run(
     )?;
 
     if is_public(&parts.method, relative) {
+        forwardable(wanted, false)?;
         let request = PublicRequest {
             parts: &parts,
             relative,
@@ -327,6 +325,12 @@ async fn run(
         Some(narrowed.as_str())
     };
 
+    let plan = BundlePlan::new(&obligations, &body);
+    let checked = checks_response(&obligations);
+    forwardable(wanted, checked)?;
+    // The upstream answers checks and checked responses in JSON: no `_format` may say otherwise.
+    let json_query = query.map(without_format_param);
+
     match &obligations.precheck {
         Some(Precheck::Target(check)) => {
             precheck_target(
@@ -342,17 +346,21 @@ async fn run(
         Some(Precheck::Matches(check)) => {
             let target = Target {
                 path: relative,
-                query,
+                query: json_query.as_deref(),
             };
             precheck_matches(gateway, target, check, &parts.headers, peer, request_id).await?;
         }
         None => {}
     }
 
-    let plan = BundlePlan::new(&obligations, &body);
     let body = match &plan {
         Some(plan) => plan.upstream_body(&body)?,
         None => body,
+    };
+    let query = if checked {
+        json_query.as_deref()
+    } else {
+        query
     };
     // Absolute URLs of the public base become the upstream's own.
     let rewrites = Rewrites::new(gateway, &parts, peer.tls);
@@ -365,7 +373,6 @@ async fn run(
         }
         None => query,
     };
-    let checked = obligations.response_check.is_some() || plan.is_some();
     let mut headers = upstream_headers(&parts.headers, peer, request_id, checked);
     if gateway.config.upstream.identity_headers
         && let Some(identity) = &facts.identity
@@ -668,6 +675,13 @@ pub fn grant_for(identity: &Identity) -> Grant {
         identity.patient.clone(),
     )
     .with_context(identity.encounter.clone(), identity.fhir_user.clone())
+}
+
+/// Does the gateway read and check the response of a request allowed with `obligations`?
+/// Such a response is had from the upstream in JSON only. The pipeline and `fhirgate
+/// explain` both ask here.
+pub fn checks_response(obligations: &decision::Obligations) -> bool {
+    obligations.response_check.is_some() || BundlePlan::applies(obligations)
 }
 
 /// Does the gateway read (and classify) the body of requests with this method?

@@ -89,12 +89,10 @@ async fn capability_statement(
     upstream: &mut Option<UpstreamCall>,
 ) -> Result<Response<Body>, Refusal> {
     let query = request.parts.uri.query().filter(|q| !q.is_empty());
-    let accept = request
-        .parts
-        .headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok());
-    let json = OutcomeFormat::negotiate(query, accept) == OutcomeFormat::Json;
+    let json = matches!(
+        OutcomeFormat::negotiate(query, &request.parts.headers),
+        Ok(OutcomeFormat::Json)
+    );
     let discovery = match &gateway.discovery {
         Some(discovery) => discovery.current().await.ok().map(|c| c.document),
         None => None,
