@@ -8,7 +8,10 @@ import requests
 
 from helpers import (
     ADMIN, DATA_INDEX, FHIR_DIRECT, MODULE_ORDER, Direct, Gateway, PatientData, TokenRegistry,
+    capture_responses,
 )
+
+capture_responses()
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -22,6 +22,7 @@ import base64
 import decimal
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -75,6 +76,7 @@ MODULE_ORDER = [
     "test_discovery",
     "test_formats",
     "test_zz_audit",
+    "test_zz_leaks",
 ]
 
 
@@ -386,9 +388,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# host:port of every upstream a gateway of the suite was given: no client may see one.
+UPSTREAM_AUTHORITIES: set[str] = set()
+
+
+def authority(url: str) -> str:
+    """`host:port` of an absolute http(s) URL."""
+    return url.split("/")[2]
+
+
+def upstream_authorities(config_text: str) -> set[str]:
+    """The authorities of the `url:` keys in the `upstream:` section of a gateway configuration."""
+    found, inside = set(), False
+    for line in config_text.splitlines():
+        if line and not line[0].isspace():
+            inside = line.startswith("upstream:")
+            continue
+        match = re.match(r'\s+url:\s*"?(https?://[^"\s]+)', line)
+        if inside and match:
+            found.add(authority(match.group(1)))
+    return found
+
+
 def start_gateway_process(config: Path, admin_port: int, log_path: Path) -> subprocess.Popen:
     """Starts `fhirgate serve --config CONFIG` (output appended to LOG_PATH) and waits until
     its admin listener answers /healthz; fails the test when it exits or does not answer."""
+    UPSTREAM_AUTHORITIES.update(upstream_authorities(config.read_text()))
     log = open(log_path, "ab")
     proc = subprocess.Popen([str(FHIRGATE_BIN), "serve", "--config", str(config)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -403,3 +428,50 @@ def start_gateway_process(config: Path, admin_port: int, log_path: Path) -> subp
             time.sleep(0.1)
     proc.kill()
     pytest.fail("gateway did not answer /healthz")
+
+
+# Every HTTP response any test received, for the search for internal addresses
+# (test_zz_leaks.py). Filled by `capture_responses`, installed by conftest.py.
+@dataclass
+class CapturedResponse:
+    url: str
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+CAPTURED: list[CapturedResponse] = []
+
+
+def capture_responses() -> None:
+    """Wraps requests' transport so every response a test gets (through `requests`, which
+    fhirclient uses too) is kept in CAPTURED. Streamed responses keep their headers only, so
+    that reading the body here cannot change what the test sees."""
+    import requests.adapters
+
+    original = requests.adapters.HTTPAdapter.send
+    if getattr(original, "captures", False):
+        return
+
+    def send(self, request, stream=False, **kw):
+        resp = original(self, request, stream=stream, **kw)
+        CAPTURED.append(CapturedResponse(
+            url=request.url,
+            status=resp.status_code,
+            headers=[(k, v) for k, v in resp.raw.headers.items()] if resp.raw is not None
+            else list(resp.headers.items()),
+            body=b"" if stream else resp.content,
+        ))
+        return resp
+
+    send.captures = True
+    requests.adapters.HTTPAdapter.send = send
+
+
+def capture_raw(url: str, answer: bytes) -> None:
+    """Keeps a response a test read from a raw socket (status line, headers and body)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if len(lines[0].split()) > 1 else 0
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if ":" in line]
+    CAPTURED.append(CapturedResponse(url=url, status=status, headers=headers, body=body))

@@ -17,7 +17,7 @@ import uuid
 import pytest
 import requests
 
-from helpers import (FHIRGATE_BIN, IDP_URL, ROOT, free_port, issue_codes, operation_outcome, run_validator,
+from helpers import (FHIRGATE_BIN, IDP_URL, ROOT, capture_raw, free_port, issue_codes, operation_outcome, run_validator,
                      start_gateway_process)
 
 GATEWAY_AUDIENCE = "http://127.0.0.1:18080/fhir"  # tokens from the IdP carry this audience
@@ -173,7 +173,9 @@ def test_sigterm_stops_promptly_with_an_idle_keep_alive_connection(fhirgate_bin,
     conn = socket.create_connection((host, int(port)), timeout=5)
     try:
         conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        assert conn.recv(65536).startswith(b"HTTP/1.1 "), "no answer on the keep-alive connection"
+        answer = conn.recv(65536)
+        capture_raw(url, answer)
+        assert answer.startswith(b"HTTP/1.1 "), "no answer on the keep-alive connection"
         took = stop(proc)  # the connection stays open and idle meanwhile
     finally:
         conn.close()
