@@ -22,6 +22,11 @@ use crate::metrics::Metrics;
 /// Most bytes read from the spool for one batch.
 const READ_CHUNK: u64 = 1 << 20;
 
+/// How long a shipper lets records gather before it reads a batch smaller than its
+/// `batch` size: under load each read, delivery and cursor write then carries many records
+/// instead of one or two. Records are on the spool meanwhile; only their delivery waits.
+const LINGER: Duration = Duration::from_millis(20);
+
 /// Records read from the spool, and where the next batch starts.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -84,6 +89,13 @@ impl Shipper {
                 }
                 continue;
             }
+            if run == Run::Ship
+                && behind_by(now.records, shipped_mark) < self.batch as u64
+                && !self.lingered(&mut control).await
+            {
+                return;
+            }
+            let now = *committed.borrow_and_update();
             let batch = match read_batch(shared.root(), cursor, now.position, self.batch).await {
                 Ok(batch) => batch,
                 Err(error) => {
@@ -127,6 +139,15 @@ impl Shipper {
                 tracing::warn!(sink = %self.name, %error, "cannot store the sink's cursor; records may be sent again after a restart");
             }
             self.spool.shipped();
+        }
+    }
+
+    /// Waits [`LINGER`] for more records, or less when told to drain or stop; false when the
+    /// control channel is gone.
+    async fn lingered(&self, control: &mut watch::Receiver<Run>) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(LINGER) => true,
+            changed = control.changed() => changed.is_ok(),
         }
     }
 

@@ -9,11 +9,15 @@
 //!                                       record before this position
 //! ```
 //!
-//! One writer thread owns the open segment. Requests send it encoded lines and wait for its
-//! acknowledgement; it writes whatever has queued up in one go (group commit), syncs it to
-//! disk as `fsync` says, and only then acknowledges, so a record is on disk before its
-//! response leaves. A torn last line after a crash is cut off when the spool is opened
-//! again; its request was never answered.
+//! The open segment belongs to a [`Writer`] behind a lock. With `fsync: interval` or
+//! `never`, a request writes its own line under that lock (one `write` to the page cache;
+//! the flusher thread syncs it within the interval), so no record waits for another thread.
+//! With `fsync: always`, requests send their lines to the writer thread and wait for its
+//! acknowledgement; it writes whatever has queued up in one go (group commit) and syncs it
+//! before it acknowledges. Either way a record is in the segment before its response
+//! leaves. The writer thread also probes a spool that cannot be written, and frees
+//! segments every sink has taken. A torn last line after a crash is cut off when the spool
+//! is opened again; its request was never answered.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -94,11 +98,24 @@ pub struct Shared {
     bytes: AtomicU64,
 }
 
-/// Hands lines to the writer thread.
-#[derive(Debug, Clone)]
+/// Appends lines: itself under the writer's lock, or through the writer thread with
+/// `fsync: always`.
+#[derive(Clone)]
 pub struct SpoolHandle {
     sender: std_mpsc::Sender<Message>,
     shared: Arc<Shared>,
+    writer: Arc<Mutex<Writer>>,
+    /// Lines are written by the appending task (`fsync` is not `always`).
+    inline: bool,
+}
+
+impl std::fmt::Debug for SpoolHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolHandle")
+            .field("root", &self.shared.root)
+            .field("inline", &self.inline)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The writer thread; [`SpoolWriter::close`] writes what is queued and stops it.
@@ -113,6 +130,9 @@ impl SpoolHandle {
     /// writer has it on disk as the fsync policy says.
     pub async fn append(&self, mut line: Vec<u8>) -> Result<(), SpoolError> {
         line.push(b'\n');
+        if self.inline {
+            return self.writer.lock().expect("spool writer").append_one(&line);
+        }
         let (done, acknowledged) = oneshot::channel();
         self.sender
             .send(Message::Append { line, done })
@@ -244,8 +264,9 @@ pub fn open(
         Fsync::Always | Fsync::Never => None,
     };
     let (sender, receiver) = std_mpsc::channel();
+    let inline = config.fsync != Fsync::Always;
     let mut writer = Writer {
-        _lock: lock,
+        lock: Some(lock),
         config: config.clone(),
         shared: shared.clone(),
         sinks: sinks.to_vec(),
@@ -258,16 +279,21 @@ pub fn open(
         last_probe: std::time::Instant::now(),
         flusher,
         metrics,
+        closed: false,
     };
     writer.collect_garbage();
     writer.report();
+    let writer = Arc::new(Mutex::new(writer));
+    let running = writer.clone();
     let thread = std::thread::Builder::new()
         .name("fhirgate-audit-spool".into())
-        .spawn(move || writer.run(&receiver))
+        .spawn(move || Writer::run(&running, &receiver))
         .map_err(failed)?;
     let handle = SpoolHandle {
         sender: sender.clone(),
         shared,
+        writer,
+        inline,
     };
     let writer = SpoolWriter {
         sender,
@@ -300,8 +326,8 @@ pub fn preflight(config: &SpoolConfig) -> Result<(), SpoolOpenError> {
 
 /// The writer thread's state.
 struct Writer {
-    /// Held while the writer runs: one process per spool.
-    _lock: File,
+    /// Held until the spool is closed: one process per spool.
+    lock: Option<File>,
     config: SpoolConfig,
     shared: Arc<Shared>,
     sinks: Vec<String>,
@@ -318,6 +344,8 @@ struct Writer {
     /// With `fsync: interval`, the thread that flushes the open segment.
     flusher: Option<Flusher>,
     metrics: Arc<Metrics>,
+    /// The spool was closed: nothing more is appended.
+    closed: bool,
 }
 
 /// Flushes the open segment to stable storage every `fsync_interval` on a thread of its own,
@@ -387,10 +415,12 @@ impl Flusher {
 }
 
 impl Writer {
-    fn run(&mut self, receiver: &std_mpsc::Receiver<Message>) {
+    /// The writer thread: group commits with `fsync: always`, probes and clean-up always.
+    fn run(writer: &Mutex<Writer>, receiver: &std_mpsc::Receiver<Message>) {
+        let lock = || writer.lock().expect("spool writer");
         let mut batch: Vec<Pending> = Vec::new();
         loop {
-            let wait = if self.failing {
+            let wait = if lock().failing {
                 PROBE_INTERVAL
             } else {
                 Duration::from_secs(1)
@@ -398,7 +428,7 @@ impl Writer {
             let first = match receiver.recv_timeout(wait) {
                 Ok(message) => message,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    self.idle();
+                    lock().idle();
                     continue;
                 }
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
@@ -416,29 +446,38 @@ impl Writer {
                     next = receiver.try_recv().ok();
                 }
             }
-            if self.failing && self.last_probe.elapsed() >= PROBE_INTERVAL {
-                // Requests keep coming while the disk fails: probe on time, not on silence.
-                self.probe();
-            }
+            let mut this = lock();
+            this.probe_when_due();
             if shipped {
-                self.collect_garbage();
-                self.update_accepting();
+                this.collect_garbage();
+                this.update_accepting();
             }
             if !batch.is_empty() {
-                self.append(&mut batch);
+                this.append(&mut batch);
             }
-            self.update_accepting();
-            self.report();
+            this.update_accepting();
+            this.report();
             if closing {
                 break;
             }
         }
-        match self.flusher.take() {
+        let mut this = lock();
+        this.closed = true;
+        match this.flusher.take() {
             Some(flusher) => flusher.stop(),
-            None if self.dirty => {
-                let _ = self.file.sync_data();
+            None if this.dirty => {
+                let _ = this.file.sync_data();
             }
             None => {}
+        }
+        // Another process may take the spool from here.
+        this.lock = None;
+    }
+
+    /// Requests keep coming while the disk fails: probe on time, not on silence.
+    fn probe_when_due(&mut self) {
+        if self.failing && self.last_probe.elapsed() >= PROBE_INTERVAL {
+            self.probe();
         }
     }
 
@@ -453,22 +492,42 @@ impl Writer {
         self.report();
     }
 
+    /// Writes the queued lines in one go and tells each sender the outcome.
     fn append(&mut self, batch: &mut Vec<Pending>) {
-        let bytes: u64 = batch.iter().map(|(line, _)| line.len() as u64).sum();
-        let outcome = self
-            .make_room(bytes)
-            .and_then(|()| self.write(batch, bytes));
-        if outcome.is_ok() {
-            self.records += batch.len() as u64;
-            self.metrics.audit_appended(batch.len() as u64);
-            self.shared.committed.send_replace(Committed {
-                position: self.end,
-                records: self.records,
-            });
+        let bytes: usize = batch.iter().map(|(line, _)| line.len()).sum();
+        let mut data = Vec::with_capacity(bytes);
+        for (line, _) in batch.iter() {
+            data.extend_from_slice(line);
         }
+        let outcome = self.commit(&data, batch.len() as u64);
         for (_, done) in batch.drain(..) {
             let _ = done.send(outcome.clone());
         }
+    }
+
+    /// Writes one line for the task appending it (`fsync` is not `always`).
+    fn append_one(&mut self, line: &[u8]) -> Result<(), SpoolError> {
+        if self.closed {
+            return Err(SpoolError::Closed);
+        }
+        self.probe_when_due();
+        let outcome = self.commit(line, 1);
+        self.update_accepting();
+        self.report();
+        outcome
+    }
+
+    /// Makes room for `data` (`records` whole lines), writes it, and publishes the new end.
+    fn commit(&mut self, data: &[u8], records: u64) -> Result<(), SpoolError> {
+        let bytes = data.len() as u64;
+        self.make_room(bytes).and_then(|()| self.write(data))?;
+        self.records += records;
+        self.metrics.audit_appended(records);
+        self.shared.committed.send_replace(Committed {
+            position: self.end,
+            records: self.records,
+        });
+        Ok(())
     }
 
     /// A failed flush on the flusher's thread makes the spool unwritable like a failed write.
@@ -516,12 +575,9 @@ impl Writer {
         Ok(())
     }
 
-    fn write(&mut self, batch: &[Pending], bytes: u64) -> Result<(), SpoolError> {
-        let mut data = Vec::with_capacity(bytes as usize);
-        for (line, _) in batch {
-            data.extend_from_slice(line);
-        }
-        if let Err(error) = self.file.write_all(&data) {
+    fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        let bytes = data.len() as u64;
+        if let Err(error) = self.file.write_all(data) {
             return Err(self.fail(&error));
         }
         self.end.offset += bytes;

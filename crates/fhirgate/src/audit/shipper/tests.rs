@@ -19,11 +19,19 @@ fn folder() -> Folder {
 }
 
 fn config(root: &Path, max_bytes: u64, when_full: WhenFull) -> SpoolConfig {
+    config_with(root, max_bytes, when_full, Fsync::Always)
+}
+
+/// Both ways a record is appended: through the writer thread (`always`) and by the
+/// appending task itself (`interval`, `never`).
+const FSYNC_MODES: [Fsync; 3] = [Fsync::Always, Fsync::Interval, Fsync::Never];
+
+fn config_with(root: &Path, max_bytes: u64, when_full: WhenFull, fsync: Fsync) -> SpoolConfig {
     SpoolConfig {
         path: root.to_owned(),
         max_bytes,
         segment_bytes: 4096,
-        fsync: Fsync::Always,
+        fsync,
         fsync_interval: Duration::from_millis(100),
         when_full,
     }
@@ -63,128 +71,136 @@ async fn read_all(root: &Path, from: Position, upto: Position) -> (Vec<String>, 
 
 #[tokio::test]
 async fn appended_records_are_read_back_in_order_across_segments() {
-    let dir = folder();
-    let metrics = Arc::new(Metrics::default());
-    let (handle, writer) = spool::open(
-        &config(&dir.0, 1 << 20, WhenFull::Refuse),
-        &["a".into()],
-        metrics,
-    )
-    .unwrap();
-    for n in 0..100 {
-        handle.append(line(n)).await.unwrap();
+    for fsync in FSYNC_MODES {
+        let dir = folder();
+        let metrics = Arc::new(Metrics::default());
+        let (handle, writer) = spool::open(
+            &config_with(&dir.0, 1 << 20, WhenFull::Refuse, fsync),
+            &["a".into()],
+            metrics,
+        )
+        .unwrap();
+        for n in 0..100 {
+            handle.append(line(n)).await.unwrap();
+        }
+        let end = handle.shared().committed().borrow().position;
+        assert!(end.segment >= 2, "rotated into several segments: {end:?}");
+        let (found, at) = read_all(&dir.0, Position::default(), end).await;
+        assert_eq!(
+            found,
+            (0..100).map(|n| format!("r{n:05}")).collect::<Vec<_>>()
+        );
+        assert_eq!(at, end);
+        writer.close().await;
     }
-    let end = handle.shared().committed().borrow().position;
-    assert!(end.segment >= 2, "rotated into several segments: {end:?}");
-    let (found, at) = read_all(&dir.0, Position::default(), end).await;
-    assert_eq!(
-        found,
-        (0..100).map(|n| format!("r{n:05}")).collect::<Vec<_>>()
-    );
-    assert_eq!(at, end);
-    writer.close().await;
 }
 
 #[tokio::test]
 async fn a_reopened_spool_resumes_at_the_stored_cursor_and_cuts_a_torn_line() {
-    let dir = folder();
-    let spool_config = config(&dir.0, 1 << 20, WhenFull::Refuse);
-    let metrics = Arc::new(Metrics::default());
-    let (handle, writer) = spool::open(&spool_config, &["a".into()], metrics.clone()).unwrap();
-    for n in 0..10 {
-        handle.append(line(n)).await.unwrap();
-    }
-    let end = handle.shared().committed().borrow().position;
-    let batch = read_batch(&dir.0, Position::default(), end, 4)
-        .await
-        .unwrap();
-    handle.shared().store_cursor("a", batch.next).unwrap();
-    writer.close().await;
-    // A crash in the middle of a write leaves half a line behind.
-    let segment = spool::segment_path(&dir.0, end.segment);
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&segment)
-        .unwrap();
-    file.write_all(br#"{"record_id":"torn"#).unwrap();
-    drop(file);
+    for fsync in FSYNC_MODES {
+        let dir = folder();
+        let spool_config = config_with(&dir.0, 1 << 20, WhenFull::Refuse, fsync);
+        let metrics = Arc::new(Metrics::default());
+        let (handle, writer) = spool::open(&spool_config, &["a".into()], metrics.clone()).unwrap();
+        for n in 0..10 {
+            handle.append(line(n)).await.unwrap();
+        }
+        let end = handle.shared().committed().borrow().position;
+        let batch = read_batch(&dir.0, Position::default(), end, 4)
+            .await
+            .unwrap();
+        handle.shared().store_cursor("a", batch.next).unwrap();
+        writer.close().await;
+        // A crash in the middle of a write leaves half a line behind.
+        let segment = spool::segment_path(&dir.0, end.segment);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap();
+        file.write_all(br#"{"record_id":"torn"#).unwrap();
+        drop(file);
 
-    let (handle, writer) = spool::open(&spool_config, &["a".into()], metrics).unwrap();
-    let cursor = handle.shared().cursor("a");
-    assert_eq!(cursor, batch.next);
-    handle.append(line(10)).await.unwrap();
-    let end = handle.shared().committed().borrow().position;
-    let (found, _) = read_all(&dir.0, cursor, end).await;
-    assert_eq!(
-        found,
-        (4..11).map(|n| format!("r{n:05}")).collect::<Vec<_>>(),
-        "records after the cursor, the torn line gone"
-    );
-    writer.close().await;
+        let (handle, writer) = spool::open(&spool_config, &["a".into()], metrics).unwrap();
+        let cursor = handle.shared().cursor("a");
+        assert_eq!(cursor, batch.next);
+        handle.append(line(10)).await.unwrap();
+        let end = handle.shared().committed().borrow().position;
+        let (found, _) = read_all(&dir.0, cursor, end).await;
+        assert_eq!(
+            found,
+            (4..11).map(|n| format!("r{n:05}")).collect::<Vec<_>>(),
+            "records after the cursor, the torn line gone"
+        );
+        writer.close().await;
+    }
 }
 
 #[tokio::test]
 async fn a_full_spool_refuses_until_the_sinks_catch_up() {
-    let dir = folder();
-    let metrics = Arc::new(Metrics::default());
-    let (handle, writer) = spool::open(
-        &config(&dir.0, 3 * 4096, WhenFull::Refuse),
-        &["slow".into()],
-        metrics,
-    )
-    .unwrap();
-    let mut appended = 0;
-    let refusal = loop {
-        match handle.append(line(appended)).await {
-            Ok(()) => appended += 1,
-            Err(error) => break error,
-        }
-        assert!(appended < 1000, "the spool never filled");
-    };
-    assert!(matches!(refusal, SpoolError::Full { .. }), "{refusal}");
-    assert!(!handle.accepting());
-    // The sink takes everything: its cursor moves to the end and the segments go.
-    let end = handle.shared().committed().borrow().position;
-    handle.shared().store_cursor("slow", end).unwrap();
-    handle.shipped();
-    handle.append(line(appended)).await.unwrap();
-    assert!(handle.accepting());
-    assert!(
-        handle.shared().bytes() < 4096 * 2,
-        "{}",
-        handle.shared().bytes()
-    );
-    writer.close().await;
+    for fsync in FSYNC_MODES {
+        let dir = folder();
+        let metrics = Arc::new(Metrics::default());
+        let (handle, writer) = spool::open(
+            &config_with(&dir.0, 3 * 4096, WhenFull::Refuse, fsync),
+            &["slow".into()],
+            metrics,
+        )
+        .unwrap();
+        let mut appended = 0;
+        let refusal = loop {
+            match handle.append(line(appended)).await {
+                Ok(()) => appended += 1,
+                Err(error) => break error,
+            }
+            assert!(appended < 1000, "the spool never filled");
+        };
+        assert!(matches!(refusal, SpoolError::Full { .. }), "{refusal}");
+        assert!(!handle.accepting());
+        // The sink takes everything: its cursor moves to the end and the segments go.
+        let end = handle.shared().committed().borrow().position;
+        handle.shared().store_cursor("slow", end).unwrap();
+        handle.shipped();
+        handle.append(line(appended)).await.unwrap();
+        assert!(handle.accepting());
+        assert!(
+            handle.shared().bytes() < 4096 * 2,
+            "{}",
+            handle.shared().bytes()
+        );
+        writer.close().await;
+    }
 }
 
 #[tokio::test]
 async fn drop_oldest_keeps_taking_records_and_counts_what_it_dropped() {
-    let dir = folder();
-    let metrics = Arc::new(Metrics::default());
-    let (handle, writer) = spool::open(
-        &config(&dir.0, 3 * 4096, WhenFull::DropOldest),
-        &["never".into()],
-        metrics.clone(),
-    )
-    .unwrap();
-    for n in 0..300 {
-        handle.append(line(n)).await.unwrap();
-    }
-    assert!(handle.accepting());
-    assert!(handle.shared().bytes() <= 3 * 4096);
-    let text = metrics.encode();
-    let dropped: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("fhirgate_audit_dropped_records_total "))
-        .unwrap()
-        .parse()
+    for fsync in FSYNC_MODES {
+        let dir = folder();
+        let metrics = Arc::new(Metrics::default());
+        let (handle, writer) = spool::open(
+            &config_with(&dir.0, 3 * 4096, WhenFull::DropOldest, fsync),
+            &["never".into()],
+            metrics.clone(),
+        )
         .unwrap();
-    // What is left to read plus what was dropped is everything.
-    let end = handle.shared().committed().borrow().position;
-    let (left, _) = read_all(&dir.0, handle.shared().cursor("never"), end).await;
-    assert_eq!(left.len() as u64 + dropped, 300, "{dropped} dropped");
-    assert_eq!(left.last().map(String::as_str), Some("r00299"));
-    writer.close().await;
+        for n in 0..300 {
+            handle.append(line(n)).await.unwrap();
+        }
+        assert!(handle.accepting());
+        assert!(handle.shared().bytes() <= 3 * 4096);
+        let text = metrics.encode();
+        let dropped: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("fhirgate_audit_dropped_records_total "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        // What is left to read plus what was dropped is everything.
+        let end = handle.shared().committed().borrow().position;
+        let (left, _) = read_all(&dir.0, handle.shared().cursor("never"), end).await;
+        assert_eq!(left.len() as u64 + dropped, 300, "{dropped} dropped");
+        assert_eq!(left.last().map(String::as_str), Some("r00299"));
+        writer.close().await;
+    }
 }
 
 #[tokio::test]
@@ -342,4 +358,27 @@ async fn a_backlog_from_before_a_restart_counts_as_unshipped() {
     let _ = control.send(Run::Drain(Instant::now()));
     task.await.unwrap();
     writer.close().await;
+}
+
+#[tokio::test]
+async fn a_closed_spool_takes_no_more_records() {
+    for fsync in FSYNC_MODES {
+        let dir = folder();
+        let metrics = Arc::new(Metrics::default());
+        let spool_config = config_with(&dir.0, 1 << 20, WhenFull::Refuse, fsync);
+        let (handle, writer) = spool::open(&spool_config, &["a".into()], metrics.clone()).unwrap();
+        handle.append(line(0)).await.unwrap();
+        writer.close().await;
+        let refused = handle.append(line(1)).await;
+        assert!(
+            matches!(refused, Err(SpoolError::Closed)),
+            "{fsync:?}: {refused:?}"
+        );
+        // The lock went with the close: another process may open the spool now.
+        let (handle, writer) = spool::open(&spool_config, &["a".into()], metrics).unwrap();
+        let end = handle.shared().committed().borrow().position;
+        let (found, _) = read_all(&dir.0, Position::default(), end).await;
+        assert_eq!(found, vec!["r00000".to_owned()], "{fsync:?}");
+        writer.close().await;
+    }
 }
