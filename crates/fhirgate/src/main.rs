@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use fhirgate::config::Config;
 use fhirgate::telemetry::Telemetry;
 
+/// mimalloc rather than the system allocator: the request path allocates and frees many
+/// small buffers (headers, records, token cache keys) from one thread or many.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A SMART-on-FHIR enforcement gateway.
 #[derive(Parser)]
 #[command(name = "fhirgate", version, about)]

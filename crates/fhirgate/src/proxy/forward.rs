@@ -189,7 +189,8 @@ impl Upstream {
         })
     }
 
-    async fn read_raw(&self, body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
+    /// The whole body, up to `limit` bytes and within the response timeout, as sent.
+    pub(crate) async fn read_raw(&self, body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
         let collect = Limited::new(body, limit).collect();
         match tokio::time::timeout(self.response_timeout, collect).await {
             Err(_) => Err(self.failed(UpstreamError::Timeout, Refusal::UpstreamTimeout)),

@@ -73,6 +73,8 @@ pub struct Gateway {
     pub metadata: MetadataCache,
     /// Which origins may call the API from a browser.
     pub cors: CorsPolicy,
+    /// The base URL rewrites for the public base seen last.
+    pub rewrites: rewrite::RewriteCache,
 }
 
 impl Gateway {
@@ -91,6 +93,7 @@ impl Gateway {
         let metadata = MetadataCache::new(config.metadata.cache_ttl);
         let cors = CorsPolicy::new(config.cors.as_ref());
         Arc::new(Self {
+            rewrites: rewrite::RewriteCache::default(),
             discovery,
             metadata,
             cors,

@@ -21,7 +21,7 @@ use super::cors;
 use super::forward::{Outbound, add_identity_headers, upstream_headers};
 use super::headers::{self, REQUEST_ID};
 use super::public::{self, PublicRequest, SMART_CONFIGURATION};
-use super::rewrite::Rewrite;
+use super::rewrite::{Rewrite, Rewrites};
 use super::verify::check_body;
 use super::{Gateway, Peer};
 use crate::audit::{self, AuditDecision, AuditRecord};
@@ -363,7 +363,7 @@ async fn run(
         query
     };
     // Absolute URLs of the public base become the upstream's own.
-    let rewrites = Rewrites::new(gateway, &parts, peer.tls);
+    let rewrites = rewrites(gateway, &parts, peer.tls);
     let body = rewrites.outbound(&body).map_or(body, Bytes::from);
     let outbound_query;
     let query = match query.and_then(|q| rewrites.outbound(q.as_bytes())) {
@@ -393,7 +393,8 @@ async fn run(
 
     if !checked || !response.status().is_success() || parts.method == Method::HEAD {
         // Errors (an OperationOutcome at most) and bodiless answers carry no clinical data.
-        return Ok(pass_through(response, rewrites.to_client.as_ref()));
+        let head_only = parts.method == Method::HEAD;
+        return pass_through(gateway, response, rewrites.to_client.as_ref(), head_only).await;
     }
     let (head, incoming) = response.into_parts();
     let bytes = gateway
@@ -427,7 +428,7 @@ async fn run(
         head,
         body,
         withheld > 0 || plan.is_some(),
-        rewrites.to_client.as_ref(),
+        rewrites.to_client.as_deref(),
     ))
 }
 
@@ -639,27 +640,12 @@ fn public_base(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> St
     }
 }
 
-/// The rewrites of one request: the upstream's base to the public one in what comes back, the
-/// public base to the upstream's in what goes there.
-struct Rewrites {
-    to_client: Option<Rewrite>,
-    to_upstream: Option<Rewrite>,
-}
-
-impl Rewrites {
-    fn new(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> Self {
-        let public = public_base(gateway, parts, tls);
-        let upstream = gateway.config.upstream.url.as_str();
-        Self {
-            to_client: Rewrite::new(&upstream, &public),
-            to_upstream: Rewrite::new(&public, &upstream),
-        }
-    }
-
-    /// A request body or query as the upstream should see it.
-    fn outbound(&self, data: &[u8]) -> Option<Vec<u8>> {
-        self.to_upstream.as_ref()?.apply(data)
-    }
+/// The rewrites between the upstream's base and the public base this request names.
+fn rewrites(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> Rewrites {
+    let public = public_base(gateway, parts, tls);
+    gateway
+        .rewrites
+        .get(&gateway.config.upstream.url.as_str(), public)
 }
 
 /// `metadata` and SMART discovery are public, as SMART App Launch requires.
@@ -849,12 +835,22 @@ async fn precheck_matches(
     }
 }
 
-/// An upstream response on its way to the client, streamed.
-fn pass_through(response: Response<Incoming>, rewrite: Option<&Rewrite>) -> Response<Body> {
+/// Bodies the gateway need not check but must rewrite are read whole up to this size when
+/// their length is known, so they go out in one piece with a `Content-Length`; longer ones,
+/// and those of unknown length, are rewritten as they stream.
+const WHOLE_REWRITE_MAX: u64 = 256 * 1024;
+
+/// An upstream response on its way to the client, with the upstream's base replaced.
+async fn pass_through(
+    gateway: &Gateway,
+    response: Response<Incoming>,
+    rewrite: Option<&Arc<Rewrite>>,
+    head_only: bool,
+) -> Result<Response<Body>, Refusal> {
     let (mut head, incoming) = response.into_parts();
     super::headers::remove_hop_by_hop(&mut head.headers);
     let Some(rewrite) = rewrite else {
-        return Response::from_parts(head, body::stream(incoming));
+        return Ok(Response::from_parts(head, body::stream(incoming)));
     };
     rewrite_location(&mut head.headers, rewrite);
     let encoded = head
@@ -866,12 +862,26 @@ fn pass_through(response: Response<Incoming>, rewrite: Option<&Rewrite>) -> Resp
         .get(header::CONTENT_TYPE)
         .and_then(|t| t.to_str().ok())
         .is_some_and(is_textual);
-    if encoded || !textual {
+    if encoded || !textual || head_only {
         // An encoded body cannot be rewritten; the upstream is asked for identity.
-        return Response::from_parts(head, body::stream(incoming));
+        return Ok(Response::from_parts(head, body::stream(incoming)));
+    }
+    let length = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(length) = length.filter(|&length| length <= WHOLE_REWRITE_MAX) {
+        let bytes = gateway.upstream.read_raw(incoming, length as usize).await?;
+        let bytes = rewrite.apply(&bytes).map_or(bytes, Bytes::from);
+        head.headers
+            .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+        return Ok(Response::from_parts(head, body::full(bytes)));
     }
     head.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(head, rewrite.clone().stream(body::stream(incoming)))
+    Ok(Response::from_parts(
+        head,
+        rewrite.clone().stream(body::stream(incoming)),
+    ))
 }
 
 /// `Location` and `Content-Location` pointing at the upstream's base point at the public one.

@@ -10,6 +10,7 @@
 //! stream, without buffering them whole.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -22,9 +23,24 @@ use crate::body::{Body, BodyError};
 /// One base URL replaced by another, in both its plain and JSON-escaped forms.
 #[derive(Debug, Clone)]
 pub struct Rewrite {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pairs: Vec<Pair>,
     /// Longest pattern, minus one: bytes held back between chunks of a stream.
     keep: usize,
+}
+
+/// A pattern, its replacement, and the searcher made for the pattern once.
+#[derive(Debug, Clone)]
+struct Pair {
+    from: Vec<u8>,
+    to: Vec<u8>,
+    finder: memmem::Finder<'static>,
+}
+
+impl Pair {
+    fn new(from: Vec<u8>, to: Vec<u8>) -> Self {
+        let finder = memmem::Finder::new(&from).into_owned();
+        Self { from, to, finder }
+    }
 }
 
 impl Rewrite {
@@ -35,12 +51,15 @@ impl Rewrite {
         if from == to || from.is_empty() {
             return None;
         }
-        let mut pairs = vec![(from.as_bytes().to_vec(), to.as_bytes().to_vec())];
+        let mut pairs = vec![Pair::new(from.as_bytes().to_vec(), to.as_bytes().to_vec())];
         let escaped = from.replace('/', "\\/");
         if escaped != from {
-            pairs.push((escaped.into_bytes(), to.replace('/', "\\/").into_bytes()));
+            pairs.push(Pair::new(
+                escaped.into_bytes(),
+                to.replace('/', "\\/").into_bytes(),
+            ));
         }
-        let keep = pairs.iter().map(|(f, _)| f.len()).max().unwrap_or(1);
+        let keep = pairs.iter().map(|p| p.from.len()).max().unwrap_or(1);
         Some(Self { pairs, keep })
     }
 
@@ -55,12 +74,12 @@ impl Rewrite {
     /// byte up to `limit` can go out as it is.
     fn apply_until(&self, text: &[u8], limit: usize, at_end: bool) -> Option<(Vec<u8>, usize)> {
         let mut hits: Vec<(usize, usize)> = Vec::new();
-        for (index, (from, _)) in self.pairs.iter().enumerate() {
-            for at in memmem::find_iter(text, from) {
+        for (index, pair) in self.pairs.iter().enumerate() {
+            for at in pair.finder.find_iter(text) {
                 if at >= limit {
                     break;
                 }
-                let end = at + from.len();
+                let end = at + pair.from.len();
                 let bounded = match text.get(end) {
                     Some(&next) => is_boundary(next, text.get(end + 1).copied()),
                     None => at_end,
@@ -80,10 +99,10 @@ impl Rewrite {
             if at < copied {
                 continue;
             }
-            let (from, to) = &self.pairs[index];
+            let pair = &self.pairs[index];
             out.extend_from_slice(&text[copied..at]);
-            out.extend_from_slice(to);
-            copied = at + from.len();
+            out.extend_from_slice(&pair.to);
+            copied = at + pair.from.len();
         }
         let covered = copied.max(limit.min(text.len()));
         out.extend_from_slice(&text[copied..covered]);
@@ -93,7 +112,7 @@ impl Rewrite {
     /// A header value with the base replaced at its start.
     pub fn header(&self, value: &HeaderValue) -> Option<HeaderValue> {
         let bytes = value.as_bytes();
-        let (from, to) = &self.pairs[0];
+        let Pair { from, to, .. } = &self.pairs[0];
         let rest = bytes.strip_prefix(from.as_slice())?;
         if !rest
             .first()
@@ -107,7 +126,7 @@ impl Rewrite {
     }
 
     /// A body rewritten as it streams.
-    pub fn stream(self, body: Body) -> Body {
+    pub fn stream(self: Arc<Self>, body: Body) -> Body {
         http_body_util::BodyExt::boxed_unsync(Rewriting {
             rewrite: self,
             inner: body,
@@ -115,6 +134,49 @@ impl Rewrite {
             done: false,
             trailers: None,
         })
+    }
+}
+
+/// The rewrites of one request: the upstream's base to the public one in what comes back, the
+/// public base to the upstream's in what goes there.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrites {
+    pub to_client: Option<Arc<Rewrite>>,
+    pub to_upstream: Option<Arc<Rewrite>>,
+}
+
+impl Rewrites {
+    pub fn between(upstream: &str, public: &str) -> Self {
+        Self {
+            to_client: Rewrite::new(upstream, public).map(Arc::new),
+            to_upstream: Rewrite::new(public, upstream).map(Arc::new),
+        }
+    }
+
+    /// A request body or query as the upstream should see it; `None` when unchanged.
+    pub fn outbound(&self, data: &[u8]) -> Option<Vec<u8>> {
+        self.to_upstream.as_ref()?.apply(data)
+    }
+}
+
+/// The rewrites for the public base seen last, kept: nearly every request names the same
+/// base, and making the searchers costs more than searching a body.
+#[derive(Debug, Default)]
+pub struct RewriteCache {
+    last: arc_swap::ArcSwapOption<(String, Rewrites)>,
+}
+
+impl RewriteCache {
+    /// The rewrites between `upstream` (the same on every call) and `public`.
+    pub fn get(&self, upstream: &str, public: String) -> Rewrites {
+        if let Some(last) = self.last.load().as_ref()
+            && last.0 == public
+        {
+            return last.1.clone();
+        }
+        let made = Rewrites::between(upstream, &public);
+        self.last.store(Some(Arc::new((public, made.clone()))));
+        made
     }
 }
 
@@ -130,7 +192,7 @@ fn is_boundary(byte: u8, next: Option<u8>) -> bool {
 /// A body whose data frames are rewritten, with the bytes that could start a base held back
 /// until the next frame shows how they go on.
 struct Rewriting {
-    rewrite: Rewrite,
+    rewrite: Arc<Rewrite>,
     inner: Body,
     held: BytesMut,
     done: bool,
@@ -181,6 +243,11 @@ impl HttpBody for Rewriting {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         self.held.extend_from_slice(&data);
+                        // The last frame (a known length reached): everything can go now.
+                        if self.inner.is_end_stream() {
+                            self.done = true;
+                            continue;
+                        }
                         if let Some(out) = self.release(false) {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }

@@ -80,7 +80,7 @@ fn the_same_base_needs_no_rewrite() {
 
 fn streamed(chunks: Vec<Vec<u8>>) -> Vec<u8> {
     let stream = futures_stream(chunks);
-    let body = rewrite().stream(stream);
+    let body = std::sync::Arc::new(rewrite()).stream(stream);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
