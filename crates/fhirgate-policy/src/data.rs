@@ -83,6 +83,57 @@ pub(crate) static TABLES: LazyLock<Tables> = LazyLock::new(|| {
     }
 });
 
+/// Members of every resource a response check reads: its type, its id (a Patient's own
+/// compartment) and its meta (the `_security`, `_tag` and `_profile` granular parameters).
+const ALWAYS_CHECKED: [&str; 3] = ["resourceType", "id", "meta"];
+
+/// The top-level members of a `resource_type` resource that decide whether it is in a
+/// patient's compartment: the first step of each compartment element path, with
+/// [`ALWAYS_CHECKED`].
+pub(crate) fn compartment_members(resource_type: &str) -> &'static BTreeSet<String> {
+    static MEMBERS: LazyLock<BTreeMap<String, BTreeSet<String>>> = LazyLock::new(|| {
+        TABLES
+            .paths
+            .iter()
+            .map(|(ty, params)| {
+                let mut members: BTreeSet<String> =
+                    ALWAYS_CHECKED.iter().map(|m| (*m).to_owned()).collect();
+                members.extend(
+                    params
+                        .iter()
+                        .flat_map(|p| &p.element_paths)
+                        .filter_map(|path| first_step(path)),
+                );
+                (ty.clone(), members)
+            })
+            .collect()
+    });
+    static BASIC: LazyLock<BTreeSet<String>> =
+        LazyLock::new(|| ALWAYS_CHECKED.iter().map(|m| (*m).to_owned()).collect());
+    MEMBERS.get(resource_type).unwrap_or(&BASIC)
+}
+
+/// The top-level members the granular parameter `name` of `resource_type` reads (`meta`,
+/// always read, for the parameters on meta).
+pub(crate) fn granular_members(resource_type: &str, name: &str) -> Vec<String> {
+    TABLES
+        .granular
+        .get(resource_type)
+        .and_then(|params| params.get(name))
+        .map(|param| {
+            granular_paths(&param.expression)
+                .iter()
+                .filter_map(|path| first_step(path))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `subject` of `Observation.subject.reference`.
+fn first_step(path: &str) -> Option<String> {
+    path.split('.').nth(1).map(str::to_owned)
+}
+
 /// Turns a granular expression into plain dotted element paths rooted at the type.
 ///
 /// Handles the forms present in the data: `A.b.c`, `A.b | A.c`, and `(A.b as CodeableConcept)`

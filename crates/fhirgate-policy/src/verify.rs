@@ -8,6 +8,8 @@
 //! `total` is removed (a count over all pages cannot be corrected safely, and it would reveal
 //! how many inaccessible matches exist) and one `suppressed` OperationOutcome entry is appended.
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::Deserialize;
@@ -54,6 +56,21 @@ impl ResponseCheck {
             perms,
             expect,
         }
+    }
+
+    /// The top-level members of a `resource_type` resource that [`ResponseCheck::covers`]
+    /// reads: those placing it in the compartment, and those of the granular parameters of
+    /// the scopes that could cover it.
+    fn members(&self, resource_type: &str) -> BTreeSet<String> {
+        let mut members = crate::data::compartment_members(resource_type).clone();
+        for scope in self.grant.scopes.resource_scopes() {
+            if scope.resource_type.covers(resource_type) {
+                for (name, _) in &scope.params {
+                    members.extend(crate::data::granular_members(resource_type, name));
+                }
+            }
+        }
+        members
     }
 
     /// Is `resource` covered?
@@ -104,8 +121,11 @@ pub fn verify_resource(check: &ResponseCheck, body: &[u8]) -> Result<(), VerifyE
     if body.len() > MAX_CHECKED_BODY {
         return Err(VerifyError::TooLarge);
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|_| VerifyError::NotFhirJson("resource"))?;
+    let value = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::from_str::<BorrowedObject<'_>>(text).ok())
+        .and_then(|members| Wanted::new(check).view(&members))
+        .ok_or(VerifyError::NotFhirJson("resource"))?;
     let ty = value
         .get("resourceType")
         .and_then(Value::as_str)
@@ -158,36 +178,118 @@ pub struct FilteredBundle {
     pub unchanged: bool,
 }
 
-/// A JSON object read as ordered (key, raw value) members.
-struct RawObject(Vec<(String, Box<RawValue>)>);
+/// A Bundle as the check reads it: its type and its entries, other members skipped. A
+/// member given twice makes it unreadable.
+#[derive(Deserialize)]
+struct BundleView<'a> {
+    #[serde(rename = "resourceType", borrow)]
+    resource_type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    entry: Vec<EntryView<'a>>,
+}
 
-impl<'de> Deserialize<'de> for RawObject {
+#[derive(Deserialize)]
+struct EntryView<'a> {
+    #[serde(borrow)]
+    resource: Option<BorrowedObject<'a>>,
+    search: Option<SearchView>,
+}
+
+/// A JSON object's members as (name, unparsed value), borrowed from the text where the name
+/// has no escapes. A name given twice makes it unreadable: which one a reader believes is
+/// not for the gateway to guess.
+struct BorrowedObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A member name, borrowed when it can be.
+struct MemberName<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for MemberName<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = RawObject;
+            type Value = MemberName<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BorrowedObject<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
-                let mut out: Vec<(String, Box<RawValue>)> = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                while let Some((MemberName(k), v)) =
+                    map.next_entry::<MemberName<'de>, &'de RawValue>()?
+                {
                     if out.iter().any(|(seen, _)| *seen == k) {
                         return Err(serde::de::Error::custom("duplicate member"));
                     }
                     out.push((k, v));
                 }
-                Ok(RawObject(out))
+                Ok(BorrowedObject(out))
             }
         }
-        d.deserialize_map(V)
+        let BorrowedObject(members) = d.deserialize_map(V)?;
+        Ok(BorrowedObject(members))
     }
 }
 
-#[derive(Deserialize)]
-struct EntryView {
-    resource: Option<Value>,
-    search: Option<SearchView>,
+/// The members each resource type needs for a check, worked out once per type.
+struct Wanted<'c> {
+    check: &'c ResponseCheck,
+    known: Vec<(String, BTreeSet<String>)>,
+}
+
+impl<'c> Wanted<'c> {
+    fn new(check: &'c ResponseCheck) -> Self {
+        Self {
+            check,
+            known: Vec::new(),
+        }
+    }
+
+    /// `resource` (read as members) with only what the check reads parsed into a [`Value`],
+    /// the rest (narrative, codings, values no scope asks about) skipped unparsed. `None`
+    /// when it has no `resourceType` string or a member cannot be parsed.
+    fn view(&mut self, resource: &BorrowedObject<'_>) -> Option<Value> {
+        let ty = resource
+            .0
+            .iter()
+            .find(|(name, _)| name == "resourceType")
+            .and_then(|(_, value)| serde_json::from_str::<&str>(value.get()).ok())?;
+        let index = match self.known.iter().position(|(known, _)| known == ty) {
+            Some(index) => index,
+            None => {
+                self.known.push((ty.to_owned(), self.check.members(ty)));
+                self.known.len() - 1
+            }
+        };
+        let wanted = &self.known[index].1;
+        let mut object = serde_json::Map::new();
+        for (name, value) in &resource.0 {
+            if wanted.contains(name.as_ref()) {
+                object.insert(
+                    name.as_ref().to_owned(),
+                    serde_json::from_str(value.get()).ok()?,
+                );
+            }
+        }
+        Some(Value::Object(object))
+    }
 }
 
 #[derive(Deserialize)]
@@ -204,45 +306,45 @@ pub fn filter_bundle(check: &ResponseCheck, body: &[u8]) -> Result<FilteredBundl
     if body.len() > MAX_CHECKED_BODY {
         return Err(VerifyError::TooLarge);
     }
-    let top: RawObject =
-        serde_json::from_slice(body).map_err(|_| VerifyError::NotFhirJson("Bundle"))?;
-    let resource_type = top
-        .0
-        .iter()
-        .find(|(k, _)| k == "resourceType")
-        .map(|(_, v)| v.get());
-    if resource_type == Some(r#""OperationOutcome""#) {
-        return Ok(FilteredBundle {
-            body: body.to_vec(),
-            kept: 0,
-            withheld: 0,
-            unchanged: true,
-        });
+    let unreadable = || VerifyError::NotFhirJson("Bundle");
+    let text = std::str::from_utf8(body).map_err(|_| unreadable())?;
+    // One pass over the body decides every entry; only when some are withheld is the text
+    // read again, to copy the kept entries byte for byte.
+    let view: BundleView<'_> = serde_json::from_str(text).map_err(|_| unreadable())?;
+    let unchanged = |kept| FilteredBundle {
+        body: body.to_vec(),
+        kept,
+        withheld: 0,
+        unchanged: true,
+    };
+    match view.resource_type.as_ref() {
+        "OperationOutcome" => return Ok(unchanged(0)),
+        "Bundle" => {}
+        _ => return Err(unreadable()),
     }
-    if resource_type != Some(r#""Bundle""#) {
-        return Err(VerifyError::NotFhirJson("Bundle"));
+    let mut wanted = Wanted::new(check);
+    let mut keep = Vec::with_capacity(view.entry.len());
+    for entry in &view.entry {
+        keep.push(keep_entry(check, &mut wanted, entry)?);
     }
-    let entries: Vec<Box<RawValue>> = match top.0.iter().find(|(k, _)| k == "entry") {
-        Some((_, raw)) => {
-            serde_json::from_str(raw.get()).map_err(|_| VerifyError::NotFhirJson("Bundle"))?
-        }
+    let withheld = keep.iter().filter(|kept| !**kept).count();
+    if withheld == 0 {
+        return Ok(unchanged(keep.len()));
+    }
+    let top: BorrowedObject<'_> = serde_json::from_str(text).map_err(|_| unreadable())?;
+    let entries: Vec<&RawValue> = match top.0.iter().find(|(k, _)| k == "entry") {
+        Some((_, raw)) => serde_json::from_str(raw.get()).map_err(|_| unreadable())?,
         None => Vec::new(),
     };
-    let mut kept = Vec::with_capacity(entries.len());
-    for entry in &entries {
-        if keep_entry(check, entry)? {
-            kept.push(entry.get());
-        }
+    if entries.len() != keep.len() {
+        return Err(unreadable());
     }
-    let withheld = entries.len() - kept.len();
-    if withheld == 0 {
-        return Ok(FilteredBundle {
-            body: body.to_vec(),
-            kept: kept.len(),
-            withheld,
-            unchanged: true,
-        });
-    }
+    let kept: Vec<&str> = entries
+        .iter()
+        .zip(&keep)
+        .filter(|(_, kept)| **kept)
+        .map(|(entry, _)| entry.get())
+        .collect();
     let rebuilt = rebuild(&top, &kept, withheld);
     Ok(FilteredBundle {
         body: rebuilt.into_bytes(),
@@ -252,18 +354,22 @@ pub fn filter_bundle(check: &ResponseCheck, body: &[u8]) -> Result<FilteredBundl
     })
 }
 
-fn keep_entry(check: &ResponseCheck, entry: &RawValue) -> Result<bool, VerifyError> {
-    let view: EntryView =
-        serde_json::from_str(entry.get()).map_err(|_| VerifyError::NotFhirJson("Bundle entry"))?;
-    let Some(resource) = view.resource else {
+fn keep_entry(
+    check: &ResponseCheck,
+    wanted: &mut Wanted<'_>,
+    entry: &EntryView<'_>,
+) -> Result<bool, VerifyError> {
+    let unreadable = || VerifyError::NotFhirJson("Bundle entry");
+    let Some(resource) = &entry.resource else {
         return Ok(false);
     };
+    let resource = wanted.view(resource).ok_or_else(unreadable)?;
     let ty = resource.get("resourceType").and_then(Value::as_str);
-    let outcome_mode = view.search.and_then(|s| s.mode).as_deref() == Some("outcome");
+    let outcome_mode = entry.search.as_ref().and_then(|s| s.mode.as_deref()) == Some("outcome");
     Ok((outcome_mode && ty == Some("OperationOutcome")) || check.covers(&resource))
 }
 
-fn rebuild(top: &RawObject, kept: &[&str], withheld: usize) -> String {
+fn rebuild(top: &BorrowedObject<'_>, kept: &[&str], withheld: usize) -> String {
     let mut out = String::from("{");
     let mut first = true;
     let mut wrote_entry = false;
@@ -275,7 +381,7 @@ fn rebuild(top: &RawObject, kept: &[&str], withheld: usize) -> String {
             out.push(',');
         }
         first = false;
-        out.push_str(&serde_json::to_string(key).unwrap_or_default());
+        out.push_str(&serde_json::to_string(key.as_ref()).unwrap_or_default());
         out.push(':');
         if key == "entry" {
             push_entries(&mut out, kept, withheld);
