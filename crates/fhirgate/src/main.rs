@@ -260,6 +260,9 @@ struct QueryArgs {
     /// Records with this decision.
     #[arg(long, value_enum)]
     decision: Option<Decision>,
+    /// Only records of requests allowed under break-the-glass.
+    #[arg(long)]
+    break_glass: bool,
     /// Records made at or after this: a duration back from now (24h, 7days) or a UTC
     /// time (2026-12-04T03:45:00Z, 2026-12-04).
     #[arg(long, value_name = "WHEN")]
@@ -361,6 +364,7 @@ fn query_input(
         }),
         since: time("--since", args.since)?,
         until: time("--until", args.until)?,
+        break_glass: args.break_glass,
     };
     filter.check_range().map_err(|e| e.to_string())?;
     Ok((trails, filter))

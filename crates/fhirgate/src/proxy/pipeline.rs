@@ -49,6 +49,8 @@ struct Facts {
     rate: Option<Standing>,
     /// The reason recorded for an answered request when it is not `allowed`.
     reason: Option<Reason>,
+    /// The purposes of use the request states (the token's claim).
+    purposes: Vec<String>,
 }
 
 /// Answers one request: forwards it when the token allows it, refuses it otherwise, and
@@ -164,7 +166,8 @@ pub async fn handle(
         withheld: facts.withheld,
         latency_ms: took.as_secs_f64() * 1000.0,
         upstream_latency_ms: facts.upstream_took.map(|t| t.as_secs_f64() * 1000.0),
-        purpose_of_use: None,
+        purpose_of_use: (!facts.purposes.is_empty()).then(|| facts.purposes.join(" ")),
+        break_glass: false,
     };
     let mut answered = Answered {
         route: gateway.upstream.route(),
@@ -266,6 +269,7 @@ async fn run(
         }
     };
     let grant = grant_for(&identity);
+    facts.purposes = identity.purposes_of_use.clone();
     facts.identity = Some(identity);
 
     let body = read_request_body(
