@@ -62,6 +62,62 @@ fn check_refuses_trace_export_without_the_otlp_feature() {
 }
 
 #[test]
+fn check_accepts_break_the_glass_and_names_a_bad_value_and_its_line() {
+    let good = format!(
+        "{DEFAULT}break_glass:\n  codes: [BTG]\n  header: \"X-Purpose-Of-Use\"\n  permissions: rs\n  resource_types: [Observation, Condition]\n  clients: [ward-app]\n  require_fhir_user: true\n"
+    );
+    let output = check(&good);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        check(&format!("{DEFAULT}break_glass: {{}}\n"))
+            .status
+            .success()
+    );
+    let section_line = DEFAULT.lines().count() + 1;
+    for (section, line, why) in [
+        (
+            "break_glass:\n  permissions: sr\n",
+            1,
+            "letters in the order c r u d s",
+        ),
+        (
+            "break_glass:\n  codes: [BTG]\n  resource_types: [Observations]\n",
+            2,
+            "not an R4 resource type",
+        ),
+        (
+            "break_glass:\n  header: Authorization\n",
+            1,
+            "cannot carry a purpose of use",
+        ),
+        (
+            "break_glass:\n  codes: []\n",
+            1,
+            "at least one purpose-of-use code",
+        ),
+        (
+            "break_glass:\n  clients: [ward-app]\n  clinets: []\n",
+            2,
+            "clinets",
+        ),
+    ] {
+        let output = check(&format!("{DEFAULT}{section}"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{section}: {stderr}");
+        assert!(stderr.contains(why), "{section}: {stderr}");
+        let at = section_line + line;
+        assert!(
+            stderr.contains(&format!(":{at}:")),
+            "line {at} in: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn check_reports_a_missing_file() {
     let output = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
         .args(["check", "--config", "/nonexistent/fhirgate.yaml"])
