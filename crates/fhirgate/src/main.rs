@@ -48,6 +48,10 @@ enum Command {
         /// A request header, 'Name: value'; repeatable.
         #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
         headers: Vec<String>,
+        /// A purpose of use (e.g. BTG), as if the token's purpose-of-use claim stated it;
+        /// repeatable.
+        #[arg(long = "purpose", value_name = "CODE")]
+        purposes: Vec<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             claims,
             body,
             headers,
+            purposes,
             format,
             method,
             url,
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
             claims,
             body,
             headers,
+            purposes,
             format,
             method,
             url,
@@ -173,6 +179,7 @@ struct ExplainArgs {
     claims: Option<PathBuf>,
     body: Option<PathBuf>,
     headers: Vec<String>,
+    purposes: Vec<String>,
     format: Format,
     method: String,
     url: String,
@@ -234,6 +241,7 @@ fn explain_input(args: ExplainArgs) -> Result<fhirgate::explain::Input, String> 
         url: args.url,
         headers: args.headers,
         body,
+        purposes: args.purposes,
     })
 }
 
