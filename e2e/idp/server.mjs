@@ -27,6 +27,10 @@
 //   patient-app / patient-secret  token request may carry patient=<id> (and fhirUser=<ref>)
 //   system-app  / system-secret   system-level access, never a patient context
 //   short-app   / short-secret    like patient-app, tokens live IDP_SHORT_TTL seconds
+//   clinician-app / clinician-secret  a clinician's app: never a patient context; the token
+//                                 request may carry fhirUser=<ref> and purpose_of_use=<codes>
+//                                 (space-separated v3-ActReason codes such as BTG), issued as the
+//                                 purpose_of_use claim ["urn:oid:2.16.840.1.113883.5.8#BTG"]
 // The scope parameter is granted verbatim (SMART v1, v2 and granular forms alike).
 // resource=<IDP_OTHER_AUDIENCE> yields a token for the other audience.
 //
@@ -184,6 +188,7 @@ const CLIENTS = {
   'patient-app': { secret: 'patient-secret', patientContext: true, ttl: TOKEN_TTL },
   'system-app': { secret: 'system-secret', patientContext: false, ttl: TOKEN_TTL },
   'short-app': { secret: 'short-secret', patientContext: true, ttl: SHORT_TTL },
+  'clinician-app': { secret: 'clinician-secret', patientContext: false, userContext: true, ttl: TOKEN_TTL },
 };
 
 const clientMetadata = Object.entries(CLIENTS).map(([clientId, c]) => ({
@@ -208,6 +213,9 @@ if (OPAQUE) {
 
 const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 const REFERENCE_PATTERN = /^[A-Za-z]{1,64}\/[A-Za-z0-9\-.]{1,64}$/;
+const PURPOSE_PATTERN = /^[A-Za-z0-9\-_.]{1,64}$/;
+// v3-ActReason, as HL7's B2B authorization extension writes purposes of use
+const ACT_REASON_OID = 'urn:oid:2.16.840.1.113883.5.8';
 
 function bodyParam(ctx, name) {
   const value = ctx?.oidc?.body?.[name];
@@ -289,6 +297,18 @@ const configuration = {
       const fhirUser = explicitUser ?? (patient ? `Patient/${patient}` : undefined);
       if (patient) claims.patient = patient;
       if (fhirUser) claims.fhirUser = fhirUser;
+    }
+    if (CLIENTS[clientId]?.userContext) {
+      const fhirUser = bodyParam(ctx, 'fhirUser');
+      const purposes = bodyParam(ctx, 'purpose_of_use')?.split(' ').filter(Boolean) ?? [];
+      if (fhirUser !== undefined && !REFERENCE_PATTERN.test(fhirUser)) {
+        throw new errors.InvalidRequest('fhirUser must be a reference Type/id');
+      }
+      if (purposes.length > 8 || !purposes.every((code) => PURPOSE_PATTERN.test(code))) {
+        throw new errors.InvalidRequest('purpose_of_use must be up to 8 space-separated codes');
+      }
+      if (fhirUser) claims.fhirUser = fhirUser;
+      if (purposes.length) claims.purpose_of_use = purposes.map((code) => `${ACT_REASON_OID}#${code}`);
     }
     return Object.keys(claims).length ? claims : undefined;
   },

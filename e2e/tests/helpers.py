@@ -75,6 +75,7 @@ MODULE_ORDER = [
     "test_audit_delivery",
     "test_discovery",
     "test_formats",
+    "test_break_glass",
     "test_zz_audit",
     "test_zz_leaks",
 ]
@@ -101,7 +102,8 @@ class PatientData:
 # --------------------------------------------------------------------------- tokens
 
 
-CLIENT_SECRETS = {"patient-app": "patient-secret", "system-app": "system-secret", "short-app": "short-secret"}
+CLIENT_SECRETS = {"patient-app": "patient-secret", "system-app": "system-secret", "short-app": "short-secret",
+                  "clinician-app": "clinician-secret"}
 
 
 class TokenRegistry:
@@ -135,8 +137,8 @@ class TokenRegistry:
 
     @staticmethod
     def request_token(idp: str, scope: str, patient: str | None, client: str, secret: str | None,
-                      resource: str | None) -> dict:
-        form = {"grant_type": "client_credentials", "scope": scope}
+                      resource: str | None, extra: dict | None = None) -> dict:
+        form = {"grant_type": "client_credentials", "scope": scope, **(extra or {})}
         if patient:
             form["patient"] = patient
         if resource:
@@ -146,9 +148,10 @@ class TokenRegistry:
         return resp.json()
 
     def mint(self, scope: str, patient: str | None = None, client: str = "patient-app",
-             secret: str | None = None, resource: str | None = None) -> str:
-        """A JWT access token from the first issuer (IDP_URL)."""
-        answer = self.request_token(IDP_URL, scope, patient, client, secret, resource)
+             secret: str | None = None, resource: str | None = None, extra: dict | None = None) -> str:
+        """A JWT access token from the first issuer (IDP_URL); `extra` adds token request
+        parameters (clinician-app: fhirUser, purpose_of_use)."""
+        answer = self.request_token(IDP_URL, scope, patient, client, secret, resource, extra)
         return self.remember(answer["access_token"])
 
     def mint_opaque(self, scope: str, patient: str | None = None, client: str = "patient-app",

@@ -1,13 +1,15 @@
 //! Request classification and the decision on arbitrary requests (method, path, query,
 //! content type, `If-None-Exist`, body), then the response check the decision asks for on an
-//! arbitrary response. Never panics; `patient/` grants never reach another patient.
+//! arbitrary response. Never panics; `patient/` grants never reach another patient; break-the-glass
+//! opens only refusals of `user/` grants the emergency grant allows, never operations.
 
 #![no_main]
 
 use arbitrary::Arbitrary;
 use fhirgate_fuzz::{GRANTS, PATIENT, SynthBody, SynthResource, run_check};
+use fhirgate_policy::break_glass::{self, Emergency};
 use fhirgate_policy::compartment::{in_patient_compartment, is_compartment_type};
-use fhirgate_policy::scope::Perms;
+use fhirgate_policy::scope::{Context, Perms};
 use fhirgate_policy::{
     Decision, FhirRequest, Interaction, OperationLevel, OperationRule, PolicyOptions, Precheck,
     ReadRefusal, RequestParts, check_matches, classify_with, decide_with,
@@ -238,6 +240,55 @@ fn assert_patient_bounds(req: &FhirRequest, grant_index: usize) {
     }
 }
 
+/// Emergencies: reads and searches on every type, and everything on Observation.
+static EMERGENCIES: LazyLock<[Emergency; 2]> = LazyLock::new(|| {
+    [
+        Emergency {
+            permissions: Perms::R.union(Perms::S),
+            resource_types: Vec::new(),
+        },
+        Emergency {
+            permissions: Perms::ALL,
+            resource_types: vec!["Observation".to_owned()],
+        },
+    ]
+});
+
+/// What break-the-glass may do with `decision`: open it only for a grant of `user/` scopes,
+/// never for an operation, and only as the emergency grant's own decision allows.
+fn assert_break_glass_bounds(
+    grant: &fhirgate_policy::Grant,
+    req: &FhirRequest,
+    decision: &Decision,
+    options: &PolicyOptions,
+) {
+    for emergency in EMERGENCIES.iter() {
+        let Ok(obligations) = break_glass::decide(grant, req, decision, options, emergency) else {
+            continue;
+        };
+        assert_eq!(obligations.rule, break_glass::RULE);
+        let scopes = grant.scopes.resource_scopes();
+        assert!(
+            !scopes.is_empty() && scopes.iter().all(|s| s.context == Context::User),
+            "break-the-glass opened a request of a grant that is not a user's: {req:?}"
+        );
+        let operation = |r: &FhirRequest| r.interaction == Interaction::Operation;
+        assert!(
+            !operation(req) && !req.entries.iter().any(operation),
+            "break-the-glass opened an operation: {req:?}"
+        );
+        assert!(
+            !matches!(decision, Decision::Allow(ob) if ob.refused_entries.is_empty()),
+            "break-the-glass changed an allow"
+        );
+        let widened = emergency.grant(grant);
+        assert!(
+            matches!(decide_with(&widened, req, options), Decision::Allow(_)),
+            "break-the-glass allowed what the emergency grant refuses: {req:?}"
+        );
+    }
+}
+
 /// Is everything `req` asks for public: the capability statement or SMART configuration, or
 /// a Bundle whose entries are all such (an empty Bundle included)?
 fn public_only(req: &FhirRequest) -> bool {
@@ -265,7 +316,9 @@ fuzz_target!(|input: Input<'_>| {
     };
     let response = input.response.to_bytes();
     for (index, grant) in GRANTS.iter().enumerate() {
-        let Decision::Allow(obligations) = decide_with(grant, &req, options) else {
+        let decision = decide_with(grant, &req, options);
+        assert_break_glass_bounds(grant, &req, &decision, options);
+        let Decision::Allow(obligations) = decision else {
             continue;
         };
         assert!(!obligations.rule.is_empty());

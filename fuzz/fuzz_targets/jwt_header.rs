@@ -7,7 +7,7 @@
 use arbitrary::Arbitrary;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use fhirgate::token::{ClaimMapping, Identity, bearer_token, jwt};
+use fhirgate::token::{ClaimMapping, Identity, bearer_token, jwt, purpose};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -67,6 +67,10 @@ fuzz_target!(|input: Input<'_>| match input {
             if let Some(patient) = identity.patient {
                 assert!(!patient.is_empty() && patient.len() <= 64);
                 assert!(!patient.contains('/'));
+            }
+            assert!(identity.purposes_of_use.len() <= purpose::MAX_PURPOSES);
+            for code in &identity.purposes_of_use {
+                assert!(purpose::is_code(code), "purpose of use {code:?} is no code");
             }
         }
     }

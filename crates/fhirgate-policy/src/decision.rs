@@ -348,7 +348,12 @@ fn hidden_by_not_found(reason: DenyReason) -> bool {
     )
 }
 
-fn decide_interaction(grant: &Grant, req: &FhirRequest, options: &PolicyOptions) -> Decision {
+/// The decision before a refused read is answered as not found.
+pub(crate) fn decide_interaction(
+    grant: &Grant,
+    req: &FhirRequest,
+    options: &PolicyOptions,
+) -> Decision {
     use Interaction as I;
     match req.interaction {
         I::Capabilities | I::SmartConfiguration => {

@@ -5,6 +5,7 @@
 //! about *what is allowed* lives here; the server crate only carries out the [`decision::Decision`]
 //! and its obligations.
 
+pub mod break_glass;
 pub mod compartment;
 pub mod decision;
 pub mod grant;

@@ -391,6 +391,13 @@ impl ScopeSet {
         &self.others
     }
 
+    /// The set with `extra` resource scopes added after its own (an emergency grant's).
+    pub fn with_resource_scopes(&self, extra: impl IntoIterator<Item = ResourceScope>) -> Self {
+        let mut set = self.clone();
+        set.resources.extend(extra);
+        set
+    }
+
     /// A set holding only `scope` (used to test the union property).
     pub fn single(scope: ResourceScope) -> Self {
         Self::of(vec![scope])

@@ -16,8 +16,10 @@ use fhirgate_policy::scope::Perms;
 use serde::{Deserialize, Deserializer};
 
 mod audit;
+mod break_glass;
 mod edge;
 pub use audit::{Audit, Fsync, JsonlSink, NetworkSink, Sink, Spool, StdoutSink, WhenFull};
+pub use break_glass::BreakGlass;
 pub use edge::{
     AllowedOrigin, Cors, Metadata, Smart, default_allow_headers, default_expose_headers,
 };
@@ -74,6 +76,10 @@ pub struct Config {
     /// absent (`metadata` and SMART discovery allow any origin regardless).
     #[serde(default)]
     pub cors: Option<Cors>,
+    /// Break-the-glass: an emergency purpose of use lets a user's request through that the
+    /// token's scopes do not cover (docs/BREAK-GLASS.md). Off when absent.
+    #[serde(default, deserialize_with = "break_glass::section")]
+    pub break_glass: Option<BreakGlass>,
 }
 
 /// Trace export over OTLP/HTTP, in a binary built with the `otlp` feature.

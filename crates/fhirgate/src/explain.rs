@@ -2,10 +2,12 @@
 //!
 //! Every step is the gateway's own: the accept step and base-path routing, the claim mapping,
 //! the grant, classification and decision ([`crate::proxy::classify_and_decide`]), query
-//! narrowing, the upstream URL and the refusal mapping of [`crate::refusal`]. Only the token
+//! narrowing, break-the-glass, the upstream URL and the refusal mapping of [`crate::refusal`].
+//! Only the token
 //! is treated differently: it is decoded, never verified, and what the gateway would say about
 //! it is reported next to the decision rather than instead of it.
 
+mod break_glass;
 mod render;
 mod report;
 mod token;
@@ -48,6 +50,9 @@ pub struct Input {
     pub headers: Vec<String>,
     /// The request body, read from `--body`.
     pub body: Option<Vec<u8>>,
+    /// Purposes of use given by `--purpose`, as if the token's purpose-of-use claim stated
+    /// them too.
+    pub purposes: Vec<String>,
 }
 
 impl Report {
@@ -65,7 +70,8 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
     let uri = parse_url(&input.url, config)?;
     let query = uri.query().map(str::to_owned);
 
-    let decoded = token::decode(&input.credentials, config)?;
+    let mut decoded = token::decode(&input.credentials, config)?;
+    add_purposes(&mut decoded, &input.purposes)?;
     let grant = proxy::grant_for(&decoded.identity);
     let grant_report = grant_report(&grant);
 
@@ -141,6 +147,7 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
                 None,
                 &obligations,
             )),
+            break_glass: None,
         };
         return Ok(report(
             input,
@@ -163,6 +170,7 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
         ));
     }
 
+    let options = config.policy_options();
     let decision = match proxy::classify_and_decide(
         &method,
         relative,
@@ -170,12 +178,21 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
         &headers,
         body,
         &grant,
-        &config.policy_options(),
+        &options,
     ) {
         Err(refusal) => refused("classify", &refusal),
         Ok((fhir_request, decision)) => {
             request.classified = Some(classified(&fhir_request));
-            match decision {
+            let (decision, break_glass) = break_glass::reopen(
+                config,
+                &decoded.identity,
+                &headers,
+                &grant,
+                &fhir_request,
+                decision,
+                &options,
+            );
+            let mut report = match decision {
                 Decision::Deny(denial) => {
                     let rule = denial.rule;
                     let mut report = refused("policy", &Refusal::Policy(denial));
@@ -205,8 +222,11 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
                         Some(&fhir_request),
                         &obligations,
                     )),
+                    break_glass: None,
                 },
-            }
+            };
+            report.break_glass = break_glass;
+            report
         }
     };
     Ok(report(
@@ -243,7 +263,24 @@ fn refused(step: &'static str, refusal: &Refusal) -> DecisionReport {
         scope: None,
         answer: Some(answer(refusal)),
         obligations: None,
+        break_glass: None,
     }
+}
+
+/// `--purpose` codes join the purposes the claims state, reduced as a claim's would be.
+fn add_purposes(decoded: &mut token::Decoded, given: &[String]) -> Result<(), ExplainError> {
+    for text in given {
+        let code = crate::token::purpose::reduce(text.trim()).ok_or_else(|| {
+            ExplainError(format!(
+                "--purpose {text:?}: not a purpose-of-use code such as BTG"
+            ))
+        })?;
+        if !decoded.identity.purposes_of_use.contains(&code) {
+            decoded.identity.purposes_of_use.push(code);
+        }
+    }
+    decoded.report.identity.purposes_of_use = decoded.identity.purposes_of_use.clone();
+    Ok(())
 }
 
 /// The gateway's answer to a refusal, from the one mapping in `refusal.rs`.

@@ -53,6 +53,10 @@ enum Command {
         /// A request header, 'Name: value'; repeatable.
         #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
         headers: Vec<String>,
+        /// A purpose of use (e.g. BTG), as if the token's purpose-of-use claim stated it;
+        /// repeatable.
+        #[arg(long = "purpose", value_name = "CODE")]
+        purposes: Vec<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             claims,
             body,
             headers,
+            purposes,
             format,
             method,
             url,
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
             claims,
             body,
             headers,
+            purposes,
             format,
             method,
             url,
@@ -178,6 +184,7 @@ struct ExplainArgs {
     claims: Option<PathBuf>,
     body: Option<PathBuf>,
     headers: Vec<String>,
+    purposes: Vec<String>,
     format: Format,
     method: String,
     url: String,
@@ -239,6 +246,7 @@ fn explain_input(args: ExplainArgs) -> Result<fhirgate::explain::Input, String> 
         url: args.url,
         headers: args.headers,
         body,
+        purposes: args.purposes,
     })
 }
 
@@ -265,6 +273,9 @@ struct QueryArgs {
     /// Records with this decision.
     #[arg(long, value_enum)]
     decision: Option<Decision>,
+    /// Only records of requests allowed under break-the-glass.
+    #[arg(long)]
+    break_glass: bool,
     /// Records made at or after this: a duration back from now (24h, 7days) or a UTC
     /// time (2026-12-04T03:45:00Z, 2026-12-04).
     #[arg(long, value_name = "WHEN")]
@@ -366,6 +377,7 @@ fn query_input(
         }),
         since: time("--since", args.since)?,
         until: time("--until", args.until)?,
+        break_glass: args.break_glass,
     };
     filter.check_range().map_err(|e| e.to_string())?;
     Ok((trails, filter))

@@ -143,7 +143,7 @@ impl EncodeLabelValue for AuditDecision {
     }
 }
 
-/// An audit reason code: `allowed`, `cors_preflight`, or the [`Refusal::reason`] of a
+/// An audit reason code: `allowed`, `cors_preflight`, `break_glass`, or the [`Refusal::reason`] of a
 /// refused request. Only these constructors exist, so the set of values is the gateway's
 /// fixed set of codes.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -154,6 +154,8 @@ impl Reason {
     pub const ALLOWED: Self = Self("allowed");
     /// A CORS preflight from an allowed origin, answered by the gateway.
     pub const CORS_PREFLIGHT: Self = Self("cors_preflight");
+    /// A request the token's scopes did not cover, forwarded under break-the-glass.
+    pub const BREAK_GLASS: Self = Self("break_glass");
 
     /// The reason code of `refusal`.
     pub fn of(refusal: &Refusal) -> Self {

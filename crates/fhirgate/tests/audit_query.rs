@@ -208,6 +208,43 @@ fn client_user_and_decision_filters_match_exactly() {
 }
 
 #[test]
+fn break_glass_selects_the_requests_allowed_under_it() {
+    let scratch = Scratch::new();
+    scratch.file(
+        "audit.jsonl",
+        &[
+            record("r1", "2026-12-04T08:00:00.000Z", json!({})),
+            record(
+                "r2",
+                "2026-12-04T09:00:00.000Z",
+                json!({
+                    "client_id": "ward-app", "fhir_user": "Practitioner/prac-9", "patient": null,
+                    "reason": "break_glass", "rule": "break-glass", "break_glass": true,
+                    "purpose_of_use": "BTG",
+                }),
+            ),
+            // Stated the emergency, refused all the same: not a break-the-glass access.
+            record(
+                "r3",
+                "2026-12-04T10:00:00.000Z",
+                json!({
+                    "decision": "deny", "reason": "insufficient_scope", "status": 403,
+                    "purpose_of_use": "BTG",
+                }),
+            ),
+        ],
+    );
+    let trail = scratch.path("audit.jsonl");
+    assert_eq!(json_ids(&trail, &["--break-glass"]), ["r2"]);
+    assert_eq!(
+        json_ids(&trail, &["--break-glass", "--client", "ward-app"]),
+        ["r2"]
+    );
+    assert!(json_ids(&trail, &["--break-glass", "--decision", "deny"]).is_empty());
+    assert_eq!(json_ids(&trail, &[]), ["r1", "r2", "r3"]);
+}
+
+#[test]
 fn the_time_range_includes_since_and_excludes_until() {
     let scratch = Scratch::new();
     let trail = mixed_trail(&scratch);

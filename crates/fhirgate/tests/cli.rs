@@ -62,6 +62,62 @@ fn check_refuses_trace_export_without_the_otlp_feature() {
 }
 
 #[test]
+fn check_accepts_break_the_glass_and_names_a_bad_value_and_its_line() {
+    let good = format!(
+        "{DEFAULT}break_glass:\n  codes: [BTG]\n  header: \"X-Purpose-Of-Use\"\n  permissions: rs\n  resource_types: [Observation, Condition]\n  clients: [ward-app]\n  require_fhir_user: true\n"
+    );
+    let output = check(&good);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        check(&format!("{DEFAULT}break_glass: {{}}\n"))
+            .status
+            .success()
+    );
+    let section_line = DEFAULT.lines().count() + 1;
+    for (section, line, why) in [
+        (
+            "break_glass:\n  permissions: sr\n",
+            1,
+            "letters in the order c r u d s",
+        ),
+        (
+            "break_glass:\n  codes: [BTG]\n  resource_types: [Observations]\n",
+            2,
+            "not an R4 resource type",
+        ),
+        (
+            "break_glass:\n  header: Authorization\n",
+            1,
+            "cannot carry a purpose of use",
+        ),
+        (
+            "break_glass:\n  codes: []\n",
+            1,
+            "at least one purpose-of-use code",
+        ),
+        (
+            "break_glass:\n  clients: [ward-app]\n  clinets: []\n",
+            2,
+            "clinets",
+        ),
+    ] {
+        let output = check(&format!("{DEFAULT}{section}"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{section}: {stderr}");
+        assert!(stderr.contains(why), "{section}: {stderr}");
+        let at = section_line + line;
+        assert!(
+            stderr.contains(&format!(":{at}:")),
+            "line {at} in: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn check_reports_a_missing_file() {
     let output = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
         .args(["check", "--config", "/nonexistent/fhirgate.yaml"])
@@ -353,6 +409,119 @@ fn explain_json_carries_the_decision_and_obligations() {
     assert_eq!(report["decision"]["outcome"], "deny");
     assert_eq!(report["decision"]["answer"]["status"], 403);
     assert_eq!(report["decision"]["answer"]["error"], "insufficient_scope");
+}
+
+/// Synthetic claims of a clinician's token: `user/Patient.rs` only, a named user.
+fn clinician_claims() -> serde_json::Value {
+    serde_json::json!({
+        "iss": "http://127.0.0.1:9000",
+        "aud": "http://127.0.0.1:8080/fhir",
+        "sub": "clinician-7",
+        "client_id": "ward-app",
+        "fhirUser": "Practitioner/pr-7",
+        "exp": 4_102_444_800u64,
+        "scope": "openid fhirUser user/Patient.rs",
+    })
+}
+
+#[test]
+fn explain_shows_break_the_glass_as_the_gateway_applies_it() {
+    let scratch = Scratch::new();
+    let claims = scratch.file("claims.json", &clinician_claims().to_string());
+    let config = scratch.file(
+        "fhirgate.yaml",
+        &format!("{DEFAULT}break_glass:\n  header: X-Purpose-Of-Use\n"),
+    );
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--config",
+            config.to_str().unwrap(),
+            "--claims",
+            claims.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        fhirgate(&args)
+    };
+
+    let broken = explain(&["--purpose", "BTG", "GET", "/fhir/Observation/o-1"]);
+    assert_eq!(broken.code, Some(0), "{}{}", broken.stdout, broken.stderr);
+    assert!(
+        broken
+            .stdout
+            .contains("Decision: ALLOW by rule break-glass"),
+        "{}",
+        broken.stdout
+    );
+    assert!(
+        broken.stdout.contains("purposes of use: BTG"),
+        "{}",
+        broken.stdout
+    );
+    assert!(
+        broken
+            .stdout
+            .contains("break-the-glass: applied: purpose BTG broke the glass; decided under the token's scopes and user/*.rs"),
+        "{}",
+        broken.stdout
+    );
+
+    let header = explain(&[
+        "-H",
+        "X-Purpose-Of-Use: BTG",
+        "--format",
+        "json",
+        "GET",
+        "/fhir/Observation/o-1",
+    ]);
+    assert_eq!(header.code, Some(0), "{}", header.stderr);
+    let report: serde_json::Value = serde_json::from_str(&header.stdout).unwrap();
+    assert_eq!(report["decision"]["rule"], "break-glass");
+    assert_eq!(report["decision"]["break_glass"]["applied"], true);
+    assert_eq!(
+        report["decision"]["break_glass"]["codes"],
+        serde_json::json!(["BTG"])
+    );
+
+    let write = explain(&["--purpose", "BTG", "DELETE", "/fhir/Observation/o-1"]);
+    assert_eq!(write.code, Some(1), "{}", write.stdout);
+    assert!(
+        write.stdout.contains(
+            "break-the-glass: not applied: the emergency scopes do not allow the request either"
+        ),
+        "{}",
+        write.stdout
+    );
+
+    let without = explain(&["GET", "/fhir/Observation/o-1"]);
+    assert_eq!(without.code, Some(1), "{}", without.stdout);
+    assert!(
+        without.stdout.contains("audit reason: insufficient_scope"),
+        "{}",
+        without.stdout
+    );
+
+    // Without a break_glass section the purpose changes nothing, and the report says why.
+    let off = fhirgate(&[
+        "explain",
+        "--claims",
+        claims.to_str().unwrap(),
+        "--purpose",
+        "BTG",
+        "GET",
+        "/fhir/Observation/o-1",
+    ]);
+    assert_eq!(off.code, Some(1), "{}", off.stdout);
+    assert!(
+        off.stdout
+            .contains("break-the-glass: not applied: break-the-glass is off"),
+        "{}",
+        off.stdout
+    );
+
+    let bad = explain(&["--purpose", "B T G", "GET", "/fhir/Observation/o-1"]);
+    assert_eq!(bad.code, Some(2));
+    assert!(bad.stderr.contains("--purpose"), "{}", bad.stderr);
 }
 
 #[test]

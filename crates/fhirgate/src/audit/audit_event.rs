@@ -202,8 +202,8 @@ pub fn audit_event(record: &AuditRecord, source: &EventSource) -> Value {
     event.insert("recorded".into(), record.time.clone().into());
     event.insert("outcome".into(), outcome(record).into());
     event.insert("outcomeDesc".into(), outcome_text(record).into());
-    if let Some(purpose) = purpose_of_use(record) {
-        event.insert("purposeOfEvent".into(), json!([purpose]));
+    if let Some(purposes) = purpose_of_use(record) {
+        event.insert("purposeOfEvent".into(), purposes);
     }
     event.insert(
         "agent".into(),
@@ -264,6 +264,10 @@ fn outcome_text(record: &AuditRecord) -> String {
 fn reason_text(reason: &str) -> &'static str {
     match reason {
         "allowed" => "forwarded to the FHIR server",
+        "break_glass" => {
+            "forwarded to the FHIR server under break-the-glass: the token's scopes did not \
+             cover it, an emergency purpose of use did"
+        }
         "no_token" => "no access token was presented",
         "invalid_request" => "the credentials were malformed",
         "invalid_token" => "the access token was rejected",
@@ -300,10 +304,14 @@ fn reason_text(reason: &str) -> &'static str {
     }
 }
 
-/// `purposeOfEvent` / `purposeOfUse`: the recorded purpose of use as a v3-ActReason code.
+/// `purposeOfEvent` / `purposeOfUse`: each recorded purpose of use, a v3-ActReason code, as
+/// a CodeableConcept of its own.
 fn purpose_of_use(record: &AuditRecord) -> Option<Value> {
-    let code = text(record.purpose_of_use.as_deref())?;
-    Some(json!({ "coding": [{ "system": ACT_REASON, "code": code }] }))
+    let codes: Vec<Value> = text(record.purpose_of_use.as_deref())?
+        .split_ascii_whitespace()
+        .map(|code| json!({ "coding": [{ "system": ACT_REASON, "code": code }] }))
+        .collect();
+    Some(Value::Array(codes))
 }
 
 /// `AuditEvent.source`: the gateway instance, a Security Server.

@@ -88,9 +88,13 @@ pub struct AuditRecord {
     /// Time spent waiting for the upstream, when it was called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_latency_ms: Option<f64>,
-    /// An emergency purpose of use (break-the-glass) the request was allowed under.
+    /// The purposes of use the request stated (v3-ActReason codes, space-separated), whether
+    /// or not they changed the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose_of_use: Option<String>,
+    /// The request was allowed only under break-the-glass. Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 /// A query as recorded: the value of an `access_token` parameter (in any letter case), and

@@ -181,7 +181,8 @@ pub fn default_allow_headers() -> Vec<HeaderName> {
 }
 
 /// Headers a browser app needs to read: where a created resource is, its version, the
-/// request id, challenges and retry hints, and rate-limit standing.
+/// request id, challenges and retry hints, rate-limit standing, and whether the request broke
+/// the glass.
 pub fn default_expose_headers() -> Vec<HeaderName> {
     [
         "location",
@@ -193,6 +194,7 @@ pub fn default_expose_headers() -> Vec<HeaderName> {
         "retry-after",
         "ratelimit",
         "ratelimit-policy",
+        "x-fhirgate-break-glass",
     ]
     .into_iter()
     .map(HeaderName::from_static)

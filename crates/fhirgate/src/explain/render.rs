@@ -110,6 +110,13 @@ fn token(out: &mut String, report: &Report) {
     field(out, 4, "fhirContext", identity.fhir_context.as_deref());
     field(out, 4, "token id", identity.token_id.as_deref());
     line(out, 4, format!("scopes: {}", unset(&identity.scope)));
+    if !identity.purposes_of_use.is_empty() {
+        line(
+            out,
+            4,
+            format!("purposes of use: {}", identity.purposes_of_use.join(" ")),
+        );
+    }
 }
 
 fn grant(out: &mut String, report: &Report) {
@@ -329,6 +336,19 @@ fn decision(out: &mut String, report: &Report) {
     }
     line(out, 0, head);
     field(out, 2, "granted by", decision.scope.as_deref());
+    if let Some(break_glass) = &decision.break_glass {
+        let text = if break_glass.applied {
+            format!(
+                "applied: purpose {} broke the glass; decided under the token's scopes and {}",
+                break_glass.codes.join(" "),
+                break_glass.emergency_scopes.join(" ")
+            )
+        } else {
+            let why = break_glass.not_applied.as_deref().unwrap_or_default();
+            format!("not applied: {why}")
+        };
+        line(out, 2, format!("break-the-glass: {text}"));
+    }
     if let Some(answer) = &decision.answer {
         line(
             out,

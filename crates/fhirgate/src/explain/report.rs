@@ -68,6 +68,8 @@ pub struct IdentityReport {
     pub token_id: Option<String>,
     /// Set when a patient claim is present but not a usable id.
     pub patient_claim_unusable: Option<String>,
+    /// The purposes of use the claims state (with those given by `--purpose`), as codes.
+    pub purposes_of_use: Vec<String>,
 }
 
 /// The grant the scopes and patient context make.
@@ -189,6 +191,27 @@ pub struct DecisionReport {
     pub answer: Option<Answer>,
     /// For an allow: what the gateway does while forwarding.
     pub obligations: Option<ObligationsReport>,
+    /// Break-the-glass, after a policy decision, when it is configured or the request states
+    /// a purpose of use.
+    pub break_glass: Option<BreakGlassReport>,
+}
+
+/// What break-the-glass made of the policy decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakGlassReport {
+    /// Is a `break_glass` section configured?
+    pub configured: bool,
+    /// The purposes of use the request states: the claims', `--purpose`, and the configured
+    /// header's.
+    pub purposes: Vec<String>,
+    /// Did the glass break (the decision shown is the one under the emergency grant)?
+    pub applied: bool,
+    /// The purposes that broke it.
+    pub codes: Vec<String>,
+    /// The scopes the emergency adds to the token's.
+    pub emergency_scopes: Vec<String>,
+    /// Why the glass stayed whole, when it did.
+    pub not_applied: Option<String>,
 }
 
 /// A response the gateway makes itself, as `refusal.rs` maps it.

@@ -137,6 +137,7 @@ pub fn decode(credentials: &Credentials, config: &Config) -> Result<Decoded, Exp
             scope: identity.scope.clone(),
             token_id: identity.token_id.clone(),
             patient_claim_unusable: patient_claim.filter(|_| identity.patient.is_none()),
+            purposes_of_use: identity.purposes_of_use.clone(),
         },
     };
     Ok(Decoded { identity, report })

@@ -2,12 +2,13 @@
 //!
 //! The pipeline steps each live in a module of their own and run in this order:
 //! CORS preflight? ([`cors`]) → accept ([`accept`]) → route → public? ([`public`]) →
-//! authenticate ([`crate::token`]) → classify and authorize ([`fhirgate_policy`]) → forward
-//! ([`forward`]) → verify ([`verify`], [`bundle`] for Bundle entries) → record
+//! authenticate ([`crate::token`]) → classify and authorize ([`fhirgate_policy`]; refusals for
+//! missing scope reopened by [`break_glass`] when configured) → forward ([`forward`]) → verify ([`verify`], [`bundle`] for Bundle entries) → record
 //! ([`crate::audit`]); every answer gets the gateway's CORS headers. [`pipeline`] strings
 //! them together.
 
 mod accept;
+mod break_glass;
 mod bundle;
 mod cors;
 mod encoding;
@@ -25,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use self::accept::{ACCESS_TOKEN, accept, param_name};
+pub use self::break_glass::{BREAK_GLASS_HEADER, BreakGlassPolicy, Broken, NotBroken, purposes};
 pub use self::cors::CorsPolicy;
 pub use self::forward::{Upstream, target_url};
 pub use self::metadata::MetadataCache;
@@ -75,6 +77,8 @@ pub struct Gateway {
     pub cors: CorsPolicy,
     /// The base URL rewrites for the public base seen last.
     pub rewrites: rewrite::RewriteCache,
+    /// Break-the-glass, when configured.
+    pub break_glass: Option<BreakGlassPolicy>,
 }
 
 impl Gateway {
@@ -92,8 +96,10 @@ impl Gateway {
         let discovery = Discovery::new(&config, http);
         let metadata = MetadataCache::new(config.metadata.cache_ttl);
         let cors = CorsPolicy::new(config.cors.as_ref());
+        let break_glass = config.break_glass.as_ref().map(BreakGlassPolicy::new);
         Arc::new(Self {
             rewrites: rewrite::RewriteCache::default(),
+            break_glass,
             discovery,
             metadata,
             cors,

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::accept::{ACCESS_TOKEN, accept, has_param, token_in_url};
+use super::break_glass::{BREAK_GLASS_HEADER, purposes};
 use super::bundle::BundlePlan;
 use super::cors;
 use super::forward::{Outbound, add_identity_headers, upstream_headers};
@@ -49,6 +50,11 @@ struct Facts {
     rate: Option<Standing>,
     /// The reason recorded for an answered request when it is not `allowed`.
     reason: Option<Reason>,
+    /// The purposes of use the request states (token claim, and the break-the-glass header
+    /// when one is configured).
+    purposes: Vec<String>,
+    /// The codes the request broke the glass with, when it did.
+    break_glass: Option<Vec<String>>,
 }
 
 /// Answers one request: forwards it when the token allows it, refuses it otherwise, and
@@ -88,7 +94,8 @@ pub async fn handle(
         .await;
     let (mut response, decision, reason) = match result {
         Ok(response) if facts.withheld.is_some() => {
-            (response, AuditDecision::Filter, Reason::ALLOWED)
+            let reason = facts.reason.unwrap_or(Reason::ALLOWED);
+            (response, AuditDecision::Filter, reason)
         }
         Ok(response) => {
             let reason = facts.reason.unwrap_or(Reason::ALLOWED);
@@ -116,6 +123,13 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(REQUEST_ID.clone(), headers::value(&request_id));
+    // Only the gateway says a request broke the glass.
+    response.headers_mut().remove(&BREAK_GLASS_HEADER);
+    if let Some(codes) = &facts.break_glass {
+        response
+            .headers_mut()
+            .insert(BREAK_GLASS_HEADER, headers::value(&codes.join(", ")));
+    }
     let success = response.status().is_success();
     gateway.cors.apply(&cors, success, response.headers_mut());
     if let Some(standing) = facts.rate.take()
@@ -164,7 +178,8 @@ pub async fn handle(
         withheld: facts.withheld,
         latency_ms: took.as_secs_f64() * 1000.0,
         upstream_latency_ms: facts.upstream_took.map(|t| t.as_secs_f64() * 1000.0),
-        purpose_of_use: None,
+        purpose_of_use: (!facts.purposes.is_empty()).then(|| facts.purposes.join(" ")),
+        break_glass: facts.break_glass.is_some(),
     };
     let mut answered = Answered {
         route: gateway.upstream.route(),
@@ -191,6 +206,59 @@ pub async fn handle(
     }
     count(&gateway, &span, &answered);
     response
+}
+
+/// The break-the-glass step: a decision that refused for missing scope, decided again under
+/// the emergency grant when the request states an emergency and may break the glass. Any
+/// other decision, and every decision without a `break_glass` section, passes unchanged.
+fn break_glass(
+    gateway: &Gateway,
+    grant: &Grant,
+    request: &FhirRequest,
+    decision: Decision,
+    facts: &mut Facts,
+    request_id: &str,
+) -> Decision {
+    let (Some(policy), Some(identity)) = (&gateway.break_glass, &facts.identity) else {
+        return decision;
+    };
+    if facts.purposes.is_empty() {
+        return decision;
+    }
+    let attempt = policy.attempt(
+        identity,
+        &facts.purposes,
+        grant,
+        request,
+        &decision,
+        &gateway.policy,
+    );
+    match attempt {
+        Ok(broken) => {
+            tracing::info!(
+                request.id = %request_id,
+                client.id = identity.client_id.as_deref().unwrap_or_default(),
+                purpose = %broken.codes.join(" "),
+                interaction = request.interaction.code(),
+                "request allowed under break-the-glass"
+            );
+            facts.reason = Some(Reason::BREAK_GLASS);
+            facts.break_glass = Some(broken.codes);
+            Decision::Allow(broken.obligations)
+        }
+        Err(why) => {
+            if why.is_refused_emergency() {
+                tracing::info!(
+                    request.id = %request_id,
+                    client.id = identity.client_id.as_deref().unwrap_or_default(),
+                    purpose = %facts.purposes.join(" "),
+                    why = why.describe(),
+                    "break-the-glass refused"
+                );
+            }
+            decision
+        }
+    }
 }
 
 /// Counts an answered request in the metrics and records it on its span.
@@ -266,6 +334,8 @@ async fn run(
         }
     };
     let grant = grant_for(&identity);
+    let header = gateway.break_glass.as_ref().and_then(|b| b.header());
+    facts.purposes = purposes(&identity, header, &parts.headers);
     facts.identity = Some(identity);
 
     let body = read_request_body(
@@ -311,6 +381,7 @@ async fn run(
     facts.target_patient = target_patient(&fhir_request);
     throttle(gateway, &parts.headers, peer, &fhir_request, facts).await?;
 
+    let decision = break_glass(gateway, &grant, &fhir_request, decision, facts, request_id);
     let obligations = match decision {
         Decision::Deny(denial) => return Err(Refusal::Policy(denial)),
         Decision::Allow(obligations) => obligations,
@@ -378,6 +449,9 @@ async fn run(
         && let Some(identity) = &facts.identity
     {
         add_identity_headers(&mut headers, identity);
+        if let Some(codes) = &facts.break_glass {
+            headers.insert(BREAK_GLASS_HEADER, headers::value(&codes.join(", ")));
+        }
     }
     if !obligations.add_if_none_exist.is_empty() {
         narrow_if_none_exist(&mut headers, &obligations.add_if_none_exist)?;

@@ -25,6 +25,9 @@ pub struct ClaimMapping {
     pub encounter: Vec<String>,
     /// SMART 2.x `fhirContext` array.
     pub fhir_context: Vec<String>,
+    /// Purposes of use (v3-ActReason codes such as `BTG`): a space-separated string, an array
+    /// of strings, a Coding or an array of Codings.
+    pub purpose_of_use: Vec<String>,
 }
 
 impl Default for ClaimMapping {
@@ -38,6 +41,7 @@ impl Default for ClaimMapping {
             subject: names(&["sub"]),
             encounter: names(&["encounter"]),
             fhir_context: names(&["fhirContext"]),
+            purpose_of_use: names(&["purpose_of_use"]),
         }
     }
 }
@@ -63,6 +67,9 @@ pub struct Identity {
     pub expires_at: Option<f64>,
     /// What the token is bound to (its `cnf` claim, RFC 7800).
     pub binding: Binding,
+    /// The purposes of use the token states, as codes (at most
+    /// [`MAX_PURPOSES`](super::purpose::MAX_PURPOSES), each once).
+    pub purposes_of_use: Vec<String>,
 }
 
 /// The sender constraint of a token.
@@ -102,6 +109,12 @@ impl Identity {
             .find_map(|name| claims.get(name))
             .filter(|value| !value.is_null())
             .map(Value::to_string);
+        let purposes_of_use = mapping
+            .purpose_of_use
+            .iter()
+            .find_map(|name| claims.get(name))
+            .map(super::purpose::from_claim)
+            .unwrap_or_default();
         Self {
             issuer,
             subject: first_text(&mapping.subject),
@@ -114,6 +127,7 @@ impl Identity {
             token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
             expires_at: claims.get("exp").and_then(Value::as_f64),
             binding: binding(claims),
+            purposes_of_use,
         }
     }
 }
@@ -241,6 +255,30 @@ mod tests {
         assert_eq!(id.patient.as_deref(), Some("123"));
         assert_eq!(id.scope.as_deref(), Some("patient/*.rs"));
         assert_eq!(id.client_id.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn purposes_of_use_come_from_the_first_named_claim() {
+        let id = identity(
+            r#"{"purpose_of_use":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActReason","code":"BTG"},"TREAT"]}"#,
+        );
+        assert_eq!(id.purposes_of_use, ["BTG", "TREAT"]);
+        assert!(identity(r#"{"sub":"s"}"#).purposes_of_use.is_empty());
+        assert!(
+            identity(r#"{"purpose_of_use":42}"#)
+                .purposes_of_use
+                .is_empty()
+        );
+        let mapping = ClaimMapping {
+            purpose_of_use: vec!["pou".into(), "purpose_of_use".into()],
+            ..ClaimMapping::default()
+        };
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{"purpose_of_use":"TREAT","pou":"urn:oid:2.16.840.1.113883.5.8#BTG"}"#,
+        )
+        .unwrap();
+        let id = Identity::from_claims("i".into(), &claims, &mapping);
+        assert_eq!(id.purposes_of_use, ["BTG"]);
     }
 
     #[test]

@@ -16,6 +16,8 @@ mod introspect;
 mod jwks;
 /// Public for the fuzz targets, which drive the checks made before any key is touched.
 pub mod jwt;
+/// Purposes of use, as a claim or a header gives them.
+pub mod purpose;
 
 use std::sync::Arc;
 

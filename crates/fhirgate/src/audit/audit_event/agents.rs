@@ -146,8 +146,8 @@ fn requestor_fields(agent: &mut Map<String, Value>, record: &AuditRecord) {
     if let Some(jti) = text(record.token_id.as_deref()) {
         agent.insert("policy".into(), json!([token_policy(jti)]));
     }
-    if let Some(purpose) = purpose_of_use(record) {
-        agent.insert("purposeOfUse".into(), json!([purpose]));
+    if let Some(purposes) = purpose_of_use(record) {
+        agent.insert("purposeOfUse".into(), purposes);
     }
 }
 

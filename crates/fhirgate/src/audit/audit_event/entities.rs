@@ -11,7 +11,8 @@
 //!   (R4 sev-1: name or query, not both) and no `detail`;
 //! * exchange (BALP `transaction`): `X-Request-Id` in `what.identifier.value`, and the
 //!   gateway's facts as `detail` entries: `request`, `decision`, `reason`, `rule`, `status`,
-//!   `upstream-status`, `withheld` and `scope` (the scopes the token grants, as stated).
+//!   `upstream-status`, `withheld`, `break-glass` (`true`, only for a request allowed under
+//!   break-the-glass) and `scope` (the scopes the token grants, as stated).
 //!
 //! The query recorded is already redacted (see [`crate::audit::redact_query`]).
 
@@ -130,6 +131,9 @@ fn details(record: &AuditRecord) -> Vec<Value> {
     }
     if let Some(withheld) = record.withheld {
         details.push(detail("withheld", &withheld.to_string()));
+    }
+    if record.break_glass {
+        details.push(detail("break-glass", "true"));
     }
     if let Some(scopes) = text(record.scopes.as_deref()) {
         details.push(detail("scope", scopes));

@@ -50,6 +50,7 @@ fn patient_read() -> AuditRecord {
         latency_ms: 50.0,
         upstream_latency_ms: Some(30.0),
         purpose_of_use: None,
+        break_glass: false,
     }
 }
 
@@ -150,8 +151,8 @@ fn filtered_search() -> AuditRecord {
     }
 }
 
-/// A clinician with `user/` scopes reading another patient's conditions, under
-/// break-the-glass, with no patient in the token's context.
+/// A clinician with `user/` scopes reading a patient's conditions, with no patient in the
+/// token's context, stating a purpose of use that changed nothing.
 fn user_target_patient() -> AuditRecord {
     AuditRecord {
         record_id: "01890a5d-ac96-774b-bcce-b302099a805e".into(),
@@ -166,7 +167,28 @@ fn user_target_patient() -> AuditRecord {
         resource_id: None,
         target_patient: Some("p-456".into()),
         rule: Some("user-search".into()),
-        purpose_of_use: Some("BTG".into()),
+        purpose_of_use: Some("TREAT".into()),
+        ..patient_read()
+    }
+}
+
+/// A clinician whose scopes do not cover observations reading one under break-the-glass,
+/// stating two purposes of use.
+fn break_glass_read() -> AuditRecord {
+    AuditRecord {
+        record_id: "01890a5d-ac96-774b-bcce-b302099a8061".into(),
+        request_id: "req-0011".into(),
+        client_id: Some("ward-app".into()),
+        patient: None,
+        scopes: Some("openid fhirUser user/Patient.rs".into()),
+        path: "/fhir/Observation/obs-9".into(),
+        resource_type: Some("Observation".into()),
+        resource_id: Some("obs-9".into()),
+        target_patient: None,
+        reason: "break_glass".into(),
+        rule: Some("break-glass".into()),
+        purpose_of_use: Some("TREAT BTG".into()),
+        break_glass: true,
         ..patient_read()
     }
 }
@@ -221,6 +243,7 @@ fn cases() -> Vec<(&'static str, AuditRecord)> {
         ("upstream-failure", upstream_failure()),
         ("filtered-search", filtered_search()),
         ("user-target-patient", user_target_patient()),
+        ("break-glass-read", break_glass_read()),
         ("other-patient", other_patient()),
         ("backend-delete", backend_delete()),
     ]
@@ -491,10 +514,39 @@ fn user_access_names_the_target_patient_and_the_purpose() {
     let patients = entities(&event, "1");
     assert_eq!(patients.len(), 1);
     assert_eq!(patients[0]["what"]["reference"], "Patient/p-456");
-    let purpose = json!([{ "coding": [{ "system": ACT_REASON, "code": "BTG" }] }]);
+    let purpose = json!([{ "coding": [{ "system": ACT_REASON, "code": "TREAT" }] }]);
     assert_eq!(event["purposeOfEvent"], purpose);
     assert_eq!(agent(&event, "IRCP")["purposeOfUse"], purpose);
     assert!(agent(&event, "110153").get("purposeOfUse").is_none());
+    assert_eq!(detail(&event, "break-glass"), None);
+}
+
+#[test]
+fn break_the_glass_is_marked_and_carries_every_purpose() {
+    let event = event(&break_glass_read());
+    assert_eq!(event["outcome"], "0");
+    assert_eq!(
+        event["outcomeDesc"],
+        "break_glass: forwarded to the FHIR server under break-the-glass: the token's scopes \
+         did not cover it, an emergency purpose of use did; rule break-glass"
+    );
+    let purposes = json!([
+        { "coding": [{ "system": ACT_REASON, "code": "TREAT" }] },
+        { "coding": [{ "system": ACT_REASON, "code": "BTG" }] },
+    ]);
+    assert_eq!(event["purposeOfEvent"], purposes);
+    assert_eq!(agent(&event, "IRCP")["purposeOfUse"], purposes);
+    assert_eq!(detail(&event, "break-glass"), Some("true"));
+    assert_eq!(detail(&event, "reason"), Some("break_glass"));
+    assert_eq!(detail(&event, "rule"), Some("break-glass"));
+    // Without a user the client is the requestor and carries the purposes.
+    let app_only = AuditRecord {
+        subject: None,
+        fhir_user: None,
+        ..break_glass_read()
+    };
+    let event = audit_event(&app_only, &source());
+    assert_eq!(agent(&event, "110152")["purposeOfUse"], purposes);
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub struct Filter {
     pub since: Option<SystemTime>,
     /// Records made before this time.
     pub until: Option<SystemTime>,
+    /// Only records of requests allowed under break-the-glass.
+    pub break_glass: bool,
 }
 
 impl Filter {
@@ -39,6 +41,7 @@ impl Filter {
                 || is(&self.user, &record.subject)
                 || is(&self.user, &record.fhir_user))
             && self.decision.is_none_or(|d| d == record.decision)
+            && (!self.break_glass || record.break_glass)
     }
 
     /// Whether `time` is in the range.
@@ -46,14 +49,20 @@ impl Filter {
         self.since.is_none_or(|since| time >= since) && self.until.is_none_or(|until| time < until)
     }
 
-    /// The values a matching record must hold as JSON strings, most selective first.
+    /// What a matching record's line must hold: the values as JSON strings, most selective
+    /// first, then the member `"break_glass":true` when only break-the-glass records are
+    /// wanted (records are written compact).
     pub(super) fn needles(&self) -> Vec<String> {
         let decision = self.decision.map(|d| d.as_str().to_owned());
-        [&self.patient, &self.user, &self.client, &decision]
+        let mut needles: Vec<String> = [&self.patient, &self.user, &self.client, &decision]
             .into_iter()
             .flatten()
             .map(|value| serde_json::to_string(value).expect("strings serialise"))
-            .collect()
+            .collect();
+        if self.break_glass {
+            needles.push(r#""break_glass":true"#.to_owned());
+        }
+        needles
     }
 
     /// Fails when both bounds are given and no time is in the range.
@@ -138,6 +147,31 @@ mod tests {
             ]
         );
         assert!(Filter::default().needles().is_empty());
+        let emergencies = Filter {
+            break_glass: true,
+            ..Filter::default()
+        };
+        assert_eq!(emergencies.needles(), [r#""break_glass":true"#]);
+    }
+
+    #[test]
+    fn break_glass_wants_records_allowed_under_it() {
+        let line = |extra: &str| {
+            format!(
+                r#"{{"record_id":"r1","time":"2026-12-04T03:45:12.345Z","decision":"allow"{extra}}}"#
+            )
+        };
+        let broken = line(r#","reason":"break_glass","break_glass":true"#);
+        let ordinary = line(r#","reason":"allowed""#);
+        let broken: Summary<'_> = serde_json::from_str(&broken).unwrap();
+        let ordinary: Summary<'_> = serde_json::from_str(&ordinary).unwrap();
+        let emergencies = Filter {
+            break_glass: true,
+            ..Filter::default()
+        };
+        assert!(emergencies.matches(&broken));
+        assert!(!emergencies.matches(&ordinary));
+        assert!(Filter::default().matches(&ordinary));
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct Summary<'a> {
     pub reason: Option<Text<'a>>,
     #[serde(default)]
     pub status: Option<u16>,
+    /// Allowed only under break-the-glass (absent, so false, otherwise).
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 #[cfg(test)]
