@@ -83,9 +83,9 @@ pub(crate) static TABLES: LazyLock<Tables> = LazyLock::new(|| {
     }
 });
 
-/// Members of every resource a response check reads: its type, its id (a Patient's own
-/// compartment) and its meta (the `_security`, `_tag` and `_profile` granular parameters).
-const ALWAYS_CHECKED: [&str; 3] = ["resourceType", "id", "meta"];
+/// Members of every resource a response check reads: its type and its id (a Patient's own
+/// compartment).
+const ALWAYS_CHECKED: [&str; 2] = ["resourceType", "id"];
 
 /// The top-level members of a `resource_type` resource that decide whether it is in a
 /// patient's compartment: the first step of each compartment element path, with
@@ -113,10 +113,11 @@ pub(crate) fn compartment_members(resource_type: &str) -> &'static BTreeSet<Stri
     MEMBERS.get(resource_type).unwrap_or(&BASIC)
 }
 
-/// The top-level members the granular parameter `name` of `resource_type` reads (`meta`,
-/// always read, for the parameters on meta).
+/// The top-level members the granular parameter `name` of `resource_type` reads (`meta` for
+/// `_tag`, `_security` and `_profile`).
 pub(crate) fn granular_members(resource_type: &str, name: &str) -> Vec<String> {
-    TABLES
+    let on_meta = matches!(name, "_tag" | "_security" | "_profile");
+    let mut members: Vec<String> = TABLES
         .granular
         .get(resource_type)
         .and_then(|params| params.get(name))
@@ -126,7 +127,11 @@ pub(crate) fn granular_members(resource_type: &str, name: &str) -> Vec<String> {
                 .filter_map(|path| first_step(path))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if on_meta {
+        members.push("meta".to_owned());
+    }
+    members
 }
 
 /// `subject` of `Observation.subject.reference`.

@@ -98,3 +98,57 @@ fn granular_scopes_filter_by_category() {
     let out = filter_bundle(&c, b.as_bytes()).unwrap();
     assert_eq!((out.kept, out.withheld), (1, 1));
 }
+
+/// The check parses only the members it reads; these are the ones that decide, each in a
+/// Bundle that also carries members it skips.
+#[test]
+fn members_the_check_reads_decide_in_a_bundle() {
+    let bundle = |resources: &[&str]| {
+        let entries: Vec<String> = resources
+            .iter()
+            .map(|r| format!(r#"{{"fullUrl":"urn:x","resource":{r},"search":{{"mode":"match"}}}}"#))
+            .collect();
+        format!(
+            r#"{{"resourceType":"Bundle","type":"searchset","entry":[{}]}}"#,
+            entries.join(",")
+        )
+        .into_bytes()
+    };
+    let narrative = r#""text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"}"#;
+
+    // Security labels (on meta) under a granular `_security` scope.
+    let confidential = check("user/Observation.rs?_security=R", None);
+    let labelled = format!(
+        r#"{{"resourceType":"Observation",{narrative},"meta":{{"security":[{{"code":"R"}}]}},"status":"final"}}"#
+    );
+    let unlabelled = format!(r#"{{"resourceType":"Observation",{narrative},"status":"final"}}"#);
+    let out = filter_bundle(&confidential, &bundle(&[&labelled, &unlabelled])).unwrap();
+    assert_eq!((out.kept, out.withheld), (1, 1));
+
+    // The compartment: a subject after many skipped members, and a performer.
+    let own = check("patient/Observation.rs", Some("123"));
+    let late_subject = format!(
+        r#"{{"resourceType":"Observation",{narrative},"code":{{"text":"x"}},"valueQuantity":{{"value":1}},"subject":{{"reference":"Patient/123"}}}}"#
+    );
+    let performer = r#"{"resourceType":"Observation","performer":[{"reference":"Patient/123"}]}"#;
+    let other = r#"{"resourceType":"Observation","subject":{"reference":"Patient/999"}}"#;
+    let out = filter_bundle(&own, &bundle(&[&late_subject, performer, other])).unwrap();
+    assert_eq!((out.kept, out.withheld), (2, 1));
+
+    // A Patient is in its own compartment by its id.
+    let patient = check("patient/Patient.rs", Some("123"));
+    let me = r#"{"resourceType":"Patient","name":[{"family":"X"}],"id":"123"}"#;
+    let not_me = r#"{"resourceType":"Patient","id":"124"}"#;
+    let out = filter_bundle(&patient, &bundle(&[me, not_me])).unwrap();
+    assert_eq!((out.kept, out.withheld), (1, 1));
+
+    // A member named twice is not guessed at: the Bundle cannot be checked.
+    let twice = r#"{"resourceType":"Observation","subject":{"reference":"Patient/123"},"subject":{"reference":"Patient/999"}}"#;
+    assert!(filter_bundle(&own, &bundle(&[twice])).is_err());
+    assert!(verify_resource(&own, twice.as_bytes()).is_err());
+    // Nor is a Bundle naming its entries twice.
+    let entries_twice = format!(
+        r#"{{"resourceType":"Bundle","entry":[{{"resource":{performer}}}],"entry":[{{"resource":{other}}}]}}"#
+    );
+    assert!(filter_bundle(&own, entries_twice.as_bytes()).is_err());
+}
