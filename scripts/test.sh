@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of fhirgate from a clean clone:
-#   1. cargo test --workspace (installs Debian's redis-server first when missing)
+#   1. cargo test --workspace (installs Debian's redis-server first when missing), and the
+#      criterion benchmarks compiled (cargo check --benches; never timed here)
 #   2. build the fuzz targets (fuzz/, uninstrumented)
 #   3. install the end-to-end tools (npm ci, Python venvs) when missing
 #   4. bring up the two authorization servers and the upstream FHIR server (test ports)
@@ -70,6 +71,13 @@ else
     record "cargo test" "ok ($((SECONDS - started))s)"
   else
     record "cargo test" "FAILED (log: $WORK_DIR/cargo-test.log)"
+  fi
+  # The criterion benchmarks are compiled, never timed, here (docs/PERFORMANCE.md).
+  started=$SECONDS
+  if cargo check --workspace --benches >"$WORK_DIR/bench-check.log" 2>&1; then
+    record "benchmarks compile" "ok ($((SECONDS - started))s)"
+  else
+    record "benchmarks compile" "FAILED (log: $WORK_DIR/bench-check.log)"
   fi
 fi
 
