@@ -119,6 +119,30 @@ def test_read_other_patients_observation_is_forbidden(gw, token_a, patient_b):
     assert_nothing_of(resp.content, patient_b, "read of another patient's Observation")
 
 
+def test_head_of_another_patients_observation_is_refused_like_its_get(gw, token_a, patient_b, patient_a):
+    # HEAD carries ETag and Content-Length of the body: it is checked as the GET would be.
+    obs_id = patient_b.ids["Observation"][0]
+    resp = gw.request("HEAD", f"Observation/{obs_id}", token_a, decision="deny", interaction="read",
+                      resource_type="Observation")
+    assert resp.status_code == 403, resp.headers
+    assert "ETag" not in resp.headers
+    own = patient_a.ids["Observation"][0]
+    resp = gw.request("HEAD", f"Observation/{own}", token_a, decision="allow", interaction="read",
+                      resource_type="Observation")
+    assert resp.status_code == 200 and resp.content == b""
+
+
+def test_a_search_value_naming_the_public_base_comes_back_public(gw, token_a, patient_a):
+    # The value reaches the upstream under its own base, and the upstream echoes it
+    # percent-encoded in its links: those name the public base again (test_zz_leaks searches
+    # this answer with the others).
+    resp = gw.get("Observation", token_a, params={"patient": patient_a.id, "code": f"{GATEWAY}/x", "_count": "1"},
+                  decision="allow", interaction="search-type", resource_type="Observation")
+    assert resp.status_code == 200, resp.text[:500]
+    links = " ".join(link["url"] for link in resp.json().get("link", []))
+    assert "code=" in links, links
+
+
 @pytest.mark.parametrize("param,value", [
     ("patient", "{b}"),
     ("patient", "Patient/{b}"),

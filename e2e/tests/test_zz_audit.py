@@ -33,7 +33,8 @@ RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:
 
 
 def test_every_error_body_is_a_valid_r4_operation_outcome(gw, tmp_path):
-    errors = [e for e in gw.exchanges if e.status >= 400]
+    # Answers to HEAD carry no body, by HTTP's rules.
+    errors = [e for e in gw.exchanges if e.status >= 400 and e.method != "HEAD"]
     assert len(errors) >= 5, "too few refusals recorded; did the other tests run?"
     bodies = []
     xml = []

@@ -86,7 +86,7 @@ impl Unbroken {
             Self::Operation => "break-the-glass never opens operations",
             Self::NotUserToken => {
                 "the token's resource scopes are not all user/ scopes (patient/ and system/ \
-                 tokens never break the glass)"
+                 tokens, and patient apps, never break the glass)"
             }
             Self::StillRefused => "the emergency scopes do not allow the request either",
         }
@@ -163,10 +163,18 @@ fn scope_refusal(
     }
 }
 
-/// A user's token: at least one resource scope, all of them `user/`.
+/// A user's token: at least one resource scope, all of them `user/`, and no sign of a patient
+/// app: no launch patient in context, and a user who is not a Patient (or RelatedPerson).
 fn is_user_token(grant: &Grant) -> bool {
     let scopes = grant.scopes.resource_scopes();
-    !scopes.is_empty() && scopes.iter().all(|s| s.context == Context::User)
+    let patient_user = grant.fhir_user.as_deref().is_some_and(|user| {
+        let ty = user.rsplit('/').nth(1).unwrap_or("");
+        matches!(ty, "Patient" | "RelatedPerson")
+    });
+    !scopes.is_empty()
+        && scopes.iter().all(|s| s.context == Context::User)
+        && grant.patient.is_none()
+        && !patient_user
 }
 
 #[cfg(test)]

@@ -180,6 +180,28 @@ fn patient_and_system_tokens_never_break_the_glass() {
         get("openid fhirUser", "Observation/o1"),
         Err(Unbroken::NotUserToken)
     );
+    // A patient app granted user/ scopes: a launch patient, or a user who is a Patient.
+    let options = PolicyOptions::default();
+    let launched = attempt(
+        "launch/patient user/Patient.rs",
+        Some("p1"),
+        "GET",
+        "Observation?patient=p2",
+        None,
+        &options,
+        &reads(),
+    );
+    assert_eq!(launched, Err(Unbroken::NotUserToken));
+    for user in ["Patient/p1", "https://ehr.example/fhir/RelatedPerson/r1"] {
+        let grant = grant("user/Patient.rs", None).with_context(None, Some(user.to_owned()));
+        let req = request("GET", "Observation/o1", None, &options);
+        let decision = decide_with(&grant, &req, &options);
+        assert_eq!(
+            decide(&grant, &req, &decision, &options, &reads()),
+            Err(Unbroken::NotUserToken),
+            "{user}"
+        );
+    }
 }
 
 #[test]

@@ -162,7 +162,7 @@ pub fn render(text: &str, upstream_base: &str, base: &str, security: &Security<'
 /// `text` with the upstream's base URL made the public base wherever it stands as a whole
 /// URL prefix (plain or JSON-escaped), as [`Rewrite`] does for every other answer.
 pub fn replace_base(text: &str, upstream_base: &str, base: &str) -> String {
-    Rewrite::new(upstream_base, base)
+    Rewrite::hiding(upstream_base, base)
         .and_then(|rewrite| rewrite.apply(text.as_bytes()))
         .and_then(|rewritten| String::from_utf8(rewritten).ok())
         .unwrap_or_else(|| text.to_owned())

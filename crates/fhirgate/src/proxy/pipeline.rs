@@ -456,8 +456,16 @@ async fn run(
     if !obligations.add_if_none_exist.is_empty() {
         narrow_if_none_exist(&mut headers, &obligations.add_if_none_exist)?;
     }
+    // A HEAD whose answer is checked is a GET upstream: its headers (ETag, Content-Length)
+    // describe a body, and only the body shows whether the client may know of it. The checked
+    // answer then goes out without its body.
+    let method = if checked && parts.method == Method::HEAD {
+        &Method::GET
+    } else {
+        &parts.method
+    };
     let outbound = Outbound {
-        method: &parts.method,
+        method,
         path: relative,
         query,
         headers,
@@ -465,7 +473,7 @@ async fn run(
     };
     let response = send_upstream(gateway, outbound, facts).await?;
 
-    if !checked || !response.status().is_success() || parts.method == Method::HEAD {
+    if !checked || !response.status().is_success() {
         // Errors (an OperationOutcome at most) and bodiless answers carry no clinical data.
         let head_only = parts.method == Method::HEAD;
         return pass_through(gateway, response, rewrites.to_client.as_ref(), head_only).await;
@@ -936,9 +944,32 @@ async fn pass_through(
         .get(header::CONTENT_TYPE)
         .and_then(|t| t.to_str().ok())
         .is_some_and(is_textual);
-    if encoded || !textual || head_only {
-        // An encoded body cannot be rewritten; the upstream is asked for identity.
+    if !textual || head_only {
         return Ok(Response::from_parts(head, body::stream(incoming)));
+    }
+    if encoded {
+        // Asked for identity, the upstream compressed anyway. The body goes on as encoded
+        // unless, decoded (within the checked size limit), it names the upstream's base: then
+        // it goes on decoded with the base replaced, compressed again on the way out for
+        // clients that accept it.
+        let limit = gateway.config.limits.max_checked_response;
+        let raw = gateway.upstream.read_raw(incoming, limit).await?;
+        let decoded = super::encoding::decode(
+            head.headers.get(header::CONTENT_ENCODING),
+            raw.clone(),
+            limit,
+        )
+        .map_err(|error| Refusal::UpstreamUnverifiable(error.to_string()))?;
+        let bytes = match rewrite.apply(&decoded) {
+            Some(rewritten) => {
+                head.headers.remove(header::CONTENT_ENCODING);
+                Bytes::from(rewritten)
+            }
+            None => raw,
+        };
+        head.headers
+            .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+        return Ok(Response::from_parts(head, body::full(bytes)));
     }
     let length = head
         .headers
@@ -959,10 +990,12 @@ async fn pass_through(
 }
 
 /// `Location` and `Content-Location` pointing at the upstream's base point at the public one.
+/// Every response header naming the upstream's base (`Location`, `Content-Location`, `Link`,
+/// any other) names the public one instead.
 fn rewrite_location(headers: &mut http::HeaderMap, rewrite: &Rewrite) {
-    for name in [header::LOCATION, header::CONTENT_LOCATION] {
-        if let Some(value) = headers.get(&name).and_then(|v| rewrite.header(v)) {
-            headers.insert(name, value);
+    for value in headers.values_mut() {
+        if let Some(replaced) = rewrite.header_value(value) {
+            *value = replaced;
         }
     }
 }

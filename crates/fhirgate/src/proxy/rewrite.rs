@@ -2,12 +2,14 @@
 //! public base never reaches the upstream.
 //!
 //! FHIR servers write absolute URLs of their own base into responses (`Bundle.link`,
-//! `entry.fullUrl`, references, `Location`). Behind the gateway that base is an internal
-//! address; clients must see (and follow) the public one. The rewrite is a byte-level
-//! replacement of the base where it stands as a whole URL prefix: followed by `/`, `?`, `#`,
-//! a quote, `<`, whitespace, the end of the text, or (JSON-escaped) `\/`. Both the plain form
-//! and the `\/`-escaped form some JSON writers use are replaced. Bodies are rewritten while they
-//! stream, without buffering them whole.
+//! `entry.fullUrl`, references, `Location`, `Link`). Behind the gateway that base is an
+//! internal address; clients must see (and follow) the public one. The replacement is
+//! byte-level, of the plain form, the `\/`-escaped form some JSON writers use, and the form with
+//! `:` and `/` percent-encoded (a search value echoed in paging links). Towards clients
+//! ([`Rewrite::hiding`]) the upstream's base is replaced wherever it appears; towards the
+//! upstream ([`Rewrite::new`]) the public base only where it stands as a whole URL prefix:
+//! followed by `/`, `?`, `#`, a quote, `<`, `%`, `&`, whitespace, the end of the text, or
+//! (JSON-escaped) `\/`. Bodies are rewritten while they stream, without buffering them whole.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +26,9 @@ use crate::body::{Body, BodyError};
 #[derive(Debug, Clone)]
 pub struct Rewrite {
     pairs: Vec<Pair>,
+    /// Replace only where the base stands as a whole URL prefix; when false, wherever it
+    /// appears (what reaches a client: any text naming the upstream's base is hidden).
+    bounded: bool,
     /// Longest pattern, minus one: bytes held back between chunks of a stream.
     keep: usize,
 }
@@ -52,15 +57,31 @@ impl Rewrite {
             return None;
         }
         let mut pairs = vec![Pair::new(from.as_bytes().to_vec(), to.as_bytes().to_vec())];
-        let escaped = from.replace('/', "\\/");
-        if escaped != from {
-            pairs.push(Pair::new(
-                escaped.into_bytes(),
-                to.replace('/', "\\/").into_bytes(),
-            ));
-        }
+        let mut add = |from: String, to: String| {
+            if !pairs.iter().any(|p| p.from == from.as_bytes()) {
+                pairs.push(Pair::new(from.into_bytes(), to.into_bytes()));
+            }
+        };
+        // JSON writers that escape `/`, and query values that carry the base percent-encoded
+        // (a server echoing a search parameter in its paging links).
+        add(from.replace('/', "\\/"), to.replace('/', "\\/"));
+        add(percent_encoded(from, false), percent_encoded(to, false));
+        add(percent_encoded(from, true), percent_encoded(to, true));
         let keep = pairs.iter().map(|p| p.from.len()).max().unwrap_or(1);
-        Some(Self { pairs, keep })
+        Some(Self {
+            pairs,
+            bounded: true,
+            keep,
+        })
+    }
+
+    /// Like [`Rewrite::new`], but replacing `from` wherever it appears, not only as a whole
+    /// URL prefix: for what goes to clients, who must never see the upstream's base.
+    pub fn hiding(from: &str, to: &str) -> Option<Self> {
+        Self::new(from, to).map(|rewrite| Self {
+            bounded: false,
+            ..rewrite
+        })
     }
 
     /// The text with every whole-prefix occurrence replaced; `None` when there is none.
@@ -80,10 +101,11 @@ impl Rewrite {
                     break;
                 }
                 let end = at + pair.from.len();
-                let bounded = match text.get(end) {
-                    Some(&next) => is_boundary(next, text.get(end + 1).copied()),
-                    None => at_end,
-                };
+                let bounded = !self.bounded
+                    || match text.get(end) {
+                        Some(&next) => is_boundary(next, text.get(end + 1).copied()),
+                        None => at_end,
+                    };
                 if bounded {
                     hits.push((at, index));
                 }
@@ -107,6 +129,12 @@ impl Rewrite {
         let covered = copied.max(limit.min(text.len()));
         out.extend_from_slice(&text[copied..covered]);
         Some((out, covered))
+    }
+
+    /// A header value with the base replaced wherever it stands (as in a body).
+    pub fn header_value(&self, value: &HeaderValue) -> Option<HeaderValue> {
+        let replaced = self.apply(value.as_bytes())?;
+        HeaderValue::from_bytes(&replaced).ok()
     }
 
     /// A header value with the base replaced at its start.
@@ -148,7 +176,7 @@ pub struct Rewrites {
 impl Rewrites {
     pub fn between(upstream: &str, public: &str) -> Self {
         Self {
-            to_client: Rewrite::new(upstream, public).map(Arc::new),
+            to_client: Rewrite::hiding(upstream, public).map(Arc::new),
             to_upstream: Rewrite::new(public, upstream).map(Arc::new),
         }
     }
@@ -180,10 +208,20 @@ impl RewriteCache {
     }
 }
 
+/// `text` with `:` and `/` percent-encoded, in upper or lower case hex digits.
+fn percent_encoded(text: &str, lower: bool) -> String {
+    let (colon, slash) = if lower {
+        ("%3a", "%2f")
+    } else {
+        ("%3A", "%2F")
+    };
+    text.replace(':', colon).replace('/', slash)
+}
+
 /// Whether the byte after a base URL ends it as a prefix (`next` is the byte after that).
 fn is_boundary(byte: u8, next: Option<u8>) -> bool {
     match byte {
-        b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b')' | b',' => true,
+        b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b')' | b',' | b'%' | b'&' => true,
         b'\\' => matches!(next, Some(b'/' | b'"' | b'u')),
         byte => byte.is_ascii_whitespace(),
     }
