@@ -180,13 +180,19 @@ def test_checked_responses_come_back_in_json(gw, token_a, patient_a):
         assert resp.json()["id"] == patient_a.ids["Observation"][0]
 
 
-def test_a_second_format_parameter_never_reaches_the_upstream(gw, token_a, patient_a):
-    """The gateway reads the first `_format`; for a checked response it sends none upstream,
-    so a later `_format=xml` cannot make the upstream answer XML."""
-    resp = gw.get(f"{own_observation(patient_a)}?_format=json&_format=xml", token_a, decision="allow",
+def test_format_parameters_that_disagree_are_not_acceptable(gw, token_a, patient_a):
+    """Servers differ in which of several `_format`s they obey, so the gateway answers only
+    when they agree: `_format=json&_format=xml` is a 406 (in JSON) before the upstream, for
+    checked and unchecked responses alike; `_format=json&_format=json` is JSON."""
+    # A checked read, and the launch patient's own Patient resource, which passes unchecked.
+    for path, resource_type in ((own_observation(patient_a), "Observation"), (f"Patient/{patient_a.id}", "Patient")):
+        resp = gw.get(f"{path}?_format=json&_format=xml", token_a, decision="deny",
+                      interaction="read", resource_type=resource_type)
+        assert resp.status_code == 406, resp.text[:300]
+        assert resp.headers["Content-Type"].startswith(FHIR_JSON)
+    resp = gw.get(f"{own_observation(patient_a)}?_format=json&_format=json", token_a, decision="allow",
                   interaction="read", resource_type="Observation")
     assert resp.status_code == 200, resp.text[:300]
-    assert resp.headers["Content-Type"].startswith(FHIR_JSON)
     assert resp.json()["id"] == patient_a.ids["Observation"][0]
 
 

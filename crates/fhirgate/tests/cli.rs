@@ -95,6 +95,16 @@ fn check_accepts_break_the_glass_and_names_a_bad_value_and_its_line() {
             "cannot carry a purpose of use",
         ),
         (
+            "break_glass:\n  header: Origin\n",
+            1,
+            "cannot carry a purpose of use",
+        ),
+        (
+            "break_glass:\n  header: X-Forwarded-For\n",
+            1,
+            "cannot carry a purpose of use",
+        ),
+        (
             "break_glass:\n  codes: []\n",
             1,
             "at least one purpose-of-use code",

@@ -438,7 +438,7 @@ async fn xml_for_a_checked_response_is_refused_before_the_upstream() {
 async fn a_checked_response_is_asked_for_in_json_only() {
     let w = world().await;
     let token = token(&w, "patient/*.rs");
-    let path = "Observation/obs-A1?_format=json&%5Fformat=xml&_pretty=true";
+    let path = "Observation/obs-A1?_format=json&%5Fformat=application/fhir%2Bjson&_pretty=true";
     let (status, headers, body) =
         get_accepting(&w, path, Some(&token), "application/fhir+xml;q=0.1, */*").await;
     assert_eq!(status, 200, "{body}");

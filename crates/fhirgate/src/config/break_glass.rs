@@ -61,18 +61,38 @@ impl BreakGlass {
     }
 }
 
-/// Headers that carry credentials or frame the message: never a purpose of use.
+/// Headers that carry credentials, frame the message or mean something else to the gateway
+/// (negotiation, CORS, conditional writes, the client's address): never a purpose of use.
 const RESERVED_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "dpop",
     "cookie",
+    "cookie2",
     "host",
     "content-type",
     "content-length",
+    "content-encoding",
     "transfer-encoding",
     "connection",
+    "upgrade",
+    "te",
     "x-request-id",
+    "accept",
+    "accept-encoding",
+    "origin",
+    "prefer",
+    "if-none-exist",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-http-method-override",
+    "x-method-override",
 ];
 
 fn default_codes() -> Vec<String> {

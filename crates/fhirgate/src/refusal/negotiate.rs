@@ -56,8 +56,17 @@ impl OutcomeFormat {
     /// The format a request asks for: `_format` in `query` when it has a value, else the
     /// `Accept` headers, else JSON.
     pub fn negotiate(query: Option<&str>, headers: &HeaderMap) -> Result<Self, NotAcceptable> {
-        if let Some(value) = query.and_then(format_param) {
-            return from_format_param(&value);
+        let values = query.map(format_params).unwrap_or_default();
+        if let Some(first) = values.first() {
+            // Servers differ in which of several `_format`s they obey: every one must name
+            // the same format, or the request is not one the gateway can answer knowingly.
+            let wanted = from_format_param(first)?;
+            for other in &values[1..] {
+                if from_format_param(other)? != wanted {
+                    return Err(NotAcceptable::Format(shorten(&values.join(","))));
+                }
+            }
+            return Ok(wanted);
         }
         let accept: Vec<&str> = headers
             .get_all(ACCEPT)
@@ -68,17 +77,20 @@ impl OutcomeFormat {
     }
 }
 
-/// The first non-empty `_format` value of a query, percent-decoded (the name too).
-fn format_param(query: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        if decode(name) != FORMAT_PARAM {
-            return None;
-        }
-        let value = decode(value);
-        let value = value.trim();
-        (!value.is_empty()).then(|| value.to_owned())
-    })
+/// The non-empty `_format` values of a query, percent-decoded (the name too).
+fn format_params(query: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            if decode(name) != FORMAT_PARAM {
+                return None;
+            }
+            let value = decode(value);
+            let value = value.trim();
+            (!value.is_empty()).then(|| value.to_owned())
+        })
+        .collect()
 }
 
 fn decode(text: &str) -> Cow<'_, str> {

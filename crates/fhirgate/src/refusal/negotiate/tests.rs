@@ -41,11 +41,22 @@ fn format_parameter_values() {
         ),
         ("_format=json;charset=utf-8", Json),
         ("%5Fformat=xml", Xml),
-        ("a=b&_format=xml&_format=json", Xml),
+        ("a=b&_format=xml&_format=application/fhir%2Bxml", Xml),
         ("_format=&_format=xml", Xml),
     ];
     for (query, want) in cases {
         assert_eq!(by_format(query), Ok(want), "{query}");
+    }
+}
+
+#[test]
+fn several_format_parameters_must_agree() {
+    // Servers differ in which one they obey: the gateway answers only when it does not matter.
+    for query in ["_format=xml&_format=json", "_format=json&_format=html"] {
+        assert!(
+            matches!(by_format(query), Err(NotAcceptable::Format(_))),
+            "{query}"
+        );
     }
 }
 
