@@ -180,6 +180,16 @@ impl Upstream {
         limit: usize,
     ) -> Result<Bytes, Refusal> {
         let raw = self.read_raw(body, limit).await?;
+        self.decode(encoding, raw, limit)
+    }
+
+    /// A body as read, decoded from its `Content-Encoding`, up to `limit` bytes decoded.
+    pub(crate) fn decode(
+        &self,
+        encoding: Option<&http::HeaderValue>,
+        raw: Bytes,
+        limit: usize,
+    ) -> Result<Bytes, Refusal> {
         super::encoding::decode(encoding, raw, limit).map_err(|error| {
             let kind = match error {
                 super::encoding::DecodeError::TooLarge { .. } => UpstreamError::ResponseTooLarge,

@@ -954,12 +954,11 @@ async fn pass_through(
         // clients that accept it.
         let limit = gateway.config.limits.max_checked_response;
         let raw = gateway.upstream.read_raw(incoming, limit).await?;
-        let decoded = super::encoding::decode(
+        let decoded = gateway.upstream.decode(
             head.headers.get(header::CONTENT_ENCODING),
             raw.clone(),
             limit,
-        )
-        .map_err(|error| Refusal::UpstreamUnverifiable(error.to_string()))?;
+        )?;
         let bytes = match rewrite.apply(&decoded) {
             Some(rewritten) => {
                 head.headers.remove(header::CONTENT_ENCODING);
@@ -967,9 +966,7 @@ async fn pass_through(
             }
             None => raw,
         };
-        head.headers
-            .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
-        return Ok(Response::from_parts(head, body::full(bytes)));
+        return Ok(whole(head, bytes));
     }
     let length = head
         .headers
@@ -978,15 +975,20 @@ async fn pass_through(
     if let Some(length) = length.filter(|&length| length <= WHOLE_REWRITE_MAX) {
         let bytes = gateway.upstream.read_raw(incoming, length as usize).await?;
         let bytes = rewrite.apply(&bytes).map_or(bytes, Bytes::from);
-        head.headers
-            .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
-        return Ok(Response::from_parts(head, body::full(bytes)));
+        return Ok(whole(head, bytes));
     }
     head.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(
         head,
         rewrite.clone().stream(body::stream(incoming)),
     ))
+}
+
+/// A response with its whole body, and the `Content-Length` of that body.
+fn whole(mut head: http::response::Parts, bytes: Bytes) -> Response<Body> {
+    head.headers
+        .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+    Response::from_parts(head, body::full(bytes))
 }
 
 /// `Location` and `Content-Location` pointing at the upstream's base point at the public one.

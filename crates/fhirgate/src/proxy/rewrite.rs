@@ -137,22 +137,6 @@ impl Rewrite {
         HeaderValue::from_bytes(&replaced).ok()
     }
 
-    /// A header value with the base replaced at its start.
-    pub fn header(&self, value: &HeaderValue) -> Option<HeaderValue> {
-        let bytes = value.as_bytes();
-        let Pair { from, to, .. } = &self.pairs[0];
-        let rest = bytes.strip_prefix(from.as_slice())?;
-        if !rest
-            .first()
-            .is_none_or(|&b| is_boundary(b, rest.get(1).copied()))
-        {
-            return None;
-        }
-        let mut out = to.clone();
-        out.extend_from_slice(rest);
-        HeaderValue::from_bytes(&out).ok()
-    }
-
     /// A body rewritten as it streams.
     pub fn stream(self: Arc<Self>, body: Body) -> Body {
         http_body_util::BodyExt::boxed_unsync(Rewriting {

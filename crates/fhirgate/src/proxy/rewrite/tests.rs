@@ -58,17 +58,17 @@ fn the_json_escaped_form_is_replaced_too() {
 fn headers_are_rewritten_at_their_start_only() {
     let value = HeaderValue::from_static("http://10.0.0.5:8091/fhir/Patient/1/_history/2");
     assert_eq!(
-        rewrite().header(&value).unwrap(),
+        rewrite().header_value(&value).unwrap(),
         "https://gw.example.org/fhir/Patient/1/_history/2"
     );
     assert!(
         rewrite()
-            .header(&HeaderValue::from_static("Patient/1"))
+            .header_value(&HeaderValue::from_static("Patient/1"))
             .is_none()
     );
     assert!(
         rewrite()
-            .header(&HeaderValue::from_static("http://10.0.0.5:8091/fhirx"))
+            .header_value(&HeaderValue::from_static("http://10.0.0.5:8091/fhirx"))
             .is_none()
     );
 }
