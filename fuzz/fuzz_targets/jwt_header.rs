@@ -64,12 +64,12 @@ fuzz_target!(|input: Input<'_>| match input {
             let mapping = ClaimMapping::default();
             let identity =
                 Identity::from_claims("https://issuer.example".into(), &claims, &mapping);
-            if let Some(patient) = identity.patient {
+            if let Some(patient) = &identity.caller.patient {
                 assert!(!patient.is_empty() && patient.len() <= 64);
                 assert!(!patient.contains('/'));
             }
-            assert!(identity.purposes_of_use.len() <= purpose::MAX_PURPOSES);
-            for code in &identity.purposes_of_use {
+            assert!(identity.caller.purposes_of_use.len() <= purpose::MAX_PURPOSES);
+            for code in &identity.caller.purposes_of_use {
                 assert!(purpose::is_code(code), "purpose of use {code:?} is no code");
             }
         }

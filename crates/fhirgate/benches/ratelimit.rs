@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fhirgate::config::Config;
 use fhirgate::ratelimit::{Charge, Limiter};
-use fhirgate::token::Identity;
+use fhirgate::token::{Caller, Identity};
 
 fn limiter(redis: Option<u16>) -> Limiter {
     let store = redis
@@ -26,11 +26,13 @@ fn limiter(redis: Option<u16>) -> Limiter {
 
 fn identities() -> Vec<Identity> {
     (0..10_000)
-        .map(|n| Identity {
-            issuer: "https://idp.bench".into(),
-            client_id: Some(format!("app-{}", n % 50)),
-            subject: Some(format!("user-{n}")),
-            ..Identity::default()
+        .map(|n| {
+            Identity::from(Caller {
+                issuer: "https://idp.bench".into(),
+                client_id: Some(format!("app-{}", n % 50)),
+                subject: Some(format!("user-{n}")),
+                ..Caller::default()
+            })
         })
         .collect()
 }

@@ -72,7 +72,7 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
 
     let mut decoded = token::decode(&input.credentials, config)?;
     add_purposes(&mut decoded, &input.purposes)?;
-    let grant = proxy::grant_for(&decoded.identity);
+    let grant = decoded.identity.grant.clone();
     let grant_report = grant_report(&grant);
 
     let reads_body = proxy::reads_body(&method);
@@ -275,11 +275,12 @@ fn add_purposes(decoded: &mut token::Decoded, given: &[String]) -> Result<(), Ex
                 "--purpose {text:?}: not a purpose-of-use code such as BTG"
             ))
         })?;
-        if !decoded.identity.purposes_of_use.contains(&code) {
-            decoded.identity.purposes_of_use.push(code);
+        let caller = std::sync::Arc::make_mut(&mut decoded.identity.caller);
+        if !caller.purposes_of_use.contains(&code) {
+            caller.purposes_of_use.push(code);
         }
     }
-    decoded.report.identity.purposes_of_use = decoded.identity.purposes_of_use.clone();
+    decoded.report.identity.purposes_of_use = decoded.identity.caller.purposes_of_use.clone();
     Ok(())
 }
 

@@ -7,10 +7,12 @@ use clap::{Parser, Subcommand};
 use fhirgate::config::Config;
 use fhirgate::telemetry::Telemetry;
 
-/// mimalloc rather than the system allocator: the request path allocates and frees many
-/// small buffers (headers, records, token cache keys) from one thread or many.
+/// jemalloc rather than the system allocator: the request path allocates and frees many
+/// small buffers from both runtime threads, and jemalloc keeps that as fast as any
+/// allocator measured here while holding the least memory once a cache has filled
+/// (docs/PERFORMANCE.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A SMART-on-FHIR enforcement gateway.
 #[derive(Parser)]

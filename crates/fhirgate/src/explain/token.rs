@@ -128,16 +128,16 @@ pub fn decode(credentials: &Credentials, config: &Config) -> Result<Decoded, Exp
             })
             .collect(),
         identity: IdentityReport {
-            subject: identity.subject.clone(),
-            client_id: identity.client_id.clone(),
-            fhir_user: identity.fhir_user.clone(),
-            patient: identity.patient.clone(),
-            encounter: identity.encounter.clone(),
-            fhir_context: identity.fhir_context.clone(),
-            scope: identity.scope.clone(),
+            subject: identity.caller.subject.clone(),
+            client_id: identity.caller.client_id.clone(),
+            fhir_user: identity.caller.fhir_user.clone(),
+            patient: identity.caller.patient.clone(),
+            encounter: identity.caller.encounter.clone(),
+            fhir_context: identity.caller.fhir_context.clone(),
+            scope: identity.caller.scope.clone(),
             token_id: identity.token_id.clone(),
-            patient_claim_unusable: patient_claim.filter(|_| identity.patient.is_none()),
-            purposes_of_use: identity.purposes_of_use.clone(),
+            patient_claim_unusable: patient_claim.filter(|_| identity.caller.patient.is_none()),
+            purposes_of_use: identity.caller.purposes_of_use.clone(),
         },
     };
     Ok(Decoded { identity, report })

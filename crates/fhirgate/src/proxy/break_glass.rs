@@ -84,7 +84,7 @@ pub fn purposes(
     header: Option<&HeaderName>,
     headers: &HeaderMap,
 ) -> Vec<String> {
-    let mut all = identity.purposes_of_use.clone();
+    let mut all = identity.caller.purposes_of_use.clone();
     if let Some(name) = header {
         let values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
         for code in purpose::from_header(values) {
@@ -137,11 +137,12 @@ impl BreakGlassPolicy {
         if codes.is_empty() {
             return Err(NotBroken::NoEmergencyPurpose);
         }
-        let client = identity.client_id.as_deref().unwrap_or_default();
+        let client = identity.caller.client_id.as_deref().unwrap_or_default();
         if !self.clients.is_empty() && !self.clients.iter().any(|c| c == client) {
             return Err(NotBroken::ClientNotAllowed);
         }
         let named = identity
+            .caller
             .fhir_user
             .as_deref()
             .is_some_and(|u| !u.trim().is_empty());

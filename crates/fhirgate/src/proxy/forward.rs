@@ -40,14 +40,17 @@ const IDENTITY_PREFIX: &str = "x-fhirgate-";
 /// that cannot be header values (never expected of ids) are left out rather than altered.
 pub fn add_identity_headers(out: &mut HeaderMap, identity: &Identity) {
     let fields = [
-        ("x-fhirgate-client-id", identity.client_id.as_deref()),
-        ("x-fhirgate-subject", identity.subject.as_deref()),
-        ("x-fhirgate-fhir-user", identity.fhir_user.as_deref()),
-        ("x-fhirgate-patient", identity.patient.as_deref()),
-        ("x-fhirgate-encounter", identity.encounter.as_deref()),
-        ("x-fhirgate-fhir-context", identity.fhir_context.as_deref()),
-        ("x-fhirgate-scope", identity.scope.as_deref()),
-        ("x-fhirgate-issuer", Some(identity.issuer.as_str())),
+        ("x-fhirgate-client-id", identity.caller.client_id.as_deref()),
+        ("x-fhirgate-subject", identity.caller.subject.as_deref()),
+        ("x-fhirgate-fhir-user", identity.caller.fhir_user.as_deref()),
+        ("x-fhirgate-patient", identity.caller.patient.as_deref()),
+        ("x-fhirgate-encounter", identity.caller.encounter.as_deref()),
+        (
+            "x-fhirgate-fhir-context",
+            identity.caller.fhir_context.as_deref(),
+        ),
+        ("x-fhirgate-scope", identity.caller.scope.as_deref()),
+        ("x-fhirgate-issuer", Some(identity.caller.issuer.as_str())),
     ];
     for (name, value) in fields {
         if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {

@@ -30,7 +30,7 @@ pub use self::break_glass::{BREAK_GLASS_HEADER, BreakGlassPolicy, Broken, NotBro
 pub use self::cors::CorsPolicy;
 pub use self::forward::{Upstream, target_url};
 pub use self::metadata::MetadataCache;
-pub use self::pipeline::{checks_response, classify_and_decide, grant_for, is_public, reads_body};
+pub use self::pipeline::{checks_response, classify_and_decide, is_public, reads_body};
 pub use self::server::serve;
 pub use self::tls::{
     TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,

@@ -7,7 +7,6 @@ use fhirgate_policy::decision::{self, Decision, Precheck};
 use fhirgate_policy::grant::Grant;
 use fhirgate_policy::options::PolicyOptions;
 use fhirgate_policy::request::{self, FhirRequest, Interaction, RequestParts};
-use fhirgate_policy::scope::ScopeSet;
 use fhirgate_policy::verify::{self as policy_verify, ResponseCheck, VerifyError};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
@@ -153,15 +152,17 @@ pub async fn handle(
         time: audit::now_rfc3339(),
         started: audit::rfc3339(started_at),
         request_id,
-        client_id: identity.as_ref().and_then(|i| i.client_id.clone()),
-        issuer: identity.as_ref().map(|i| i.issuer.clone()),
-        subject: identity.as_ref().and_then(|i| i.subject.clone()),
-        fhir_user: identity.as_ref().and_then(|i| i.fhir_user.clone()),
-        patient: identity.as_ref().and_then(|i| i.patient.clone()),
-        encounter: identity.as_ref().and_then(|i| i.encounter.clone()),
-        fhir_context: identity.as_ref().and_then(|i| i.fhir_context.clone()),
+        client_id: identity.as_ref().and_then(|i| i.caller.client_id.clone()),
+        issuer: identity.as_ref().map(|i| i.caller.issuer.clone()),
+        subject: identity.as_ref().and_then(|i| i.caller.subject.clone()),
+        fhir_user: identity.as_ref().and_then(|i| i.caller.fhir_user.clone()),
+        patient: identity.as_ref().and_then(|i| i.caller.patient.clone()),
+        encounter: identity.as_ref().and_then(|i| i.caller.encounter.clone()),
+        fhir_context: identity
+            .as_ref()
+            .and_then(|i| i.caller.fhir_context.clone()),
         token_id: identity.as_ref().and_then(|i| i.token_id.clone()),
-        scopes: identity.as_ref().and_then(|i| i.scope.clone()),
+        scopes: identity.as_ref().and_then(|i| i.caller.scope.clone()),
         source: source.to_string(),
         method,
         path,
@@ -237,7 +238,7 @@ fn break_glass(
         Ok(broken) => {
             tracing::info!(
                 request.id = %request_id,
-                client.id = identity.client_id.as_deref().unwrap_or_default(),
+                client.id = identity.caller.client_id.as_deref().unwrap_or_default(),
                 purpose = %broken.codes.join(" "),
                 interaction = request.interaction.code(),
                 "request allowed under break-the-glass"
@@ -250,7 +251,7 @@ fn break_glass(
             if why.is_refused_emergency() {
                 tracing::info!(
                     request.id = %request_id,
-                    client.id = identity.client_id.as_deref().unwrap_or_default(),
+                    client.id = identity.caller.client_id.as_deref().unwrap_or_default(),
                     purpose = %facts.purposes.join(" "),
                     why = why.describe(),
                     "break-the-glass refused"
@@ -333,7 +334,7 @@ async fn run(
             return Err(error.into());
         }
     };
-    let grant = grant_for(&identity);
+    let grant = identity.grant.clone();
     let header = gateway.break_glass.as_ref().and_then(|b| b.header());
     facts.purposes = purposes(&identity, header, &parts.headers);
     facts.identity = Some(identity);
@@ -643,7 +644,7 @@ fn unit_charge<'a>(
 ) -> Charge<'a> {
     Charge {
         identity,
-        authenticated: !identity.issuer.is_empty(),
+        authenticated: !identity.caller.issuer.is_empty(),
         client_ip: client_address(
             peer.address.ip(),
             headers,
@@ -734,15 +735,6 @@ fn rewrites(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> Rewri
 pub fn is_public(method: &Method, relative: &str) -> bool {
     (*method == Method::GET || *method == Method::HEAD)
         && (relative == "metadata" || relative == SMART_CONFIGURATION)
-}
-
-/// The grant of a verified caller: its scopes and its patient context.
-pub fn grant_for(identity: &Identity) -> Grant {
-    Grant::new(
-        ScopeSet::parse(identity.scope.as_deref().unwrap_or("")),
-        identity.patient.clone(),
-    )
-    .with_context(identity.encounter.clone(), identity.fhir_user.clone())
 }
 
 /// Does the gateway read and check the response of a request allowed with `obligations`?

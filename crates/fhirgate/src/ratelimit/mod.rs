@@ -223,11 +223,16 @@ impl Limiter {
                     .resource_type
                     .is_some_and(|t| config.resource_types.iter().any(|r| r == t));
             let scope = config.scopes.is_empty()
-                || charge.identity.scope.as_deref().is_some_and(|granted| {
-                    granted
-                        .split_ascii_whitespace()
-                        .any(|s| config.scopes.iter().any(|wanted| wanted == s))
-                });
+                || charge
+                    .identity
+                    .caller
+                    .scope
+                    .as_deref()
+                    .is_some_and(|granted| {
+                        granted
+                            .split_ascii_whitespace()
+                            .any(|s| config.scopes.iter().any(|wanted| wanted == s))
+                    });
             interaction && resource_type && scope
         })
     }
@@ -354,10 +359,10 @@ fn key_of(parts: &[RateKey], charge: &Charge<'_>) -> String {
     let mut key = String::new();
     for part in parts {
         let value = match part {
-            RateKey::ClientId => identity.client_id.clone().unwrap_or_default(),
-            RateKey::Subject => identity.subject.clone().unwrap_or_default(),
-            RateKey::Patient => identity.patient.clone().unwrap_or_default(),
-            RateKey::Issuer => identity.issuer.clone(),
+            RateKey::ClientId => identity.caller.client_id.clone().unwrap_or_default(),
+            RateKey::Subject => identity.caller.subject.clone().unwrap_or_default(),
+            RateKey::Patient => identity.caller.patient.clone().unwrap_or_default(),
+            RateKey::Issuer => identity.caller.issuer.clone(),
             RateKey::ClientIp => charge.client_ip.to_string(),
         };
         // The separator cannot occur in a field, so two keys never run together.
@@ -370,6 +375,7 @@ fn key_of(parts: &[RateKey], charge: &Charge<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::Caller;
 
     fn limits(yaml_rules: &str) -> RateLimits {
         let yaml = format!(
@@ -382,11 +388,15 @@ mod tests {
     }
 
     fn identity(client: &str) -> Identity {
-        Identity {
+        caller(client).into()
+    }
+
+    fn caller(client: &str) -> Caller {
+        Caller {
             issuer: "https://idp".into(),
             client_id: Some(client.into()),
             subject: Some("user-1".into()),
-            ..Identity::default()
+            ..Caller::default()
         }
     }
 
@@ -523,20 +533,22 @@ mod tests {
             "  rules:\n    - { name: bulk, key: [client_id], rate: 1, per: 60s, burst: 1, scopes: [system/*.rs], resource_types: [Observation] }\n",
         ))
         .unwrap();
-        let patient_app = Identity {
+        let patient_app: Identity = Caller {
             scope: Some("patient/*.rs".into()),
-            ..identity("app-1")
-        };
+            ..caller("app-1")
+        }
+        .into();
         for _ in 0..3 {
             assert_eq!(
                 limiter.charge_locally(&charge(&patient_app, "10.0.0.1", 1)),
                 Verdict::Allowed(None)
             );
         }
-        let bulk = Identity {
+        let bulk: Identity = Caller {
             scope: Some("system/*.rs".into()),
-            ..identity("bulk-1")
-        };
+            ..caller("bulk-1")
+        }
+        .into();
         assert!(matches!(
             limiter.charge_locally(&charge(&bulk, "10.0.0.1", 1)),
             Verdict::Allowed(Some(_))
@@ -601,16 +613,18 @@ mod tests {
     #[test]
     fn keys_do_not_run_together() {
         let parts = [RateKey::ClientId, RateKey::Subject];
-        let a = Identity {
+        let a: Identity = Caller {
             client_id: Some("ab".into()),
             subject: Some("c".into()),
-            ..Identity::default()
-        };
-        let b = Identity {
+            ..Caller::default()
+        }
+        .into();
+        let b: Identity = Caller {
             client_id: Some("a".into()),
             subject: Some("bc".into()),
-            ..Identity::default()
-        };
+            ..Caller::default()
+        }
+        .into();
         assert_ne!(
             key_of(&parts, &charge(&a, "10.0.0.1", 1)),
             key_of(&parts, &charge(&b, "10.0.0.1", 1))

@@ -6,12 +6,14 @@
 //! entries; the least useful entries are evicted first. Expiry is checked again on every hit,
 //! so an entry is never used past `exp` even if eviction lags.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use moka::sync::Cache;
+use fhirgate_policy::Grant;
+use quick_cache::sync::Cache;
 
-use super::Identity;
+use super::{Caller, Identity};
 
 /// A token's cache key: the SHA-256 of its bytes.
 pub type TokenDigest = [u8; 32];
@@ -43,41 +45,32 @@ struct Entry {
 }
 
 /// Bounded cache of verified identities.
+///
+/// An entry costs about 200 bytes beside its `jti`: the tokens of one caller (a session's
+/// refreshes, an app's users with the same scopes and patient) share one [`Caller`] and one
+/// parsed grant, kept by [`Callers`].
 pub struct VerifiedTokens {
     entries: Cache<TokenDigest, Entry>,
+    callers: Callers,
     max_age: Duration,
 }
 
 impl std::fmt::Debug for VerifiedTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifiedTokens")
-            .field("entries", &self.entries.entry_count())
+            .field("entries", &self.entries.len())
             .field("max_age", &self.max_age)
             .finish()
-    }
-}
-
-struct UntilExpiry;
-
-impl moka::Expiry<TokenDigest, Entry> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &TokenDigest,
-        value: &Entry,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.until.saturating_duration_since(created_at))
     }
 }
 
 impl VerifiedTokens {
     /// A cache of at most `capacity` tokens, each kept at most `max_age`.
     pub fn new(capacity: u64, max_age: Duration) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
         Self {
-            entries: Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(UntilExpiry)
-                .build(),
+            entries: Cache::new(capacity),
+            callers: Callers::default(),
             max_age,
         }
     }
@@ -86,35 +79,97 @@ impl VerifiedTokens {
     pub fn get(&self, key: &TokenDigest) -> Option<Arc<Identity>> {
         let entry = self.entries.get(key)?;
         if Instant::now() >= entry.until {
-            self.entries.invalidate(key);
+            self.entries.remove(key);
             return None;
         }
         Some(entry.identity)
     }
 
-    /// Remembers a verified identity until `expires_at` (Unix seconds) or the maximum age.
+    /// Remembers a verified identity until `expires_at` (Unix seconds) or the maximum age,
+    /// and returns it, its caller shared with the other cached tokens of that caller.
     /// Nothing is stored when `max_age` is zero or the token is about to expire.
-    pub fn insert(&self, key: TokenDigest, identity: Arc<Identity>, expires_at: Option<f64>) {
-        let lifetime = expires_at
+    pub fn insert(&self, key: TokenDigest, identity: Identity) -> Arc<Identity> {
+        let lifetime = identity
+            .expires_at
             .map(remaining)
             .unwrap_or(self.max_age)
             .min(self.max_age);
         if lifetime.is_zero() {
-            return;
+            return Arc::new(identity);
         }
+        let identity = Arc::new(self.callers.share(identity));
         let until = Instant::now() + lifetime;
-        self.entries.insert(key, Entry { identity, until });
+        self.entries.insert(
+            key,
+            Entry {
+                identity: identity.clone(),
+                until,
+            },
+        );
+        identity
     }
 
-    /// Number of cached tokens (approximate while writes are pending).
+    /// Number of cached tokens.
     pub fn len(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The distinct callers of the cached tokens, each with its parsed grant.
+///
+/// A caller no cached token (or request in flight) holds any more is dropped once the table
+/// has doubled since it was last swept, so the table stays within about twice the number of
+/// callers in use.
+#[derive(Default)]
+struct Callers {
+    table: Mutex<CallerTable>,
+}
+
+#[derive(Default)]
+struct CallerTable {
+    shared: HashMap<Arc<Caller>, Arc<Grant>>,
+    sweep_at: usize,
+}
+
+/// The table is not swept below this many callers.
+const CALLERS_SWEPT_FROM: usize = 1024;
+
+impl Callers {
+    /// `identity` with the caller and grant of an equal caller seen before, if any.
+    fn share(&self, identity: Identity) -> Identity {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((caller, grant)) = table.shared.get_key_value(&*identity.caller) {
+            return Identity::shared(
+                caller.clone(),
+                grant.clone(),
+                identity.token_id,
+                identity.expires_at,
+            );
+        }
+        table
+            .shared
+            .insert(identity.caller.clone(), identity.grant.clone());
+        if table.shared.len() >= table.sweep_at.max(CALLERS_SWEPT_FROM) {
+            table
+                .shared
+                .retain(|caller, _| Arc::strong_count(caller) > 1);
+            table.sweep_at = table.shared.len() * 2;
+        }
+        identity
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shared
+            .len()
     }
 }
 
@@ -131,12 +186,14 @@ fn remaining(at: f64) -> Duration {
 mod tests {
     use super::*;
 
-    fn identity(subject: &str) -> Arc<Identity> {
-        Arc::new(Identity {
+    fn identity(subject: &str, expires_at: f64) -> Identity {
+        let caller = Caller {
             issuer: "https://idp.test".into(),
             subject: Some(subject.into()),
-            ..Identity::default()
-        })
+            scope: Some("patient/*.rs".into()),
+            ..Caller::default()
+        };
+        Identity::new(caller, Some(format!("jti-{expires_at}")), Some(expires_at))
     }
 
     fn unix_now() -> f64 {
@@ -157,18 +214,21 @@ mod tests {
     fn a_cached_token_is_found_until_it_expires() {
         let cache = VerifiedTokens::new(10, Duration::from_secs(300));
         let key = digest("t");
-        cache.insert(key, identity("u"), Some(unix_now() + 60.0));
-        assert_eq!(cache.get(&key).unwrap().subject.as_deref(), Some("u"));
+        cache.insert(key, identity("u", unix_now() + 60.0));
+        assert_eq!(
+            cache.get(&key).unwrap().caller.subject.as_deref(),
+            Some("u")
+        );
         assert!(cache.get(&digest("other")).is_none());
     }
 
     #[test]
     fn expired_or_zero_age_tokens_are_not_kept() {
         let cache = VerifiedTokens::new(10, Duration::from_secs(300));
-        cache.insert(digest("old"), identity("u"), Some(unix_now() - 1.0));
+        cache.insert(digest("old"), identity("u", unix_now() - 1.0));
         assert!(cache.get(&digest("old")).is_none());
         let off = VerifiedTokens::new(10, Duration::ZERO);
-        off.insert(digest("t"), identity("u"), Some(unix_now() + 60.0));
+        off.insert(digest("t"), identity("u", unix_now() + 60.0));
         assert!(off.get(&digest("t")).is_none());
     }
 
@@ -176,7 +236,7 @@ mod tests {
     fn an_entry_is_never_used_past_its_expiry() {
         let cache = VerifiedTokens::new(10, Duration::from_secs(300));
         let key = digest("short");
-        cache.insert(key, identity("u"), Some(unix_now() + 0.05));
+        cache.insert(key, identity("u", unix_now() + 0.05));
         std::thread::sleep(Duration::from_millis(80));
         assert!(cache.get(&key).is_none());
     }
@@ -186,8 +246,41 @@ mod tests {
         let cache = VerifiedTokens::new(100, Duration::from_secs(300));
         for n in 0..1_000 {
             let token = format!("token-{n}");
-            cache.insert(digest(&token), identity("u"), Some(unix_now() + 60.0));
+            cache.insert(digest(&token), identity("u", unix_now() + 60.0));
         }
         assert!(cache.len() <= 100, "{} entries", cache.len());
+    }
+
+    #[test]
+    fn tokens_of_one_caller_share_it_and_its_grant() {
+        let cache = VerifiedTokens::new(10, Duration::from_secs(300));
+        let now = unix_now();
+        let first = cache.insert(digest("a"), identity("u", now + 60.0));
+        let second = cache.insert(digest("b"), identity("u", now + 61.0));
+        let other = cache.insert(digest("c"), identity("v", now + 60.0));
+        assert!(Arc::ptr_eq(&first.caller, &second.caller));
+        assert!(Arc::ptr_eq(&first.grant, &second.grant));
+        assert!(!Arc::ptr_eq(&first.caller, &other.caller));
+        // Each token keeps what is its own.
+        assert_ne!(first.token_id, second.token_id);
+        assert_eq!(second.expires_at, Some(now + 61.0));
+        assert_eq!(cache.callers.len(), 2);
+    }
+
+    #[test]
+    fn callers_no_token_holds_are_swept() {
+        let cache = VerifiedTokens::new(100, Duration::from_secs(300));
+        let now = unix_now();
+        for n in 0..(CALLERS_SWEPT_FROM * 3) {
+            let token = format!("token-{n}");
+            cache.insert(digest(&token), identity(&format!("user-{n}"), now + 60.0));
+        }
+        // At most 100 tokens are cached, so few of the 3,072 callers are still held.
+        assert!(cache.len() <= 100, "{} entries", cache.len());
+        assert!(
+            cache.callers.len() < CALLERS_SWEPT_FROM * 2,
+            "{} callers",
+            cache.callers.len()
+        );
     }
 }

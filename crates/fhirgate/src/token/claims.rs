@@ -1,6 +1,9 @@
 //! What a verified token (or an introspection answer) says about the caller, normalised
 //! across identity providers by a per-issuer claim mapping.
 
+use std::sync::Arc;
+
+use fhirgate_policy::{Grant, ScopeSet};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -46,9 +49,11 @@ impl Default for ClaimMapping {
     }
 }
 
-/// A verified caller: who, through which app, for which patient, with which scopes.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Identity {
+/// Who a verified token speaks for: the caller, its app, its patient and its scopes. Every
+/// token of one session (a refresh, a new `jti`) says the same, so the verified-token cache
+/// keeps one `Caller` for all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Caller {
     pub issuer: String,
     pub subject: Option<String>,
     pub client_id: Option<String>,
@@ -61,10 +66,6 @@ pub struct Identity {
     pub fhir_context: Option<String>,
     /// The granted scopes, space-separated.
     pub scope: Option<String>,
-    /// `jti` of a JWT, or a digest of an opaque token; never the token.
-    pub token_id: Option<String>,
-    /// `exp` as Unix seconds, where the token has one.
-    pub expires_at: Option<f64>,
     /// What the token is bound to (its `cnf` claim, RFC 7800).
     pub binding: Binding,
     /// The purposes of use the token states, as codes (at most
@@ -72,8 +73,44 @@ pub struct Identity {
     pub purposes_of_use: Vec<String>,
 }
 
+impl Caller {
+    /// The grant the caller's claims make: its scopes and its launch context.
+    pub fn grant(&self) -> Grant {
+        Grant::new(
+            ScopeSet::parse(self.scope.as_deref().unwrap_or("")),
+            self.patient.clone(),
+        )
+        .with_context(self.encounter.clone(), self.fhir_user.clone())
+    }
+}
+
+/// A verified token: its caller, the grant the caller's claims make (parsed once), and what
+/// is the token's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub caller: Arc<Caller>,
+    pub grant: Arc<Grant>,
+    /// `jti` of a JWT, or a digest of an opaque token; never the token.
+    pub token_id: Option<String>,
+    /// `exp` as Unix seconds, where the token has one.
+    pub expires_at: Option<f64>,
+}
+
+impl From<Caller> for Identity {
+    /// The identity of a token that says no more than who calls (no `jti`, no `exp`).
+    fn from(caller: Caller) -> Self {
+        Self::new(caller, None, None)
+    }
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self::new(Caller::default(), None, None)
+    }
+}
+
 /// The sender constraint of a token.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Binding {
     /// A bearer token: whoever holds it may use it.
     #[default]
@@ -87,6 +124,27 @@ pub enum Binding {
 }
 
 impl Identity {
+    /// The identity of a token with these claims; the grant is parsed from them here.
+    pub fn new(caller: Caller, token_id: Option<String>, expires_at: Option<f64>) -> Self {
+        let grant = Arc::new(caller.grant());
+        Self::shared(Arc::new(caller), grant, token_id, expires_at)
+    }
+
+    /// The identity of a token whose caller and grant are already known (and shared).
+    pub fn shared(
+        caller: Arc<Caller>,
+        grant: Arc<Grant>,
+        token_id: Option<String>,
+        expires_at: Option<f64>,
+    ) -> Self {
+        Self {
+            caller,
+            grant,
+            token_id,
+            expires_at,
+        }
+    }
+
     /// Normalises verified claims with `mapping`.
     pub fn from_claims(
         issuer: String,
@@ -115,7 +173,7 @@ impl Identity {
             .find_map(|name| claims.get(name))
             .map(super::purpose::from_claim)
             .unwrap_or_default();
-        Self {
+        let caller = Caller {
             issuer,
             subject: first_text(&mapping.subject),
             client_id: first_text(&mapping.client_id),
@@ -124,11 +182,14 @@ impl Identity {
             encounter: first_text(&mapping.encounter).and_then(|v| reference_id(&v, "Encounter")),
             fhir_context,
             scope,
-            token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
-            expires_at: claims.get("exp").and_then(Value::as_f64),
             binding: binding(claims),
             purposes_of_use,
-        }
+        };
+        Self::new(
+            caller,
+            claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+            claims.get("exp").and_then(Value::as_f64),
+        )
     }
 }
 
@@ -191,7 +252,9 @@ mod tests {
                 claims.as_object().unwrap(),
                 &ClaimMapping::default(),
             )
+            .caller
             .binding
+            .clone()
         };
         assert_eq!(of(json!({"jkt": "abc"})), Binding::Dpop("abc".into()));
         assert_eq!(
@@ -207,33 +270,40 @@ mod tests {
     fn scope_string_or_array() {
         let a = identity(r#"{"scope":"a b"}"#);
         let b = identity(r#"{"scp":["a","b"]}"#);
-        assert_eq!(a.scope.as_deref(), Some("a b"));
-        assert_eq!(b.scope, a.scope);
-        assert_eq!(identity(r#"{"scp":["a",1]}"#).scope, None);
+        assert_eq!(a.caller.scope.as_deref(), Some("a b"));
+        assert_eq!(b.caller.scope, a.caller.scope);
+        assert_eq!(identity(r#"{"scp":["a",1]}"#).caller.scope, None);
     }
 
     #[test]
     fn patient_forms_are_normalised() {
         for form in ["123", "Patient/123", "https://ehr.test/fhir/Patient/123"] {
             let id = identity(&format!(r#"{{"patient":"{form}"}}"#));
-            assert_eq!(id.patient.as_deref(), Some("123"), "{form}");
+            assert_eq!(id.caller.patient.as_deref(), Some("123"), "{form}");
         }
-        assert_eq!(identity(r#"{"patient":"a/b c"}"#).patient, None);
-        assert_eq!(identity(r#"{"patient":42}"#).patient, None);
+        assert_eq!(identity(r#"{"patient":"a/b c"}"#).caller.patient, None);
+        assert_eq!(identity(r#"{"patient":42}"#).caller.patient, None);
     }
 
     #[test]
     fn client_id_fallbacks() {
         assert_eq!(
-            identity(r#"{"cid":"okta-app"}"#).client_id.as_deref(),
+            identity(r#"{"cid":"okta-app"}"#)
+                .caller
+                .client_id
+                .as_deref(),
             Some("okta-app")
         );
         assert_eq!(
-            identity(r#"{"appid":"entra-app"}"#).client_id.as_deref(),
+            identity(r#"{"appid":"entra-app"}"#)
+                .caller
+                .client_id
+                .as_deref(),
             Some("entra-app")
         );
         assert_eq!(
             identity(r#"{"client_id":"a","azp":"b"}"#)
+                .caller
                 .client_id
                 .as_deref(),
             Some("a")
@@ -252,9 +322,9 @@ mod tests {
         )
         .unwrap();
         let id = Identity::from_claims("i".into(), &claims, &mapping);
-        assert_eq!(id.patient.as_deref(), Some("123"));
-        assert_eq!(id.scope.as_deref(), Some("patient/*.rs"));
-        assert_eq!(id.client_id.as_deref(), Some("c"));
+        assert_eq!(id.caller.patient.as_deref(), Some("123"));
+        assert_eq!(id.caller.scope.as_deref(), Some("patient/*.rs"));
+        assert_eq!(id.caller.client_id.as_deref(), Some("c"));
     }
 
     #[test]
@@ -262,10 +332,11 @@ mod tests {
         let id = identity(
             r#"{"purpose_of_use":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActReason","code":"BTG"},"TREAT"]}"#,
         );
-        assert_eq!(id.purposes_of_use, ["BTG", "TREAT"]);
-        assert!(identity(r#"{"sub":"s"}"#).purposes_of_use.is_empty());
+        assert_eq!(id.caller.purposes_of_use, ["BTG", "TREAT"]);
+        assert!(identity(r#"{"sub":"s"}"#).caller.purposes_of_use.is_empty());
         assert!(
             identity(r#"{"purpose_of_use":42}"#)
+                .caller
                 .purposes_of_use
                 .is_empty()
         );
@@ -278,7 +349,7 @@ mod tests {
         )
         .unwrap();
         let id = Identity::from_claims("i".into(), &claims, &mapping);
-        assert_eq!(id.purposes_of_use, ["BTG"]);
+        assert_eq!(id.caller.purposes_of_use, ["BTG"]);
     }
 
     #[test]
@@ -286,9 +357,9 @@ mod tests {
         let id = identity(
             r#"{"encounter":"Encounter/e1","fhirContext":[{"reference":"Appointment/a1"}],"jti":"j","exp":1900000000}"#,
         );
-        assert_eq!(id.encounter.as_deref(), Some("e1"));
+        assert_eq!(id.caller.encounter.as_deref(), Some("e1"));
         assert_eq!(
-            id.fhir_context.as_deref(),
+            id.caller.fhir_context.as_deref(),
             Some(r#"[{"reference":"Appointment/a1"}]"#)
         );
         assert_eq!(id.token_id.as_deref(), Some("j"));

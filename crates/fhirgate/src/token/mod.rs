@@ -22,7 +22,7 @@ pub mod purpose;
 use std::sync::Arc;
 
 pub use self::cache::{TokenDigest, VerifiedTokens, digest};
-pub use self::claims::{Binding, ClaimMapping, Identity};
+pub use self::claims::{Binding, Caller, ClaimMapping, Identity};
 pub use self::credentials::{Credentials, Scheme, bearer_token, credentials};
 pub use self::dpop::{ProofError, ProofTarget, ProofVerifier, thumbprint};
 pub use self::introspect::{
@@ -188,7 +188,7 @@ impl TokenValidator {
         let settings = self
             .issuers
             .iter()
-            .find(|i| i.issuer == identity.issuer)
+            .find(|i| i.issuer == identity.caller.issuer)
             .map(|i| &i.dpop)
             .ok_or_else(|| TokenError::Invalid("issuer not trusted".into()))?;
         let refuse = |challenge, detail: &str| TokenError::Dpop {
@@ -201,7 +201,7 @@ impl TokenValidator {
                 .collect::<Vec<_>>()
                 .join(" "),
         };
-        match (&identity.binding, presented.scheme) {
+        match (&identity.caller.binding, presented.scheme) {
             (Binding::Dpop(jkt), Scheme::Dpop) => {
                 let proofs: Vec<&str> = request
                     .headers
@@ -324,7 +324,7 @@ impl TokenValidator {
         let config = keys.config();
         let verify_key = keys.key_for(header.kid.as_deref(), header.alg).await?;
         let claims = jwt::verify(token, &header, &verify_key, config)?;
-        let identity = Arc::new(Identity::from_claims(iss, &claims, &config.claims));
+        let identity = Identity::from_claims(iss, &claims, &config.claims);
         if let Some(introspector) = issuer
             .introspector
             .as_ref()
@@ -332,13 +332,11 @@ impl TokenValidator {
         {
             // Revocation is the issuer's to say; its answer has its own cache and lifetime.
             return match introspector.identity(token, key).await? {
-                Some(_) => Ok(identity),
+                Some(_) => Ok(Arc::new(identity)),
                 None => Err(TokenError::Invalid("token is not active".into())),
             };
         }
-        self.verified
-            .insert(key, identity.clone(), identity.expires_at);
-        Ok(identity)
+        Ok(self.verified.insert(key, identity))
     }
 
     /// An opaque token: asks each issuer that introspects, in configured order.

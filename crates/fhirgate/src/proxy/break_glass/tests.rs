@@ -3,7 +3,8 @@ use http::{HeaderValue, Method};
 
 use super::*;
 use crate::config::{Config, EMBEDDED_DEFAULT};
-use crate::proxy::{classify_and_decide, grant_for};
+use crate::proxy::classify_and_decide;
+use crate::token::Caller;
 
 fn policy(section: &str) -> (BreakGlassPolicy, PolicyOptions) {
     let config = Config::parse(&format!("{EMBEDDED_DEFAULT}{section}"), "f").unwrap();
@@ -13,14 +14,19 @@ fn policy(section: &str) -> (BreakGlassPolicy, PolicyOptions) {
 
 /// A clinician's token: `user/` scopes, a named user, the given purposes of use.
 fn clinician(scope: &str, purposes: &[&str]) -> Identity {
-    Identity {
+    clinician_caller(scope, purposes).into()
+}
+
+/// What the clinician's token says about its caller.
+fn clinician_caller(scope: &str, purposes: &[&str]) -> Caller {
+    Caller {
         issuer: "http://127.0.0.1:9000".into(),
         subject: Some("u-1".into()),
         client_id: Some("ward-app".into()),
         fhir_user: Some("Practitioner/pr-1".into()),
         scope: Some(scope.into()),
         purposes_of_use: purposes.iter().map(|p| (*p).to_owned()).collect(),
-        ..Identity::default()
+        ..Caller::default()
     }
 }
 
@@ -32,7 +38,7 @@ fn attempt(
     method: Method,
     path: &str,
 ) -> Result<Broken, NotBroken> {
-    let grant = grant_for(identity);
+    let grant = identity.grant.clone();
     let (request, decision) =
         classify_and_decide(&method, path, None, headers, b"", &grant, options).unwrap();
     let purposes = purposes(identity, policy.header(), headers);
@@ -88,27 +94,30 @@ fn only_the_configured_codes_break_the_glass() {
 fn clients_and_users_are_restricted_as_configured() {
     let (only_ward, _) = policy("break_glass:\n  clients: [ward-app]\n");
     assert!(read(&only_ward, &clinician("user/Patient.rs", &["BTG"])).is_ok());
-    let other_app = Identity {
+    let other_app: Identity = Caller {
         client_id: Some("other-app".into()),
-        ..clinician("user/Patient.rs", &["BTG"])
-    };
+        ..clinician_caller("user/Patient.rs", &["BTG"])
+    }
+    .into();
     assert_eq!(
         read(&only_ward, &other_app),
         Err(NotBroken::ClientNotAllowed)
     );
-    let no_client = Identity {
+    let no_client: Identity = Caller {
         client_id: None,
-        ..clinician("user/Patient.rs", &["BTG"])
-    };
+        ..clinician_caller("user/Patient.rs", &["BTG"])
+    }
+    .into();
     assert_eq!(
         read(&only_ward, &no_client),
         Err(NotBroken::ClientNotAllowed)
     );
 
-    let anonymous = Identity {
+    let anonymous: Identity = Caller {
         fhir_user: None,
-        ..clinician("user/Patient.rs", &["BTG"])
-    };
+        ..clinician_caller("user/Patient.rs", &["BTG"])
+    }
+    .into();
     let (default, _) = policy("break_glass: {}\n");
     assert_eq!(read(&default, &anonymous), Err(NotBroken::NoFhirUser));
     let (lenient, _) = policy("break_glass:\n  require_fhir_user: false\n");
@@ -184,12 +193,13 @@ fn the_policy_core_decides_what_is_reopened() {
     );
     assert_eq!(allowed, Err(NotBroken::Policy(Unbroken::NotForScope)));
 
-    let patient_app = Identity {
+    let patient_app: Identity = Caller {
         patient: Some("p1".into()),
         scope: Some("launch/patient patient/Patient.rs".into()),
-        ..clinician.clone()
-    };
-    let grant = grant_for(&patient_app);
+        ..(*clinician.caller).clone()
+    }
+    .into();
+    let grant = patient_app.grant.clone();
     let (request, decision) = classify_and_decide(
         &Method::GET,
         "Observation/o1",
