@@ -11,9 +11,8 @@
 //! accepted; callers that need a strict base check can pre-filter. Contained (`#id`),
 //! identifier-only, `urn:` and other-type references never match (fail closed).
 
-use serde_json::Value;
-
 use crate::data::TABLES;
+use crate::element::Node;
 
 /// Is `resource_type` one of the 66 R4 types with patient-compartment linking parameters?
 pub fn is_compartment_type(resource_type: &str) -> bool {
@@ -30,11 +29,11 @@ pub fn linking_params(resource_type: &str) -> &'static [String] {
 }
 
 /// Is `resource` (a FHIR JSON resource) in Patient/`patient_id`'s compartment?
-pub fn in_patient_compartment(resource: &Value, patient_id: &str) -> bool {
-    let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else {
+pub fn in_patient_compartment<J: Node>(resource: &J, patient_id: &str) -> bool {
+    let Some(ty) = resource.member("resourceType").and_then(Node::text) else {
         return false;
     };
-    if ty == "Patient" && resource.get("id").and_then(Value::as_str) == Some(patient_id) {
+    if ty == "Patient" && resource.member("id").and_then(Node::text) == Some(patient_id) {
         return true;
     }
     let Some(params) = TABLES.paths.get(ty) else {
@@ -49,15 +48,16 @@ pub fn in_patient_compartment(resource: &Value, patient_id: &str) -> bool {
 
 /// Collects every value at a dotted element path rooted at the type (`Observation.subject`),
 /// descending through arrays at every step.
-pub(crate) fn element_values<'a>(resource: &'a Value, path: &str) -> Vec<&'a Value> {
+pub(crate) fn element_values<'a, J: Node>(resource: &'a J, path: &str) -> Vec<&'a J> {
     let mut current = vec![resource];
     for step in path.split('.').skip(1) {
         let mut next = Vec::new();
         for v in current {
-            match v.get(step) {
-                Some(Value::Array(items)) => next.extend(items.iter()),
-                Some(other) => next.push(other),
-                None => {}
+            if let Some(found) = v.member(step) {
+                match found.items() {
+                    Some(items) => next.extend(items.iter()),
+                    None => next.push(found),
+                }
             }
         }
         current = next;
@@ -66,10 +66,10 @@ pub(crate) fn element_values<'a>(resource: &'a Value, path: &str) -> Vec<&'a Val
 }
 
 /// Is `value` a Reference whose `reference` points at Patient/`patient_id`?
-fn reference_is_patient(value: &Value, patient_id: &str) -> bool {
+fn reference_is_patient<J: Node>(value: &J, patient_id: &str) -> bool {
     value
-        .get("reference")
-        .and_then(Value::as_str)
+        .member("reference")
+        .and_then(Node::text)
         .and_then(patient_id_of_reference)
         .is_some_and(|id| id == patient_id)
 }
@@ -79,16 +79,23 @@ pub fn patient_id_of_reference(reference: &str) -> Option<&str> {
     if reference.starts_with('#') || reference.starts_with("urn:") {
         return None;
     }
-    let segments: Vec<&str> = reference.split('/').collect();
-    let n = segments.len();
-    let (ty, id) = if n >= 4 && segments[n - 2] == "_history" {
-        (segments[n - 4], segments[n - 3])
+    // The last four segments, last first, and how many there are.
+    let mut last = [""; 4];
+    let mut n = 0;
+    for (i, segment) in reference.rsplit('/').enumerate() {
+        if let Some(slot) = last.get_mut(i) {
+            *slot = segment;
+        }
+        n = i + 1;
+    }
+    let (ty, id) = if n >= 4 && last[1] == "_history" {
+        (last[3], last[2])
     } else if n >= 2 {
-        (segments[n - 2], segments[n - 1])
+        (last[1], last[0])
     } else {
         return None;
     };
-    let relative_ok = n == 2 || (n == 4 && segments[2] == "_history");
+    let relative_ok = n == 2 || (n == 4 && last[1] == "_history");
     let absolute_ok = reference.contains("://");
     (ty == "Patient" && is_fhir_id(id) && (relative_ok || absolute_ok)).then_some(id)
 }

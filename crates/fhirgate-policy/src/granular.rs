@@ -4,14 +4,13 @@
 //! equality over the R4 expressions of `granular-scope-params.json`; comma-separated values
 //! are OR-ed, separate parameters AND-ed. A parameter without a known expression never matches.
 
-use serde_json::Value;
-
 use crate::compartment::element_values;
 use crate::data::{TABLES, granular_paths};
+use crate::element::Node;
 
 /// Does `resource` match every `name=value` restriction in `params`?
-pub fn matches_all(resource: &Value, params: &[(String, String)]) -> bool {
-    let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else {
+pub fn matches_all<J: Node>(resource: &J, params: &[(String, String)]) -> bool {
+    let Some(ty) = resource.member("resourceType").and_then(Node::text) else {
         return false;
     };
     params
@@ -19,7 +18,7 @@ pub fn matches_all(resource: &Value, params: &[(String, String)]) -> bool {
         .all(|(name, value)| matches_param(resource, ty, name, value))
 }
 
-fn matches_param(resource: &Value, ty: &str, name: &str, value: &str) -> bool {
+fn matches_param<J: Node>(resource: &J, ty: &str, name: &str, value: &str) -> bool {
     let (kind, paths) = match TABLES.granular.get(ty).and_then(|m| m.get(name)) {
         Some(p) => (p.kind.as_str(), granular_paths(&p.expression)),
         None => match meta_path(name) {
@@ -27,14 +26,14 @@ fn matches_param(resource: &Value, ty: &str, name: &str, value: &str) -> bool {
             None => return false,
         },
     };
-    let values: Vec<&Value> = paths
+    let values: Vec<&J> = paths
         .iter()
         .flat_map(|p| element_values(resource, p))
         .collect();
     value.split(',').any(|wanted| {
         values.iter().any(|v| match kind {
-            "uri" => v.as_str() == Some(wanted),
-            _ => token_matches(v, wanted),
+            "uri" => v.text() == Some(wanted),
+            _ => token_matches(*v, wanted),
         })
     })
 }
@@ -49,26 +48,28 @@ fn meta_path(name: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// FHIR token matching of one element value against one search value.
-fn token_matches(element: &Value, wanted: &str) -> bool {
-    match element {
-        Value::String(code) => !wanted.contains('|') && code == wanted,
-        Value::Bool(b) => !wanted.contains('|') && wanted == if *b { "true" } else { "false" },
-        Value::Object(map) => {
-            if let Some(Value::Array(codings)) = map.get("coding") {
-                return codings.iter().any(|c| coding_matches(c, "code", wanted));
-            }
-            if map.contains_key("value") && !map.contains_key("code") {
-                return coding_matches(element, "value", wanted);
-            }
-            coding_matches(element, "code", wanted)
-        }
-        _ => false,
+fn token_matches<J: Node>(element: &J, wanted: &str) -> bool {
+    if let Some(code) = element.text() {
+        return !wanted.contains('|') && code == wanted;
     }
+    if let Some(b) = element.boolean() {
+        return !wanted.contains('|') && wanted == if b { "true" } else { "false" };
+    }
+    if !element.is_object() {
+        return false;
+    }
+    if let Some(codings) = element.member("coding").and_then(Node::items) {
+        return codings.iter().any(|c| coding_matches(c, "code", wanted));
+    }
+    if element.member("value").is_some() && element.member("code").is_none() {
+        return coding_matches(element, "value", wanted);
+    }
+    coding_matches(element, "code", wanted)
 }
 
-fn coding_matches(coding: &Value, code_key: &str, wanted: &str) -> bool {
-    let system = coding.get("system").and_then(Value::as_str);
-    let code = coding.get(code_key).and_then(Value::as_str);
+fn coding_matches<J: Node>(coding: &J, code_key: &str, wanted: &str) -> bool {
+    let system = coding.member("system").and_then(Node::text);
+    let code = coding.member(code_key).and_then(Node::text);
     match wanted.split_once('|') {
         None => code == Some(wanted),
         Some(("", c)) => system.is_none() && code == Some(c),
@@ -79,7 +80,7 @@ fn coding_matches(coding: &Value, code_key: &str, wanted: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -8,6 +8,7 @@
 pub mod break_glass;
 pub mod compartment;
 pub mod decision;
+pub mod element;
 pub mod grant;
 pub mod granular;
 pub mod options;

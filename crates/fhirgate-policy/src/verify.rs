@@ -8,16 +8,13 @@
 //! `total` is removed (a count over all pages cannot be corrected safely, and it would reveal
 //! how many inaccessible matches exist) and one `suppressed` OperationOutcome entry is appended.
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::fmt;
 
-use serde::Deserialize;
-use serde::de::{MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::compartment::{in_patient_compartment, is_compartment_type};
+use crate::element::Node;
 use crate::grant::Grant;
 use crate::granular::matches_all;
 use crate::scope::{Context, Perms};
@@ -74,8 +71,8 @@ impl ResponseCheck {
     }
 
     /// Is `resource` covered?
-    pub fn covers(&self, resource: &Value) -> bool {
-        let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else {
+    pub fn covers<J: Node>(&self, resource: &J) -> bool {
+        let Some(ty) = resource.member("resourceType").and_then(Node::text) else {
             return false;
         };
         self.grant.scopes.resource_scopes().iter().any(|s| {
@@ -121,16 +118,21 @@ pub fn verify_resource(check: &ResponseCheck, body: &[u8]) -> Result<(), VerifyE
     if body.len() > MAX_CHECKED_BODY {
         return Err(VerifyError::TooLarge);
     }
-    let value = std::str::from_utf8(body)
+    let mut wanted = Wanted::new(check);
+    let resource = std::str::from_utf8(body)
         .ok()
-        .and_then(|text| serde_json::from_str::<BorrowedObject<'_>>(text).ok())
-        .and_then(|members| Wanted::new(check).view(&members))
+        .and_then(|text| {
+            view::read(
+                text,
+                ResourceSeed {
+                    wanted: &mut wanted,
+                },
+            )
+            .ok()
+        })
         .ok_or(VerifyError::NotFhirJson("resource"))?;
-    let ty = value
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .ok_or(VerifyError::NotFhirJson("resource"))?;
-    if ty == "OperationOutcome" || check.covers(&value) {
+    let ty = resource.resource_type.as_ref();
+    if ty == "OperationOutcome" || check.covers(&resource.element) {
         Ok(())
     } else {
         Err(VerifyError::NotCovered {
@@ -178,131 +180,35 @@ pub struct FilteredBundle {
     pub unchanged: bool,
 }
 
-/// A Bundle as the check reads it: its type and its entries, other members skipped. A
-/// member given twice makes it unreadable.
-#[derive(Deserialize)]
-struct BundleView<'a> {
-    #[serde(rename = "resourceType", borrow)]
-    resource_type: Cow<'a, str>,
-    #[serde(borrow, default)]
-    entry: Vec<EntryView<'a>>,
-}
-
-#[derive(Deserialize)]
-struct EntryView<'a> {
-    #[serde(borrow)]
-    resource: Option<BorrowedObject<'a>>,
-    search: Option<SearchView>,
-}
-
-/// A JSON object's members as (name, unparsed value), borrowed from the text where the name
-/// has no escapes. A name given twice makes it unreadable: which one a reader believes is
-/// not for the gateway to guess.
-struct BorrowedObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-/// A member name, borrowed when it can be.
-struct MemberName<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for MemberName<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MemberName<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(MemberName(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(MemberName(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for BorrowedObject<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = BorrowedObject<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
-                while let Some((MemberName(k), v)) =
-                    map.next_entry::<MemberName<'de>, &'de RawValue>()?
-                {
-                    if out.iter().any(|(seen, _)| *seen == k) {
-                        return Err(serde::de::Error::custom("duplicate member"));
-                    }
-                    out.push((k, v));
-                }
-                Ok(BorrowedObject(out))
-            }
-        }
-        let BorrowedObject(members) = d.deserialize_map(V)?;
-        Ok(BorrowedObject(members))
-    }
-}
-
-/// The members each resource type needs for a check, worked out once per type.
-struct Wanted<'c> {
-    check: &'c ResponseCheck,
-    known: Vec<(String, BTreeSet<String>)>,
-}
-
-impl<'c> Wanted<'c> {
-    fn new(check: &'c ResponseCheck) -> Self {
-        Self {
-            check,
-            known: Vec::new(),
-        }
-    }
-
-    /// `resource` (read as members) with only what the check reads parsed into a [`Value`],
-    /// the rest (narrative, codings, values no scope asks about) skipped unparsed. `None`
-    /// when it has no `resourceType` string or a member cannot be parsed.
-    fn view(&mut self, resource: &BorrowedObject<'_>) -> Option<Value> {
-        let ty = resource
-            .0
-            .iter()
-            .find(|(name, _)| name == "resourceType")
-            .and_then(|(_, value)| serde_json::from_str::<&str>(value.get()).ok())?;
-        let index = match self.known.iter().position(|(known, _)| known == ty) {
-            Some(index) => index,
-            None => {
-                self.known.push((ty.to_owned(), self.check.members(ty)));
-                self.known.len() - 1
-            }
-        };
-        let wanted = &self.known[index].1;
-        let mut object = serde_json::Map::new();
-        for (name, value) in &resource.0 {
-            if wanted.contains(name.as_ref()) {
-                object.insert(
-                    name.as_ref().to_owned(),
-                    serde_json::from_str(value.get()).ok()?,
-                );
-            }
-        }
-        Some(Value::Object(object))
-    }
-}
-
-#[derive(Deserialize)]
-struct SearchView {
-    mode: Option<String>,
-}
-
 const SUPPRESSED_ENTRY_HEAD: &str = r#"{"resource":{"resourceType":"OperationOutcome","issue":[{"severity":"warning","code":"suppressed","diagnostics":""#;
 const SUPPRESSED_ENTRY_TAIL: &str =
     r#" entries withheld by access policy"}]},"search":{"mode":"outcome"}}"#;
 
 /// Filters a Bundle response, removing every entry the grant does not cover.
 pub fn filter_bundle(check: &ResponseCheck, body: &[u8]) -> Result<FilteredBundle, VerifyError> {
+    let checked = check_bundle(check, body)?;
+    Ok(FilteredBundle {
+        unchanged: checked.rebuilt.is_none(),
+        body: checked.rebuilt.unwrap_or_else(|| body.to_vec()),
+        kept: checked.kept,
+        withheld: checked.withheld,
+    })
+}
+
+/// Result of [`check_bundle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleCheck {
+    /// Entries kept.
+    pub kept: usize,
+    /// Entries withheld.
+    pub withheld: usize,
+    /// The Bundle without the withheld entries; `None` when nothing was withheld and the
+    /// original body goes out as it is.
+    pub rebuilt: Option<Vec<u8>>,
+}
+
+/// [`filter_bundle`] without a copy of a body that passes whole.
+pub fn check_bundle(check: &ResponseCheck, body: &[u8]) -> Result<BundleCheck, VerifyError> {
     if body.len() > MAX_CHECKED_BODY {
         return Err(VerifyError::TooLarge);
     }
@@ -310,23 +216,25 @@ pub fn filter_bundle(check: &ResponseCheck, body: &[u8]) -> Result<FilteredBundl
     let text = std::str::from_utf8(body).map_err(|_| unreadable())?;
     // One pass over the body decides every entry; only when some are withheld is the text
     // read again, to copy the kept entries byte for byte.
-    let view: BundleView<'_> = serde_json::from_str(text).map_err(|_| unreadable())?;
-    let unchanged = |kept| FilteredBundle {
-        body: body.to_vec(),
+    let mut wanted = Wanted::new(check);
+    let view = view::read(
+        text,
+        BundleSeed {
+            wanted: &mut wanted,
+        },
+    )
+    .map_err(|_| unreadable())?;
+    let unchanged = |kept| BundleCheck {
         kept,
         withheld: 0,
-        unchanged: true,
+        rebuilt: None,
     };
     match view.resource_type.as_ref() {
         "OperationOutcome" => return Ok(unchanged(0)),
         "Bundle" => {}
         _ => return Err(unreadable()),
     }
-    let mut wanted = Wanted::new(check);
-    let mut keep = Vec::with_capacity(view.entry.len());
-    for entry in &view.entry {
-        keep.push(keep_entry(check, &mut wanted, entry)?);
-    }
+    let keep = view.keep;
     let withheld = keep.iter().filter(|kept| !**kept).count();
     if withheld == 0 {
         return Ok(unchanged(keep.len()));
@@ -346,27 +254,11 @@ pub fn filter_bundle(check: &ResponseCheck, body: &[u8]) -> Result<FilteredBundl
         .map(|(entry, _)| entry.get())
         .collect();
     let rebuilt = rebuild(&top, &kept, withheld);
-    Ok(FilteredBundle {
-        body: rebuilt.into_bytes(),
+    Ok(BundleCheck {
         kept: kept.len(),
         withheld,
-        unchanged: false,
+        rebuilt: Some(rebuilt.into_bytes()),
     })
-}
-
-fn keep_entry(
-    check: &ResponseCheck,
-    wanted: &mut Wanted<'_>,
-    entry: &EntryView<'_>,
-) -> Result<bool, VerifyError> {
-    let unreadable = || VerifyError::NotFhirJson("Bundle entry");
-    let Some(resource) = &entry.resource else {
-        return Ok(false);
-    };
-    let resource = wanted.view(resource).ok_or_else(unreadable)?;
-    let ty = resource.get("resourceType").and_then(Value::as_str);
-    let outcome_mode = entry.search.as_ref().and_then(|s| s.mode.as_deref()) == Some("outcome");
-    Ok((outcome_mode && ty == Some("OperationOutcome")) || check.covers(&resource))
 }
 
 fn rebuild(top: &BorrowedObject<'_>, kept: &[&str], withheld: usize) -> String {
@@ -412,3 +304,6 @@ fn push_entries(out: &mut String, kept: &[&str], withheld: usize) {
 
 #[cfg(test)]
 mod tests;
+mod view;
+
+use view::{BorrowedObject, BundleSeed, ResourceSeed, Wanted};

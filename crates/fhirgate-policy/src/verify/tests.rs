@@ -146,6 +146,12 @@ fn members_the_check_reads_decide_in_a_bundle() {
     let twice = r#"{"resourceType":"Observation","subject":{"reference":"Patient/123"},"subject":{"reference":"Patient/999"}}"#;
     assert!(filter_bundle(&own, &bundle(&[twice])).is_err());
     assert!(verify_resource(&own, twice.as_bytes()).is_err());
+    // Nor is a reference naming its target twice, at whatever depth.
+    let reference_twice = r#"{"resourceType":"Observation","subject":{"reference":"Patient/999","reference":"Patient/123"}}"#;
+    assert!(filter_bundle(&own, &bundle(&[reference_twice])).is_err());
+    assert!(verify_resource(&own, reference_twice.as_bytes()).is_err());
+    let performer_twice = r#"{"resourceType":"Observation","performer":[{"reference":"Patient/999","reference":"Patient/123"}]}"#;
+    assert!(filter_bundle(&own, &bundle(&[performer_twice])).is_err());
     // Nor is a Bundle naming its entries twice.
     let entries_twice = format!(
         r#"{{"resourceType":"Bundle","entry":[{{"resource":{performer}}}],"entry":[{{"resource":{other}}}]}}"#

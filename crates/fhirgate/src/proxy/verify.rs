@@ -15,16 +15,11 @@ pub struct Checked {
 /// only the entries that pass.
 pub fn check_body(check: &ResponseCheck, body: Bytes) -> Result<Checked, Refusal> {
     if check.expect == Expect::Bundle {
-        let filtered = verify::filter_bundle(check, &body)
+        let checked = verify::check_bundle(check, &body)
             .map_err(|e| Refusal::UpstreamUnverifiable(e.to_string()))?;
-        let body = if filtered.unchanged {
-            body
-        } else {
-            Bytes::from(filtered.body)
-        };
         return Ok(Checked {
-            body,
-            withheld: filtered.withheld,
+            body: checked.rebuilt.map_or(body, Bytes::from),
+            withheld: checked.withheld,
         });
     }
     match verify::verify_resource(check, &body) {
