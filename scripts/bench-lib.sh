@@ -2,6 +2,8 @@
 # served by nginx, and a signed patient token for it.
 #
 #   bench_install TOOL...            install missing Debian packages (log in $OUT/apt.log)
+#   bench_install_oha                oha (crates.io, `cargo install`) into $WORK_DIR/tools when
+#                                    it is not on PATH, and puts it on PATH
 #   bench_origin PORT                nginx on 127.0.0.1:PORT serving /fhir/Patient/pat-A and
 #                                    /jwks.json (the rsa-a test key) from $OUT/www
 #   bench_token                      prints an RS256 token of issuer https://idp.bench,
@@ -20,6 +22,14 @@ bench_install() {
   log "installing ${missing[*]} (Debian packages)"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
     >"$OUT/apt.log" 2>&1 || die "could not install ${missing[*]} (log: $OUT/apt.log)"
+}
+
+bench_install_oha() {
+  export PATH="$WORK_DIR/tools/bin:$PATH"
+  command -v oha >/dev/null 2>&1 && return 0
+  log "installing oha (cargo install; first time takes minutes)"
+  cargo install --locked --root "$WORK_DIR/tools" oha >"$OUT/oha-install.log" 2>&1 \
+    || die "could not install oha (log: $OUT/oha-install.log)"
 }
 
 bench_origin() {

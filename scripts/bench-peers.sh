@@ -9,7 +9,8 @@
 #                                                   --token-pool   --loadgen oha --rate 2000
 # Environment: PEERS_SH (the harness, default ../shared/bench/peers.sh next to the checkout),
 # PORT_BASE (default 28080: clear of the test stack's ports), FHIRGATE_WORK.
-# Installs Debian's wrk, nginx, haproxy and caddy when missing (the harness needs them).
+# Installs Debian's wrk, nginx, haproxy and caddy when missing (the harness needs them), and
+# oha from crates.io for `--loadgen oha`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
@@ -24,6 +25,7 @@ OUT="$WORK_DIR/bench-peers/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 
 bench_install wrk nginx haproxy caddy
+[[ " $* " == *" oha "* ]] && bench_install_oha
 log "building fhirgate (release)"
 cargo build --release -p fhirgate --bin fhirgate >"$OUT/build.log" 2>&1 || die "build failed (log: $OUT/build.log)"
 

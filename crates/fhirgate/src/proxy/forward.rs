@@ -239,24 +239,24 @@ pub fn upstream_headers(
     request_id: &str,
     response_checked: bool,
 ) -> HeaderMap {
-    let mut out = client.clone();
-    headers::remove_hop_by_hop(&mut out);
-    for name in CLIENT_MAY_NOT_SET
-        .iter()
-        .chain(&super::cors::CLIENT_CORS_HEADERS)
-    {
-        out.remove(*name);
+    let connection_named = headers::connection_named(client);
+    // What the client may not send on, and what the gateway sets itself below.
+    let dropped = |name: &HeaderName| {
+        headers::is_hop_by_hop(name, &connection_named)
+            || CLIENT_MAY_NOT_SET.iter().any(|n| name == *n)
+            || super::cors::CLIENT_CORS_HEADERS.iter().any(|n| name == *n)
+            || name.as_str().starts_with(IDENTITY_PREFIX)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::ACCEPT_ENCODING
+            || (response_checked && name == header::ACCEPT)
+    };
+    let mut out = HeaderMap::with_capacity(client.len() + 6);
+    for (name, value) in client {
+        if !dropped(name) {
+            out.append(name.clone(), value.clone());
+        }
     }
-    let spoofed: Vec<HeaderName> = out
-        .keys()
-        .filter(|name| name.as_str().starts_with(IDENTITY_PREFIX))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        out.remove(name);
-    }
-    out.remove(header::HOST);
-    out.remove(header::CONTENT_LENGTH);
     if let Some(host) = client.get(header::HOST) {
         out.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }

@@ -19,15 +19,28 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// The names a `Connection` header lists, which belong to that connection alone.
+pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+        .collect()
+}
+
+/// Is `name` hop-by-hop: one of the fixed set, or named by the message's `Connection`?
+pub fn is_hop_by_hop(name: &HeaderName, connection_named: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(name) || name == "proxy-connection" || connection_named.contains(name)
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    if !headers.keys().any(|name| is_hop_by_hop(name, &named)) {
+        return;
+    }
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
