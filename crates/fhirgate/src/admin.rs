@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -14,13 +13,10 @@ use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
 use crate::proxy::Gateway;
+use crate::reload::LiveGateway;
 
 /// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, live: LiveGateway, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -30,9 +26,9 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
-        let gateway = gateway.clone();
+        let live = live.clone();
         let service = service_fn(move |request| {
-            let gateway = gateway.clone();
+            let gateway = live.load_full();
             async move { Ok::<_, Infallible>(answer(&gateway, request).await) }
         });
         tokio::spawn(async move {

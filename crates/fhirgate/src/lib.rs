@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod refusal;
+pub mod reload;
 pub mod run;
 pub mod telemetry;
 pub mod token;

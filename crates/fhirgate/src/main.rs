@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fhirgate::config::Config;
+use fhirgate::reload::ConfigFile;
 use fhirgate::telemetry::Telemetry;
 
 /// jemalloc rather than the system allocator: the request path allocates and frees many
@@ -26,7 +27,8 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
-        /// Configuration file (YAML); the embedded default when absent.
+        /// Configuration file (YAML), reloaded on SIGHUP and when its content changes
+        /// (docs/RELOAD.md); the embedded default when absent.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -144,15 +146,20 @@ fn main() -> ExitCode {
             command: AuditCommand::Query(args),
         } => audit_query(args),
         Command::Serve { config } => {
-            let config = match config {
-                Some(path) => match Config::load(&path) {
-                    Ok(config) => config,
-                    Err(error) => {
-                        eprintln!("error: {error}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::embedded_default(),
+            let file = match config.as_deref().map(ConfigFile::read).transpose() {
+                Ok(file) => file,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let config = match file.as_ref().map(ConfigFile::config).transpose() {
+                Ok(Some(config)) => config,
+                Ok(None) => Config::embedded_default(),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
             };
             let telemetry = match Telemetry::init(&config.telemetry) {
                 Ok(telemetry) => telemetry,
@@ -165,7 +172,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("tokio runtime starts");
-            let served = runtime.block_on(fhirgate::run::serve(config));
+            let served = runtime.block_on(fhirgate::run::serve(config, file));
             drop(runtime);
             telemetry.shutdown();
             match served {

@@ -239,6 +239,41 @@ struct BuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: Outcome,
+}
+
+/// Configuration reloads.
+struct ReloadMetrics {
+    reloads: Family<ReloadLabels, Counter>,
+    last_success: Gauge,
+}
+
+impl ReloadMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        for outcome in Outcome::ALL {
+            declare(&reloads, &ReloadLabels { outcome: *outcome });
+        }
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by outcome: ok (the new file serves), error (it was refused and the running configuration kept)",
+            reloads.clone(),
+        );
+        let last_success = Gauge::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time the configuration in use was loaded (at start or by the last reload that succeeded)",
+            last_success.clone(),
+        );
+        Self {
+            reloads,
+            last_success,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IssuerOutcome {
     issuer: String,
     outcome: Outcome,
@@ -471,6 +506,7 @@ pub struct Metrics {
     tokens: TokenMetrics,
     rate_limit_store_up: Gauge,
     audit: AuditMetrics,
+    reloads: ReloadMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -511,6 +547,7 @@ impl Default for Metrics {
         );
         let audit = AuditMetrics::default();
         audit.register(&mut registry);
+        let reloads = ReloadMetrics::new(&mut registry);
         let metrics = Self {
             registry,
             requests,
@@ -518,6 +555,7 @@ impl Default for Metrics {
             tokens,
             rate_limit_store_up,
             audit,
+            reloads,
         };
         metrics.declare_route(Route::DEFAULT);
         metrics.declare_caches();
@@ -688,6 +726,20 @@ impl Metrics {
     /// Whether the shared rate-limit store answers.
     pub fn rate_limit_store(&self, up: bool) {
         self.rate_limit_store_up.set(i64::from(up));
+    }
+
+    /// A configuration was put in use (at start, or by a reload).
+    pub fn config_loaded(&self, unix_seconds: i64) {
+        self.reloads.last_success.set(unix_seconds);
+    }
+
+    /// A reload ended: `ok` when its configuration now serves.
+    pub fn config_reload(&self, ok: bool) {
+        let outcome = if ok { Outcome::Ok } else { Outcome::Error };
+        self.reloads
+            .reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
     }
 
     /// Records appended to the audit spool.

@@ -1,16 +1,18 @@
 //! Starting and stopping the gateway: listeners, background tasks, signals.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::audit::{AuditTrail, EventSource};
+use crate::audit::{AuditLog, AuditTrail, EventSource};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Gateway};
 use crate::ratelimit::Limiter;
+use crate::reload::{ConfigFile, LiveGateway, Reloader};
 use crate::token::TokenValidator;
 
 /// How long shippers may go on delivering at shutdown; what is left waits in the spool.
@@ -51,15 +53,54 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
 }
 
 /// Runs the gateway until SIGINT or SIGTERM, then drains connections and the audit trail.
-pub async fn serve(config: Config) -> Result<(), StartError> {
+pub async fn serve(config: Config, file: Option<ConfigFile>) -> Result<(), StartError> {
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
-    serve_on(config, listener, admin_listener, shutdown_signal()).await
+    serve_with(config, file, listener, admin_listener, shutdown_signal()).await
 }
 
 /// Runs the gateway on listeners already bound until `shutdown` completes.
 pub async fn serve_on(
     config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    serve_with(config, None, listener, admin_listener, shutdown).await
+}
+
+/// What every gateway a process builds shares, from its start to its exit.
+#[derive(Clone)]
+pub struct Shared {
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+    pub http: reqwest::Client,
+}
+
+/// A gateway for `config`, its issuers' keys fetched (as far as they answer) and kept fresh
+/// for as long as the gateway is in use.
+pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gateway>, StartError> {
+    let tokens = TokenValidator::new(&config, shared.http.clone(), shared.metrics.clone())?;
+    tokens.load_keys().await;
+    let limiter = Limiter::new(&config.rate_limits)?;
+    let gateway = Gateway::new(
+        config,
+        tokens,
+        shared.audit.clone(),
+        shared.metrics.clone(),
+        limiter,
+        shared.http.clone(),
+    );
+    for issuer in gateway.tokens.issuers() {
+        tokio::spawn(refresh_keys(Arc::downgrade(issuer)));
+    }
+    Ok(gateway)
+}
+
+/// Runs the gateway; with `file`, reloads it on SIGHUP and when it changes.
+async fn serve_with(
+    config: Config,
+    file: Option<ConfigFile>,
     listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
@@ -77,42 +118,36 @@ pub async fn serve_on(
         public_base: config.public_base(),
     };
     let (audit, trail) = AuditTrail::start(&config.audit, &source, &http, metrics.clone())?;
-    let tokens = TokenValidator::new(&config, http.clone(), metrics.clone())?;
-    tokens.load_keys().await;
-    let limiter = Limiter::new(&config.rate_limits)?;
-    let gateway = Gateway::new(config, tokens, audit, metrics, limiter, http);
-    for issuer in gateway.tokens.issuers() {
-        tokio::spawn(refresh_keys(issuer.clone()));
-    }
-    if gateway.limiter.is_active() {
-        let gateway = Arc::downgrade(&gateway);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                let Some(gateway) = gateway.upgrade() else {
-                    return;
-                };
-                gateway.limiter.forget_idle();
-            }
-        });
-    }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+    let shared = Shared {
+        audit,
+        metrics,
+        http,
     };
-    let admin = tokio::spawn(crate::admin::serve(
-        admin_listener,
-        gateway.clone(),
-        stopped(stop_rx.clone()),
-    ));
+    let gateway = build_gateway(config, &shared).await?;
+    shared.metrics.config_loaded(crate::reload::unix_now());
     tracing::info!(
         listen = %gateway.config.listen,
         admin = %gateway.config.admin_listen,
         upstream = %gateway.config.upstream.url.as_str(),
         "fhirgate listening"
     );
-    let fhir = proxy::serve(listener, tls, gateway.clone(), stopped(stop_rx));
+    let live: LiveGateway = Arc::new(ArcSwap::new(gateway));
+    tokio::spawn(forget_idle_rate_limits(Arc::downgrade(&live)));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let reloader = file.map(|file| {
+        let reloader = Reloader::new(&file, live.clone(), shared.clone());
+        tokio::spawn(reloader.run(stop_rx.clone()))
+    });
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        live.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let fhir = proxy::serve(listener, tls, live.clone(), stopped(stop_rx));
     tokio::pin!(fhir);
     tokio::pin!(shutdown);
     tokio::select! {
@@ -123,10 +158,30 @@ pub async fn serve_on(
             fhir.await;
         }
     }
+    let _ = stop_tx.send(true);
     let _ = admin.await;
-    drop(gateway);
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
+    drop(live);
+    drop(shared);
     trail.finish(AUDIT_DRAIN).await;
     Ok(())
+}
+
+/// Forgets idle rate-limit buckets of the gateway in use, every minute, until the process
+/// lets go of it.
+async fn forget_idle_rate_limits(live: Weak<ArcSwap<Gateway>>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let Some(live) = live.upgrade() else {
+            return;
+        };
+        let gateway = live.load();
+        if gateway.limiter.is_active() {
+            gateway.limiter.forget_idle();
+        }
+    }
 }
 
 async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, StartError> {
@@ -135,9 +190,13 @@ async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, StartError> 
         .map_err(|source| StartError::Listen { address, source })
 }
 
-/// Keeps an issuer's keys fresh: on its interval once loaded, every few seconds until then.
-async fn refresh_keys(issuer: Arc<crate::token::IssuerKeys>) {
+/// Keeps an issuer's keys fresh: on its interval once loaded, every few seconds until then;
+/// stops once no gateway uses the issuer any more.
+async fn refresh_keys(issuer: Weak<crate::token::IssuerKeys>) {
     loop {
+        let Some(issuer) = issuer.upgrade() else {
+            return;
+        };
         issuer.refresh_due().await;
         if let Err(error) = issuer.refresh().await {
             tracing::warn!(issuer = %issuer.issuer(), %error, "JWKS refresh failed; keeping the last good keys");

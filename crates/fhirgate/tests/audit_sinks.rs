@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -79,30 +79,6 @@ async fn get(gateway: &Gateway, path: &str, token: &str, request_id: &str) -> (u
     (status, body, retry_after)
 }
 
-async fn metric(gateway: &Gateway, name: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("{}/metrics", gateway.admin))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !done().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn record_ids(lines: &str) -> Vec<String> {
     lines
         .lines()
@@ -156,31 +132,25 @@ async fn every_sink_gets_every_record_once_and_a_collector_that_was_down_catches
 
     // The collector refuses: the records wait in the spool, counted per sink.
     wait_for("failed deliveries counted", async || {
-        metric(
-            &gateway,
-            r#"fhirgate_audit_delivery_failures_total{sink="collector"}"#,
-        )
-        .await
-        .is_some_and(|n| n >= 2.0)
+        gateway
+            .metric(r#"fhirgate_audit_delivery_failures_total{sink="collector"}"#)
+            .await
+            .is_some_and(|n| n >= 2.0)
     })
     .await;
     wait_for("the backlog reported", async || {
-        metric(
-            &gateway,
-            r#"fhirgate_audit_unshipped_records{sink="collector"}"#,
-        )
-        .await
+        gateway
+            .metric(r#"fhirgate_audit_unshipped_records{sink="collector"}"#)
+            .await
             == Some(10.0)
     })
     .await;
     assert!(collector.received().is_empty());
     // The other sinks are not held up by it.
     wait_for("the trail caught up", async || {
-        metric(
-            &gateway,
-            r#"fhirgate_audit_unshipped_records{sink="trail"}"#,
-        )
-        .await
+        gateway
+            .metric(r#"fhirgate_audit_unshipped_records{sink="trail"}"#)
+            .await
             == Some(0.0)
     })
     .await;
@@ -298,7 +268,7 @@ async fn a_full_spool_refuses_requests_before_the_upstream_until_the_sink_catche
         "{answered} answered before the spool was full"
     );
     assert_eq!(
-        metric(&gateway, "fhirgate_audit_spool_accepting").await,
+        gateway.metric("fhirgate_audit_spool_accepting").await,
         Some(0.0)
     );
     let ready = client()

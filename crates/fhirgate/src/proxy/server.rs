@@ -19,8 +19,9 @@ use tower::Layer as _;
 use tower::util::ServiceFn;
 use tower_http::compression::{Compression, CompressionLayer};
 
+use super::Peer;
 use super::pipeline::handle;
-use super::{Gateway, Peer};
+use crate::reload::LiveGateway;
 
 /// How long open connections may take to finish after shutdown begins.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -31,7 +32,7 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    gateway: Arc<Gateway>,
+    gateway: LiveGateway,
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -112,13 +113,14 @@ pub async fn serve(
 /// compressed (gzip, br, deflate) for clients that accept it. Bodies that already have a
 /// `Content-Encoding` (an upstream's, passed through) are left as they are.
 fn service(
-    gateway: Arc<Gateway>,
+    live: LiveGateway,
     peer: Arc<Peer>,
 ) -> TowerToHyperService<
     Compression<ServiceFn<impl FnMut(http::Request<Incoming>) -> Answer + Clone>>,
 > {
     let pipeline = tower::service_fn(move |request| {
-        let (gateway, peer) = (gateway.clone(), peer.clone());
+        // The gateway in use when the request arrives serves all of it, through a reload.
+        let (gateway, peer) = (live.load_full(), peer.clone());
         // A task of its own: a client that goes away does not cancel a request the upstream
         // may already be acting on before its audit record is written.
         // Boxed: the task then holds a pointer, not the whole request future, so spawning and

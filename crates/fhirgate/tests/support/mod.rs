@@ -551,6 +551,18 @@ pub fn claims(issuer: &str, scope: &str) -> Value {
     })
 }
 
+/// Waits up to 20 s for `done`, polling every 100 ms; fails the test naming `what`.
+pub async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Signs `claims` with a fixture key (`rsa-a`, `rsa-b`, `ec-a`) under `kid`.
 pub fn sign(key: &str, kid: Option<&str>, claims: &Value) -> String {
     let pem = std::fs::read(format!("{FIXTURES}/{key}.pem")).unwrap();
@@ -774,6 +786,30 @@ impl Drop for GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// The process's configuration file.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.0.join("fhirgate.yaml")
+    }
+
+    /// What the process wrote to stderr so far (its logs, at `warn` and above).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The value of the metric series `name` (with its labels, as exported), if exported.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = client()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// Starts `fhirgate serve` with `listen`, `admin_listen`, an upstream at `upstream` and one
     /// issuer `idp` (audience `https://gw.test/fhir`, RS256), then `rest` with `{dir}` replaced
     /// by the process's own folder; waits until `ready` (`/healthz` or `/readyz`) answers 200.
@@ -803,12 +839,13 @@ issuers:
         );
         let config = dir.0.join("fhirgate.yaml");
         std::fs::write(&config, yaml).unwrap();
+        let stderr = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirgate"))
             .args(["serve", "--config"])
             .arg(&config)
             .env("FHIRGATE_LOG", "warn")
             .stdout(stdout)
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let admin = format!("http://127.0.0.1:{admin_port}");
