@@ -27,10 +27,19 @@ pub use edge::{
 /// The configuration compiled into the binary, used when `--config` is not given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.yaml");
 
+/// The configuration format this fhirgate reads (`version:` in the file). It changes only
+/// when a key changes meaning or goes away (CHANGELOG.md); new optional keys keep it.
+pub const CONFIG_VERSION: u32 = 1;
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The configuration format this file is written in; [`CONFIG_VERSION`] when absent.
+    /// A file written for another format is refused with what to do, instead of being read
+    /// as if it meant what this one does.
+    #[serde(default)]
+    pub version: Option<u32>,
     /// Address of the FHIR listener.
     pub listen: SocketAddr,
     /// Address of the admin listener (`/healthz`, `/readyz`).
@@ -584,6 +593,19 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(version) = self.version
+            && version != CONFIG_VERSION
+        {
+            return Err((
+                "version".into(),
+                format!(
+                    "this file is written for configuration version {version}; this fhirgate \
+                     {} reads version {CONFIG_VERSION} (CHANGELOG.md says what changed between \
+                     them)",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
         self.audit.validate()?;
         self.telemetry.validate()?;
         if self.issuers.is_empty() {
@@ -947,6 +969,23 @@ mod tests {
         let default = Config::embedded_default().policy_options();
         assert!(default.operations.rules.is_empty());
         assert_eq!(default.read_refusal, ReadRefusal::Forbidden);
+    }
+
+    #[test]
+    fn a_file_of_another_configuration_version_is_refused_with_what_to_do() {
+        let unversioned: String = EMBEDDED_DEFAULT
+            .lines()
+            .filter(|line| !line.starts_with("version:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(Config::parse(&unversioned, "f.yaml").unwrap().version, None);
+        assert_eq!(Config::embedded_default().version, Some(CONFIG_VERSION));
+        let newer = format!("version: {}\n{unversioned}", CONFIG_VERSION + 1);
+        let err = Config::parse(&newer, "f.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("f.yaml: version: "), "{err}");
+        assert!(err.contains("reads version 1") && err.contains("CHANGELOG.md"), "{err}");
+        let not_a_number = format!("version: one\n{unversioned}");
+        assert!(Config::parse(&not_a_number, "f.yaml").is_err());
     }
 
     #[test]
