@@ -37,11 +37,7 @@ fn rewrite_config(gateway: &GatewayProcess, edit: impl FnOnce(String) -> String)
 }
 
 fn hangup(gateway: &GatewayProcess) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &gateway.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    gateway.signal("HUP");
 }
 
 async fn status(gateway: &GatewayProcess, token: &str) -> u16 {

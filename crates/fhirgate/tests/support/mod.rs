@@ -791,6 +791,31 @@ impl GatewayProcess {
         self.dir.0.join("fhirgate.yaml")
     }
 
+    /// Sends the process `signal` (`HUP`, `TERM`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status.
+    pub async fn exited_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the gateway did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// What the process wrote to stderr so far (its logs, at `warn` and above).
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
