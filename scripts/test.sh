@@ -134,9 +134,11 @@ if port_busy "$GATEWAY_PORT" || port_busy 18081; then
 fi
 rm -f "$FHIRGATE_AUDIT"
 : >"$FHIRGATE_LOG_FILE"
-log "starting $FHIRGATE_BIN serve --config e2e/fhirgate-e2e.yaml (log $FHIRGATE_LOG_FILE)"
+log "starting $FHIRGATE_BIN serve --config e2e/fhirgate-e2e.yaml (log $FHIRGATE_LOG_FILE, level debug)"
+# Debug logging on for the whole session: test_zz_secrets checks that even then no token,
+# secret or patient name reaches the log.
 (
-  exec setsid "$FHIRGATE_BIN" serve --config "$FHIRGATE_CONFIG" </dev/null >>"$FHIRGATE_LOG_FILE" 2>&1
+  FHIRGATE_LOG="${FHIRGATE_LOG:-debug}" exec setsid "$FHIRGATE_BIN" serve --config "$FHIRGATE_CONFIG" </dev/null >>"$FHIRGATE_LOG_FILE" 2>&1
 ) &
 echo $! >"$GATEWAY_PID"
 wait_http "$FHIRGATE_ADMIN/healthz" 60 "$(cat "$GATEWAY_PID")" "$FHIRGATE_LOG_FILE" fhirgate

@@ -44,6 +44,8 @@ def _env_path(name: str, default: str) -> Path:
 GATEWAY = os.environ.get("FHIRGATE_URL", "http://127.0.0.1:18080/fhir").rstrip("/")
 ADMIN = os.environ.get("FHIRGATE_ADMIN", "http://127.0.0.1:18081").rstrip("/")
 AUDIT_FILE = _env_path("FHIRGATE_AUDIT", ".work/e2e-audit.jsonl")
+# the main gateway's log (stdout and stderr), as scripts/test.sh starts it
+LOG_FILE = _env_path("FHIRGATE_LOG_FILE", ".work/fhirgate-e2e.log")
 FHIRGATE_BIN = _env_path("FHIRGATE_BIN", "target/debug/fhirgate")
 FHIR_DIRECT = os.environ.get("FHIR_DIRECT", "http://127.0.0.1:18091/fhir").rstrip("/")
 IDP_URL = os.environ.get("IDP_URL", "http://127.0.0.1:19000").rstrip("/")
@@ -78,6 +80,7 @@ MODULE_ORDER = [
     "test_break_glass",
     "test_zz_audit",
     "test_zz_leaks",
+    "test_zz_secrets",
 ]
 
 

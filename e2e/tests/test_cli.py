@@ -1,10 +1,15 @@
-"""`fhirgate check` reports configuration mistakes with the key and its line."""
+"""`fhirgate check` reports configuration mistakes with the key and its line; `fhirgate schema`
+describes the same file for editors."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 
+import jsonschema
 import pytest
+import yaml
 
 from helpers import FHIRGATE_BIN, ROOT
 
@@ -52,3 +57,47 @@ def test_check_of_a_missing_file_fails(fhirgate, tmp_path):
     result = run_check(fhirgate, tmp_path / "absent.yaml")
     assert result.returncode != 0
     assert "absent.yaml" in result.stderr
+
+
+def config_schema(binary: str) -> dict:
+    result = subprocess.run([binary, "schema"], capture_output=True, text=True, timeout=60, check=True)
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+SHIPPED_CONFIGS = [ROOT / "crates" / "fhirgate" / "config" / "default.yaml", E2E_CONFIG,
+                   *sorted((ROOT / "examples").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_the_schema_accepts_every_shipped_configuration(fhirgate, path):
+    validator = jsonschema.Draft202012Validator(config_schema(fhirgate))
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+    assert errors == []
+
+
+@pytest.mark.parametrize("good,bad,where", [
+    ("admin_listen:", "admin_lisen:", []),
+    ("connect_timeout: \"2s\"", "connect_timeout: \"a while\"", ["upstream", "connect_timeout"]),
+    ("algorithms: [\"RS256\", \"ES256\"]", "algorithms: [\"HS256\"]", ["issuers", 0, "algorithms", 0]),
+], ids=["misspelt-key", "bad-duration", "hmac-algorithm"])
+def test_the_schema_refuses_what_check_refuses(fhirgate, tmp_path, good, bad, where):
+    text = E2E_CONFIG.read_text()
+    assert good in text
+    config = tmp_path / "bad.yaml"
+    config.write_text(text.replace(good, bad, 1))
+    assert run_check(fhirgate, config).returncode == 2
+    validator = jsonschema.Draft202012Validator(config_schema(fhirgate))
+    errors = list(validator.iter_errors(yaml.safe_load(config.read_text())))
+    assert errors, "the schema accepted it"
+    assert any(list(e.absolute_path)[:len(where)] == where for e in errors), [e.message for e in errors]
+
+
+def test_the_configuration_reference_is_the_one_the_schema_makes(fhirgate):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_reference.py"), fhirgate],
+                            capture_output=True, text=True, timeout=60, check=True)
+    committed = (ROOT / "docs" / "CONFIG-REFERENCE.md").read_text()
+    assert result.stdout == committed, (
+        "docs/CONFIG-REFERENCE.md is out of date: python3 scripts/config_reference.py target/debug/fhirgate "
+        "> docs/CONFIG-REFERENCE.md")

@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 mod audit;
 mod break_glass;
 mod edge;
+pub mod schema;
 pub use audit::{Audit, Fsync, JsonlSink, NetworkSink, Sink, Spool, StdoutSink, WhenFull};
 pub use break_glass::BreakGlass;
 pub use edge::{
@@ -32,12 +33,12 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.yaml");
 pub const CONFIG_VERSION: u32 = 1;
 
 /// The whole gateway configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The configuration format this file is written in; [`CONFIG_VERSION`] when absent.
-    /// A file written for another format is refused with what to do, instead of being read
-    /// as if it meant what this one does.
+    /// The configuration format this file is written in: 1, also when absent. A file
+    /// written for another format is refused with what to do, instead of being read as if
+    /// it meant what this one does (CHANGELOG.md).
     #[serde(default)]
     pub version: Option<u32>,
     /// Address of the FHIR listener.
@@ -92,7 +93,7 @@ pub struct Config {
 }
 
 /// Trace export over OTLP/HTTP, in a binary built with the `otlp` feature.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
     /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver
@@ -133,7 +134,7 @@ impl Telemetry {
 }
 
 /// Rate limits: rules, what requests cost, and which peers may say who the client is.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimits {
     /// Every rule that applies to a request is charged; the most restrictive refusal wins.
@@ -145,6 +146,7 @@ pub struct RateLimits {
     /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` / `Forwarded` headers name
     /// the client; from anyone else those headers are ignored.
     #[serde(default, deserialize_with = "networks")]
+    #[schemars(with = "Vec<schema::NetworkText>")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Send `RateLimit-Policy` and `RateLimit` headers on allowed responses.
     #[serde(default = "default_true")]
@@ -155,7 +157,7 @@ pub struct RateLimits {
 }
 
 /// Rate limits kept in Redis, shared by every gateway that uses the same server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStore {
     /// `redis://host:port/db` (or `rediss://` for TLS).
@@ -165,6 +167,7 @@ pub struct RedisStore {
     pub failure_mode: RedisFailureMode,
     /// Time allowed for one check, connection included.
     #[serde(default = "default_redis_timeout", deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
     pub timeout: Duration,
     /// Prefix of the keys the gateway writes.
     #[serde(default = "default_redis_prefix")]
@@ -172,7 +175,7 @@ pub struct RedisStore {
 }
 
 /// What the gateway does while Redis is unreachable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RedisFailureMode {
     /// Limit in this process's memory until Redis is back.
@@ -196,7 +199,7 @@ impl Default for RateLimits {
 
 /// One rate-limit rule: a key built from token fields and the client address, and a GCRA
 /// quota (`rate` per `per`, up to `burst` at once).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateRule {
     /// Named in headers, refusals and the audit trail.
@@ -207,6 +210,7 @@ pub struct RateRule {
     pub rate: u32,
     /// The period of `rate`.
     #[serde(deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
     pub per: Duration,
     /// Cost units that may be spent at once.
     pub burst: u32,
@@ -223,7 +227,7 @@ pub struct RateRule {
 }
 
 /// A part of a rate-limit key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RateKey {
     ClientId,
@@ -236,7 +240,7 @@ pub enum RateKey {
 /// What requests cost, in the units of the rules' rates. Defaults follow the load a FHIR
 /// server takes: a read is cheapest, a search more, includes and large pages more again,
 /// writes and bulk exports most.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Costs {
     pub read: u32,
@@ -267,7 +271,7 @@ impl Default for Costs {
 }
 
 /// Authorization choices where SMART and FHIR leave room (see docs/POLICY.md).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// How a refused read of one resource is answered.
@@ -282,7 +286,7 @@ pub struct Policy {
 }
 
 /// How a batch with refused entries is answered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RefusedBatchEntries {
     /// The whole batch is refused with 403, naming each refused entry.
@@ -293,7 +297,7 @@ pub enum RefusedBatchEntries {
 }
 
 /// How a refused read of one resource is answered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RefusedReads {
     /// 403 `forbidden` with `error="insufficient_scope"`.
@@ -304,7 +308,7 @@ pub enum RefusedReads {
 }
 
 /// One allowed operation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Operation {
     /// Operation name without `$`.
@@ -319,7 +323,7 @@ pub struct Operation {
 }
 
 /// Where an operation is invoked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationLevel {
     System,
@@ -328,7 +332,7 @@ pub enum OperationLevel {
 }
 
 /// The FHIR server behind the gateway.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// Base URL of the upstream FHIR server, e.g. `http://10.0.0.5:8080/fhir`.
@@ -337,10 +341,12 @@ pub struct Upstream {
     pub public_base_path: BasePath,
     /// Time allowed to open a connection to the upstream.
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
     pub connect_timeout: Duration,
     /// Time allowed for the upstream to answer with its status line and headers, and again
     /// for the rest of a response body that the gateway must read to check it.
     #[serde(default = "default_response_timeout", deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
     pub response_timeout: Duration,
     /// Tell the upstream who is calling, in `X-Fhirgate-*` headers taken from the verified
     /// token (client, subject, user, patient, encounter, fhirContext, scopes). Copies a client
@@ -350,7 +356,7 @@ pub struct Upstream {
 }
 
 /// One trusted token issuer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Issuer {
     /// The exact `iss` value of its tokens.
@@ -365,13 +371,16 @@ pub struct Issuer {
     pub algorithms: Vec<Algorithm>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     #[serde(default = "default_leeway", deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
     pub leeway: Duration,
     /// Minimum time between two JWKS fetches caused by tokens naming an unknown key.
     #[serde(default = "default_refetch_cooldown", deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
     pub jwks_refetch_cooldown: Duration,
     /// How often the JWKS is fetched again in the background, at most: a shorter
     /// `Cache-Control: max-age` on the JWKS response brings the next fetch forward.
     #[serde(default = "default_refresh_interval", deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
     pub jwks_refresh_interval: Duration,
     /// The shortest wait between background fetches, whatever `max-age` says; also the retry
     /// delay after a failed fetch.
@@ -379,9 +388,11 @@ pub struct Issuer {
         default = "default_min_refresh_interval",
         deserialize_with = "duration"
     )]
+    #[schemars(with = "schema::DurationText")]
     pub jwks_min_refresh_interval: Duration,
     /// Longest accepted lifetime (`exp - iat`); tokens without `iat` are refused when set.
     #[serde(default, deserialize_with = "option_duration")]
+    #[schemars(with = "Option<schema::DurationText>")]
     pub max_token_lifetime: Option<Duration>,
     /// Required JOSE `typ`, e.g. `at+jwt` (RFC 9068); compared without case and without an
     /// `application/` prefix.
@@ -403,7 +414,7 @@ pub struct Issuer {
 }
 
 /// TLS termination on the FHIR listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// PEM file with the server certificate chain, leaf first.
@@ -420,7 +431,7 @@ pub struct Tls {
 }
 
 /// Whether clients must present a certificate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientCertificates {
     /// Asked for and verified when sent; bearer tokens work without one.
@@ -431,7 +442,7 @@ pub enum ClientCertificates {
 }
 
 /// Proof-of-possession rules for one issuer's tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DpopSettings {
     /// Refuse tokens that are not DPoP-bound.
@@ -440,9 +451,11 @@ pub struct DpopSettings {
     pub algorithms: Vec<Algorithm>,
     /// Oldest proof accepted (by its `iat`).
     #[serde(deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
     pub proof_max_age: Duration,
     /// Clock skew tolerated on a proof's `iat`.
     #[serde(deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
     pub proof_leeway: Duration,
 }
 
@@ -464,7 +477,7 @@ impl Default for DpopSettings {
 }
 
 /// Asymmetric JWS algorithms the gateway can verify. `none` and HMAC are not among them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 pub enum Algorithm {
     RS256,
     RS384,
@@ -478,7 +491,7 @@ pub enum Algorithm {
 }
 
 /// Limits on what a client may send.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest request body accepted (it is read whole to be checked).
@@ -983,7 +996,10 @@ mod tests {
         let newer = format!("version: {}\n{unversioned}", CONFIG_VERSION + 1);
         let err = Config::parse(&newer, "f.yaml").unwrap_err().to_string();
         assert!(err.starts_with("f.yaml: version: "), "{err}");
-        assert!(err.contains("reads version 1") && err.contains("CHANGELOG.md"), "{err}");
+        assert!(
+            err.contains("reads version 1") && err.contains("CHANGELOG.md"),
+            "{err}"
+        );
         let not_a_number = format!("version: one\n{unversioned}");
         assert!(Config::parse(&not_a_number, "f.yaml").is_err());
     }

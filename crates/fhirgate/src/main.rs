@@ -38,6 +38,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the configuration file's JSON Schema (draft 2020-12), for editors and linters.
+    Schema,
     /// Explain what the gateway would decide for one request, and why: exit 0 when the
     /// decision allows it, 1 when it refuses it, 2 on a usage, configuration or input error.
     #[command(group(clap::ArgGroup::new("credentials").required(true).args(["token", "claims"])))]
@@ -105,6 +107,14 @@ enum Decision {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Schema => {
+            let schema = fhirgate::config::schema::config_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("a schema serialises")
+            );
+            ExitCode::SUCCESS
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(loaded) => match fhirgate::run::preflight(&loaded) {
                 Ok(()) => {

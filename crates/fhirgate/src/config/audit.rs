@@ -10,7 +10,7 @@ use super::{HttpUrl, duration};
 
 /// Where the audit trail goes: every record is appended to the spool before its response
 /// is sent, then shipped to each sink on its own.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Audit {
     /// The local spool every record is written to first.
@@ -21,7 +21,7 @@ pub struct Audit {
 }
 
 /// The durable local spool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spool {
     /// Folder of segment files and sink cursors; created when missing.
@@ -37,6 +37,7 @@ pub struct Spool {
     pub fsync: Fsync,
     /// With `fsync: interval`, how often.
     #[serde(default = "default_fsync_interval", deserialize_with = "duration")]
+    #[schemars(with = "super::schema::DurationText")]
     pub fsync_interval: Duration,
     /// What to do when the spool holds `max_bytes` of records no sink has taken yet.
     #[serde(default)]
@@ -44,7 +45,7 @@ pub struct Spool {
 }
 
 /// When appended records reach stable storage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fsync {
     /// Before the response of each request is sent (batched across concurrent requests):
@@ -59,7 +60,7 @@ pub enum Fsync {
 }
 
 /// What a full spool does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum WhenFull {
     /// Refuse new requests with 503 until the sinks catch up: no record is lost.
@@ -70,7 +71,7 @@ pub enum WhenFull {
 }
 
 /// One destination of audit records.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Sink {
     /// A JSON lines file, one record per line, rotated by size.
@@ -84,7 +85,7 @@ pub enum Sink {
 }
 
 /// A JSON lines file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSink {
     /// The file appended to; rotated files sit next to it as `<path>.<UTC time>`, e.g.
@@ -99,13 +100,13 @@ pub struct JsonlSink {
 }
 
 /// Standard output.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSink {}
 
 /// A network sink: an HTTP collector taking JSON arrays of records, or a FHIR server taking
 /// AuditEvents (which may be another server than the clinical one).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSink {
     /// Where batches are POSTed: the collector's URL, or the FHIR base URL.
@@ -118,9 +119,11 @@ pub struct NetworkSink {
     pub batch: usize,
     /// Time allowed for one request.
     #[serde(default = "default_sink_timeout", deserialize_with = "duration")]
+    #[schemars(with = "super::schema::DurationText")]
     pub timeout: Duration,
     /// Longest wait between retries (they start at 100 ms and double).
     #[serde(default = "default_backoff_max", deserialize_with = "duration")]
+    #[schemars(with = "super::schema::DurationText")]
     pub backoff_max: Duration,
     /// A file holding a bearer token sent as `Authorization`.
     #[serde(default)]

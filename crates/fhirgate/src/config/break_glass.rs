@@ -14,7 +14,7 @@ use crate::token::purpose;
 
 /// Break-the-glass: which purposes of use break it, where they may come from, what the
 /// emergency grants and to whom.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakGlass {
     /// Purpose-of-use codes that break the glass; v3-ActReason `BTG` by default.
@@ -23,9 +23,11 @@ pub struct BreakGlass {
     /// A request header a client may state purposes of use in (codes separated by commas or
     /// spaces). Not read when absent: then only the token's claim counts.
     #[serde(default, deserialize_with = "header")]
+    #[schemars(with = "Option<super::schema::HeaderNameText>")]
     pub header: Option<HeaderName>,
     /// SMART v2 letters (`cruds`, in that order) the emergency grants; `rs` by default.
     #[serde(default = "default_permissions", deserialize_with = "permissions")]
+    #[schemars(with = "super::schema::PermsText")]
     pub permissions: Perms,
     /// Resource types the emergency grants the letters on; every type when empty.
     #[serde(default, deserialize_with = "resource_types")]

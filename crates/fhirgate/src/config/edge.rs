@@ -13,7 +13,7 @@ use super::{Config, HttpUrl, duration};
 /// SMART discovery: which issuer's OpenID / OAuth discovery document the
 /// `.well-known/smart-configuration` document is made from, how long it is kept, and what an
 /// operator adds or changes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Smart {
     /// The issuer (`issuers[].issuer`) that is the authorization server apps are sent to;
@@ -28,6 +28,7 @@ pub struct Smart {
     /// How long a fetched discovery document (and the smart-configuration made from it) is
     /// used before it is fetched again; also the longest `Cache-Control: max-age` clients get.
     #[serde(default = "default_smart_ttl", deserialize_with = "duration")]
+    #[schemars(with = "super::schema::DurationText")]
     pub cache_ttl: Duration,
     /// Members merged into the synthesised document last, as a JSON merge patch (RFC 7396):
     /// a value replaces the member, `null` removes it, a map merges into a map.
@@ -47,12 +48,13 @@ impl Default for Smart {
 }
 
 /// The CapabilityStatement served at `metadata`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// How long the upstream's JSON CapabilityStatement is kept; `0s` fetches it for every
     /// request.
     #[serde(default = "default_metadata_ttl", deserialize_with = "duration")]
+    #[schemars(with = "super::schema::DurationText")]
     pub cache_ttl: Duration,
 }
 
@@ -65,7 +67,7 @@ impl Default for Metadata {
 }
 
 /// Cross-origin requests to the FHIR API from browser apps.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cors {
     /// Origins (`scheme://host[:port]`) whose pages may call the API, or `["*"]` for any.
@@ -76,12 +78,15 @@ pub struct Cors {
     pub allow_credentials: bool,
     /// How long a browser may keep a preflight answer (`Access-Control-Max-Age`).
     #[serde(default = "default_cors_max_age", deserialize_with = "duration")]
+    #[schemars(with = "super::schema::DurationText")]
     pub max_age: Duration,
     /// Request headers a page may send (`Access-Control-Allow-Headers`).
     #[serde(default = "default_allow_headers", deserialize_with = "header_names")]
+    #[schemars(with = "Vec<super::schema::HeaderNameText>")]
     pub allow_headers: Vec<HeaderName>,
     /// Response headers a page may read (`Access-Control-Expose-Headers`).
     #[serde(default = "default_expose_headers", deserialize_with = "header_names")]
+    #[schemars(with = "Vec<super::schema::HeaderNameText>")]
     pub expose_headers: Vec<HeaderName>,
 }
 

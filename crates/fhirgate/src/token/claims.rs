@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 ///
 /// The defaults read SMART App Launch tokens and the common shapes of Okta (`scp` array,
 /// `cid`), Entra ID (`scp`, `appid`) and Keycloak (`azp`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimMapping {
     /// Granted scopes: a space-separated string or an array of strings.

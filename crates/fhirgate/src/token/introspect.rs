@@ -24,7 +24,7 @@ use crate::metrics::{Cache as MetricsCache, Lookup, Metrics, Outcome};
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// How the gateway authenticates to an introspection endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// HTTP Basic with client id and secret.
@@ -36,7 +36,7 @@ pub enum ClientAuth {
 }
 
 /// Introspection settings of one issuer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     /// The endpoint; found by OpenID discovery (`introspection_endpoint`) when absent.
@@ -58,9 +58,11 @@ pub struct IntrospectionConfig {
     pub private_key_file: Option<std::path::PathBuf>,
     /// Longest an active answer is reused (its `exp` permitting).
     #[serde(default = "default_max_ttl", deserialize_with = "duration")]
+    #[schemars(with = "crate::config::schema::DurationText")]
     pub max_ttl: Duration,
     /// How long an inactive answer is reused.
     #[serde(default = "default_inactive_ttl", deserialize_with = "duration")]
+    #[schemars(with = "crate::config::schema::DurationText")]
     pub inactive_ttl: Duration,
     /// Also introspect JWTs of this issuer after their signature checks out, so that
     /// revocation is honoured.
@@ -68,6 +70,7 @@ pub struct IntrospectionConfig {
     pub introspect_jwts: bool,
     /// Time allowed for one introspection call.
     #[serde(default, deserialize_with = "option_duration")]
+    #[schemars(with = "Option<crate::config::schema::DurationText>")]
     pub timeout: Option<Duration>,
 }
 
