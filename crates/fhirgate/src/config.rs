@@ -515,6 +515,24 @@ impl Default for Limits {
     }
 }
 
+/// A secret written in the configuration itself, which is never accepted: reading one is an
+/// error (with its line) that says where secrets go instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InlineSecret {}
+
+impl<'de> Deserialize<'de> for InlineSecret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer)?;
+        Err(serde::de::Error::custom(INLINE_SECRET_REFUSED))
+    }
+}
+
+/// Why an inline secret is refused. Its error is reported without the excerpt of the file
+/// other errors quote, which would repeat the secret.
+const INLINE_SECRET_REFUSED: &str = "secrets are not written in the configuration: put this \
+     one in a file and name it with `client_secret_file`, or in an environment variable named \
+     by `client_secret_env`";
+
 /// An absolute `http` or `https` URL without query or fragment, kept without a trailing `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl(http::Uri);
@@ -564,7 +582,12 @@ impl Config {
                 Some(at) => format!("{origin}:{}:{}", at.line(), at.column()),
                 None => origin.to_owned(),
             },
-            message: e.to_string(),
+            message: match e.to_string() {
+                quoting_a_secret if quoting_a_secret.contains(INLINE_SECRET_REFUSED) => {
+                    INLINE_SECRET_REFUSED.to_owned()
+                }
+                message => message,
+            },
         })?;
         config
             .validate()

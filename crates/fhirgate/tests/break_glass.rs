@@ -320,8 +320,9 @@ async fn an_opaque_token_states_its_purpose_in_the_introspection_answer() {
         "purpose_of_use": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG"}],
     }))
     .await;
+    let secret = secret_file("s3cret");
     let extra = format!(
-        "    introspection:\n      endpoint: \"{endpoint}\"\n      client_id: \"fhirgate\"\n      auth: client_secret_post\n      client_secret: \"s3cret\""
+        "    introspection:\n      endpoint: \"{endpoint}\"\n      client_id: \"fhirgate\"\n      auth: client_secret_post\n      client_secret_file: \"{secret}\""
     );
     let gateway = TestGateway::start_with_sections(&idp, fhir.addr, &extra, "", DEFAULTS).await;
     let response = client()

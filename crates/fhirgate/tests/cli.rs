@@ -5,15 +5,81 @@ use std::process::Command;
 const DEFAULT: &str = include_str!("../config/default.yaml");
 
 fn check(text: &str) -> std::process::Output {
+    check_with_env(text, &[])
+}
+
+/// `fhirgate check` of `text` with `env` added to its environment.
+fn check_with_env(text: &str, env: &[(&str, &str)]) -> std::process::Output {
     let path = std::env::temp_dir().join(format!("fhirgate-cli-{}.yaml", uuid::Uuid::new_v4()));
     std::fs::write(&path, text).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
         .args(["check", "--config"])
         .arg(&path)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&path);
     output
+}
+
+/// The embedded default with an introspection section of `secret` on its issuer.
+fn with_introspection(secret: &str) -> String {
+    DEFAULT.replace(
+        "    leeway: \"30s\"\n",
+        &format!(
+            "    leeway: \"30s\"\n    introspection:\n      endpoint: \"http://127.0.0.1:9000/introspect\"\n      client_id: \"fhirgate\"\n{secret}"
+        ),
+    )
+}
+
+#[test]
+fn a_secret_written_in_the_configuration_is_refused_with_its_line_and_where_it_goes() {
+    let text = with_introspection("      client_secret: \"hunter2\"\n");
+    assert_ne!(text, DEFAULT);
+    let line = text
+        .lines()
+        .position(|l| l.contains("client_secret:"))
+        .unwrap()
+        + 1;
+    let output = check(&text);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(":{line}:")),
+        "line {line} in: {stderr}"
+    );
+    assert!(
+        stderr.contains("client_secret_file") && stderr.contains("client_secret_env"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the secret is not repeated: {stderr}"
+    );
+}
+
+#[test]
+fn a_secret_comes_from_the_environment_variable_the_configuration_names() {
+    let text = with_introspection("      client_secret_env: \"FHIRGATE_TEST_SECRET\"\n");
+    let output = check_with_env(&text, &[("FHIRGATE_TEST_SECRET", "s3cret")]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = check(&text);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("FHIRGATE_TEST_SECRET is not set"),
+        "{stderr}"
+    );
+    let both = with_introspection(
+        "      client_secret_env: \"FHIRGATE_TEST_SECRET\"\n      client_secret_file: \"/nonexistent\"\n",
+    );
+    let output = check_with_env(&both, &[("FHIRGATE_TEST_SECRET", "s3cret")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("exactly one of"));
 }
 
 #[test]
@@ -685,4 +751,24 @@ fn explain_usage_errors_exit_2() {
         assert!(run.stderr.contains(message), "{args:?}: {}", run.stderr);
         assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
     }
+}
+
+#[test]
+fn an_audit_sink_takes_its_bearer_token_from_the_environment_variable_named() {
+    let text = format!(
+        "{DEFAULT}    collector:\n      http:\n        url: \"https://audit.example/records\"\n        bearer_token_env: \"FHIRGATE_TEST_AUDIT_TOKEN\"\n"
+    );
+    let output = check_with_env(&text, &[("FHIRGATE_TEST_AUDIT_TOKEN", "t0ken")]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = check(&text);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("audit.sinks.collector") && stderr.contains("FHIRGATE_TEST_AUDIT_TOKEN"),
+        "{stderr}"
+    );
 }

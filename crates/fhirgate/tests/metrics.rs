@@ -52,6 +52,7 @@ async fn world() -> World {
         ],
     });
     fhir.route("GET", "Observation", 200, &bundle.to_string());
+    let secret = secret_file("s3cret");
     let opaque = format!(
         r#"
   - issuer: "https://opaque.idp.test"
@@ -60,7 +61,7 @@ async fn world() -> World {
     introspection:
       endpoint: "{}"
       client_id: "fhirgate"
-      client_secret: "s3cret"
+      client_secret_file: "{secret}"
 "#,
         inactive_introspection().await
     );

@@ -525,8 +525,9 @@ async fn a_revoked_opaque_token_stops_working_after_the_cache_ttl() {
     let introspection = FakeIntrospection::start().await;
     let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
     let fhir = upstream().await;
+    let secret = secret_file("s3cret");
     let extra = format!(
-        "    introspection:\n      endpoint: \"{}\"\n      client_id: \"fhirgate\"\n      auth: client_secret_post\n      client_secret: \"s3cret\"\n      max_ttl: \"1s\"\n      inactive_ttl: \"1s\"",
+        "    introspection:\n      endpoint: \"{}\"\n      client_id: \"fhirgate\"\n      auth: client_secret_post\n      client_secret_file: \"{secret}\"\n      max_ttl: \"1s\"\n      inactive_ttl: \"1s\"",
         introspection.endpoint
     );
     let gateway = TestGateway::start(&idp, fhir.addr, &extra).await;

@@ -160,6 +160,7 @@ async fn world_with(issuer_extra: &str, introspection_extra: &str) -> World {
     fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
     fhir.route("GET", "Patient/123", 200, PATIENT_123);
     let introspection = FakeIntrospection::start().await;
+    let secret = secret_file("s3cret:with/odd chars");
     let extra = format!(
         r#"{issuer_extra}
   - issuer: "https://opaque.idp.test"
@@ -168,7 +169,7 @@ async fn world_with(issuer_extra: &str, introspection_extra: &str) -> World {
     introspection:
       endpoint: "{url}"
       client_id: "fhirgate"
-      client_secret: "s3cret:with/odd chars"
+      client_secret_file: "{secret}"
 {introspection_extra}"#,
         url = introspection.url
     );
@@ -475,8 +476,9 @@ async fn revocation_of_jwts_is_honoured_when_configured() {
     let fhir = FakeFhir::start().await;
     fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
     let introspection = FakeIntrospection::start().await;
+    let secret = secret_file("s");
     let extra = format!(
-        "    introspection:\n      endpoint: \"{}\"\n      client_id: \"fhirgate\"\n      client_secret: \"s\"\n      introspect_jwts: true\n      max_ttl: \"1s\"",
+        "    introspection:\n      endpoint: \"{}\"\n      client_id: \"fhirgate\"\n      client_secret_file: \"{secret}\"\n      introspect_jwts: true\n      max_ttl: \"1s\"",
         introspection.url
     );
     let gateway = TestGateway::start(&idp, fhir.addr, &extra).await;

@@ -157,20 +157,8 @@ pub fn preflight(config: &config::Audit) -> Result<(), AuditOpenError> {
                 });
             }
         }
-        if let Some(path) = sink.secret_file() {
-            let readable =
-                std::fs::read_to_string(path).map_err(|source| sink::SinkOpenError::File {
-                    sink: name.clone(),
-                    path: path.clone(),
-                    source,
-                })?;
-            if readable.trim().is_empty() {
-                return Err(sink::SinkOpenError::EmptyToken {
-                    sink: name.clone(),
-                    path: path.clone(),
-                }
-                .into());
-            }
+        if let Some(network) = sink.network() {
+            sink::bearer_token(name, network)?;
         }
     }
     Ok(())

@@ -37,6 +37,12 @@ pub enum SinkOpenError {
     },
     #[error("audit.sinks.{sink}: the bearer token file {path} is empty")]
     EmptyToken { sink: String, path: PathBuf },
+    #[error(
+        "audit.sinks.{sink}: bearer_token_env: the environment variable {name} is not set or empty"
+    )]
+    MissingEnv { sink: String, name: String },
+    #[error("audit.sinks.{sink}: give at most one of bearer_token_file and bearer_token_env")]
+    TwoTokenSources { sink: String },
 }
 
 /// An open sink.
@@ -148,30 +154,53 @@ impl Sink {
     }
 }
 
+/// The bearer token a network sink sends, from its file or its environment variable.
+pub(crate) fn bearer_token(
+    name: &str,
+    delivery: &config::NetworkSink,
+) -> Result<Option<String>, SinkOpenError> {
+    let token = match (&delivery.bearer_token_file, &delivery.bearer_token_env) {
+        (Some(_), Some(_)) => {
+            return Err(SinkOpenError::TwoTokenSources {
+                sink: name.to_owned(),
+            });
+        }
+        (None, Some(variable)) => match std::env::var(variable) {
+            Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+            _ => {
+                return Err(SinkOpenError::MissingEnv {
+                    sink: name.to_owned(),
+                    name: variable.clone(),
+                });
+            }
+        },
+        (Some(path), None) => {
+            let text = fs::read_to_string(path).map_err(|source| SinkOpenError::File {
+                sink: name.to_owned(),
+                path: path.clone(),
+                source,
+            })?;
+            let token = text.trim().to_owned();
+            if token.is_empty() {
+                return Err(SinkOpenError::EmptyToken {
+                    sink: name.to_owned(),
+                    path: path.clone(),
+                });
+            }
+            Some(token)
+        }
+        (None, None) => None,
+    };
+    Ok(token)
+}
+
 impl Poster {
     fn new(
         name: &str,
         delivery: &config::NetworkSink,
         client: &reqwest::Client,
     ) -> Result<Self, SinkOpenError> {
-        let token = match &delivery.bearer_token_file {
-            Some(path) => {
-                let text = fs::read_to_string(path).map_err(|source| SinkOpenError::File {
-                    sink: name.to_owned(),
-                    path: path.clone(),
-                    source,
-                })?;
-                let token = text.trim().to_owned();
-                if token.is_empty() {
-                    return Err(SinkOpenError::EmptyToken {
-                        sink: name.to_owned(),
-                        path: path.clone(),
-                    });
-                }
-                Some(token)
-            }
-            None => None,
-        };
+        let token = bearer_token(name, delivery)?;
         Ok(Self {
             client: client.clone(),
             url: delivery.url.as_str(),

@@ -128,6 +128,9 @@ pub struct NetworkSink {
     /// A file holding a bearer token sent as `Authorization`.
     #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
+    /// An environment variable holding that token, instead of a file.
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
 }
 
 impl Audit {
@@ -200,11 +203,6 @@ impl Sink {
             Self::Http(network) | Self::Fhir(network) => Some(network),
             Self::Jsonl(_) | Self::Stdout(_) => None,
         }
-    }
-
-    /// Every file the sink reads at start (its secret), for `fhirgate check`.
-    pub fn secret_file(&self) -> Option<&PathBuf> {
-        self.network()?.bearer_token_file.as_ref()
     }
 }
 

@@ -47,12 +47,18 @@ pub struct IntrospectionConfig {
     /// How the gateway authenticates.
     #[serde(default = "default_auth")]
     pub auth: ClientAuth,
-    /// Secret for `client_secret_basic` / `client_secret_post`.
+    /// Never accepted: a secret is not written in the configuration (which is read by
+    /// many, logged by tools and kept in version control). Refused with what to do instead.
     #[serde(default)]
-    pub client_secret: Option<String>,
-    /// File holding the secret (trailing newline ignored), instead of `client_secret`.
+    #[schemars(skip)]
+    pub client_secret: Option<crate::config::InlineSecret>,
+    /// File holding the secret for `client_secret_basic` / `client_secret_post` (trailing
+    /// newline ignored).
     #[serde(default)]
     pub client_secret_file: Option<std::path::PathBuf>,
+    /// Environment variable holding that secret, instead of a file.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
     /// PEM private key (RSA or EC P-256) for `private_key_jwt`.
     #[serde(default)]
     pub private_key_file: Option<std::path::PathBuf>,
@@ -170,17 +176,26 @@ impl Introspector {
         };
         let credentials = match config.auth {
             ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost => {
-                let secret = match (&config.client_secret, &config.client_secret_file) {
-                    (Some(secret), None) => secret.clone(),
-                    (None, Some(path)) => String::from_utf8_lossy(&read(path)?)
+                let secret = match (&config.client_secret_file, &config.client_secret_env) {
+                    (Some(path), None) => String::from_utf8_lossy(&read(path)?)
                         .trim_end_matches(['\r', '\n'])
                         .to_owned(),
+                    (None, Some(name)) => std::env::var(name).map_err(|_| {
+                        IntrospectionSetupError::Config(format!(
+                            "client_secret_env: the environment variable {name} is not set (or not UTF-8)"
+                        ))
+                    })?,
                     _ => {
                         return Err(IntrospectionSetupError::Config(
-                            "give exactly one of client_secret and client_secret_file".into(),
+                            "give exactly one of client_secret_file and client_secret_env".into(),
                         ));
                     }
                 };
+                if secret.is_empty() {
+                    return Err(IntrospectionSetupError::Config(
+                        "the client secret is empty".into(),
+                    ));
+                }
                 Credentials::Secret(secret)
             }
             ClientAuth::PrivateKeyJwt => {

@@ -551,6 +551,16 @@ pub fn claims(issuer: &str, scope: &str) -> Value {
     })
 }
 
+/// A file holding `secret`, to be named by a configuration (which never holds secrets
+/// itself); it lasts as long as the test process.
+pub fn secret_file(secret: &str) -> String {
+    static DIR: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(TempDir::new);
+    let path = dir.0.join(format!("secret-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&path, secret).unwrap();
+    path.display().to_string()
+}
+
 /// Waits up to 20 s for `done`, polling every 100 ms; fails the test naming `what`.
 pub async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let started = std::time::Instant::now();

@@ -224,6 +224,7 @@ async fn a_shipper_retries_a_failing_sink_and_moves_its_cursor_only_on_success()
         timeout: Duration::from_secs(2),
         backoff_max: Duration::from_millis(200),
         bearer_token_file: None,
+        bearer_token_env: None,
     });
     let source = crate::audit::EventSource {
         observer: "test".into(),
@@ -332,6 +333,7 @@ async fn a_backlog_from_before_a_restart_counts_as_unshipped() {
         timeout: Duration::from_secs(1),
         backoff_max: Duration::from_millis(100),
         bearer_token_file: None,
+        bearer_token_env: None,
     });
     let source = crate::audit::EventSource {
         observer: "test".into(),
