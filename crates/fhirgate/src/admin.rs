@@ -47,7 +47,19 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
             r#"{"status":"method not allowed"}"#.into(),
         );
     }
-    match request.uri().path() {
+    let path = request.uri().path();
+    if path != "/healthz" && !authorized(gateway, &request) {
+        let mut response = json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"status":"a bearer token is required"}"#.into(),
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"fhirgate-admin\""),
+        );
+        return response;
+    }
+    match path {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/metrics" => {
             gateway
@@ -82,6 +94,25 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
         }
         _ => json(StatusCode::NOT_FOUND, r#"{"status":"not found"}"#.into()),
     }
+}
+
+/// Does the request carry the admin token (when one is configured)? Compared in constant
+/// time.
+fn authorized(gateway: &Gateway, request: &Request<Incoming>) -> bool {
+    let Some(expected) = gateway.admin_token.as_deref() else {
+        return true;
+    };
+    let sent = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    sent.is_some_and(|token| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(token.as_bytes(), expected.as_bytes())
+            .is_ok()
+    })
 }
 
 fn json(status: StatusCode, text: String) -> Response<Body> {

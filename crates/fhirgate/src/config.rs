@@ -43,8 +43,13 @@ pub struct Config {
     pub version: Option<u32>,
     /// Address of the FHIR listener.
     pub listen: SocketAddr,
-    /// Address of the admin listener (`/healthz`, `/readyz`).
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`); keep it on
+    /// loopback or a management network.
     pub admin_listen: SocketAddr,
+    /// Who may read the admin listener's `/readyz` and `/metrics` (`/healthz` stays open
+    /// for liveness probes). Anyone who can connect when absent.
+    #[serde(default)]
+    pub admin: Admin,
     /// The FHIR server behind the gateway.
     pub upstream: Upstream,
     /// Names this gateway process in audit records; host name and process id when absent.
@@ -90,6 +95,59 @@ pub struct Config {
     /// token's scopes do not cover (docs/BREAK-GLASS.md). Off when absent.
     #[serde(default, deserialize_with = "break_glass::section")]
     pub break_glass: Option<BreakGlass>,
+}
+
+/// Access to the admin listener.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// A file holding the bearer token `/readyz` and `/metrics` require (trailing newline
+    /// ignored).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// An environment variable holding that token, instead of a file.
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
+}
+
+/// Why the admin token cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("admin.bearer_token_file: cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin: the bearer token is empty")]
+    Empty,
+    #[error("admin.bearer_token_env: the environment variable {0} is not set (or not UTF-8)")]
+    MissingEnv(String),
+    #[error("admin: give at most one of bearer_token_file and bearer_token_env")]
+    TwoSources,
+}
+
+impl Admin {
+    /// The token required, read from its file or variable; `None` when none is configured.
+    pub fn token(&self) -> Result<Option<String>, AdminTokenError> {
+        let text = match (&self.bearer_token_file, &self.bearer_token_env) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => return Err(AdminTokenError::TwoSources),
+            (Some(path), None) => {
+                std::fs::read_to_string(path).map_err(|source| AdminTokenError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            (None, Some(name)) => {
+                std::env::var(name).map_err(|_| AdminTokenError::MissingEnv(name.clone()))?
+            }
+        };
+        let token = text.trim().to_owned();
+        if token.is_empty() {
+            return Err(AdminTokenError::Empty);
+        }
+        Ok(Some(token))
+    }
 }
 
 /// Trace export over OTLP/HTTP, in a binary built with the `otlp` feature.

@@ -36,6 +36,8 @@ pub enum StartError {
     Tls(#[from] proxy::TlsSetupError),
     #[error(transparent)]
     RateLimits(#[from] crate::ratelimit::SharedSetupError),
+    #[error(transparent)]
+    AdminToken(#[from] crate::config::AdminTokenError),
 }
 
 /// Everything `serve` reads besides the configuration itself, read now without serving or
@@ -45,6 +47,7 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
     if let Some(tls) = &config.tls {
         proxy::tls_acceptor(tls)?;
     }
+    config.admin.token()?;
     let http = reqwest::Client::builder().build()?;
     TokenValidator::new(config, http, Arc::new(Metrics::default()))?;
     Limiter::new(&config.rate_limits)?;
@@ -80,10 +83,11 @@ pub struct Shared {
 /// A gateway for `config`, its issuers' keys fetched (as far as they answer) and kept fresh
 /// for as long as the gateway is in use.
 pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gateway>, StartError> {
+    let admin_token = config.admin.token()?;
     let tokens = TokenValidator::new(&config, shared.http.clone(), shared.metrics.clone())?;
     tokens.load_keys().await;
     let limiter = Limiter::new(&config.rate_limits)?;
-    let gateway = Gateway::new(
+    let mut gateway = Gateway::new(
         config,
         tokens,
         shared.audit.clone(),
@@ -91,6 +95,9 @@ pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gatewa
         limiter,
         shared.http.clone(),
     );
+    Arc::get_mut(&mut gateway)
+        .expect("a gateway just built has no other holder")
+        .admin_token = admin_token;
     for issuer in gateway.tokens.issuers() {
         tokio::spawn(refresh_keys(Arc::downgrade(issuer)));
     }

@@ -79,6 +79,8 @@ pub struct Gateway {
     pub rewrites: rewrite::RewriteCache,
     /// Break-the-glass, when configured.
     pub break_glass: Option<BreakGlassPolicy>,
+    /// The bearer token the admin listener's `/readyz` and `/metrics` require, if any.
+    pub admin_token: Option<String>,
 }
 
 impl Gateway {
@@ -111,6 +113,7 @@ impl Gateway {
             metrics,
             limiter,
             instance,
+            admin_token: None,
         })
     }
 }
