@@ -411,6 +411,25 @@ pub struct Upstream {
     /// sends itself are always removed.
     #[serde(default)]
     pub identity_headers: bool,
+    /// PEM file of the CAs that sign an `https` upstream's certificate; the system's roots
+    /// when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain the gateway presents to an upstream that requires mutual TLS
+    /// (with `client_key`).
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// PEM private key of `client_certificate`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// A file holding a token the gateway sends upstream as `Authorization: Bearer`, so that
+    /// the FHIR server can refuse whatever did not come through the gateway. (The client's
+    /// own token is never passed on.)
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// An environment variable holding that token, instead of a file.
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
 }
 
 /// One trusted token issuer.

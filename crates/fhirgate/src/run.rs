@@ -38,6 +38,8 @@ pub enum StartError {
     RateLimits(#[from] crate::ratelimit::SharedSetupError),
     #[error(transparent)]
     AdminToken(#[from] crate::config::AdminTokenError),
+    #[error(transparent)]
+    Upstream(#[from] proxy::UpstreamSetupError),
 }
 
 /// Everything `serve` reads besides the configuration itself, read now without serving or
@@ -48,6 +50,7 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
         proxy::tls_acceptor(tls)?;
     }
     config.admin.token()?;
+    proxy::Upstream::new(&config.upstream, Arc::new(Metrics::default()))?;
     let http = reqwest::Client::builder().build()?;
     TokenValidator::new(config, http, Arc::new(Metrics::default()))?;
     Limiter::new(&config.rate_limits)?;
@@ -84,6 +87,7 @@ pub struct Shared {
 /// for as long as the gateway is in use.
 pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gateway>, StartError> {
     let admin_token = config.admin.token()?;
+    let upstream = proxy::Upstream::new(&config.upstream, shared.metrics.clone())?;
     let tokens = TokenValidator::new(&config, shared.http.clone(), shared.metrics.clone())?;
     tokens.load_keys().await;
     let limiter = Limiter::new(&config.rate_limits)?;
@@ -94,6 +98,7 @@ pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gatewa
         shared.metrics.clone(),
         limiter,
         shared.http.clone(),
+        upstream,
     );
     Arc::get_mut(&mut gateway)
         .expect("a gateway just built has no other holder")

@@ -8,6 +8,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -62,7 +63,9 @@ pub fn add_identity_headers(out: &mut HeaderMap, identity: &Identity) {
 /// The FHIR server behind the gateway.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// What the gateway proves to the upstream on every request, if anything.
+    credential: Option<http::HeaderValue>,
     base: String,
     authority: String,
     response_timeout: Duration,
@@ -97,10 +100,19 @@ pub struct Outbound<'a> {
 
 impl Upstream {
     /// The client for the configured upstream, counting into `metrics`.
-    pub fn new(config: &config::Upstream, metrics: Arc<Metrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
+    pub fn new(
+        config: &config::Upstream,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, super::upstream_tls::UpstreamSetupError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(super::upstream_tls::client_config(config)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
@@ -109,15 +121,16 @@ impl Upstream {
             .authority()
             .map(|a| a.to_string())
             .expect("configured upstream URL has a host");
-        Self {
+        Ok(Self {
             client,
+            credential: super::upstream_tls::credential(config)?,
             base: config.url.as_str(),
             authority,
             response_timeout: config.response_timeout,
             connect_timeout: config.connect_timeout,
             route: Route::DEFAULT,
             metrics,
-        }
+        })
     }
 
     /// The route this upstream serves, as metrics name it.
@@ -144,6 +157,11 @@ impl Upstream {
         request
             .headers_mut()
             .insert(header::HOST, headers::value(&self.authority));
+        if let Some(credential) = &self.credential {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, credential.clone());
+        }
         let span = telemetry::upstream_span(self.route, outbound.method.as_str());
         let sent = std::time::Instant::now();
         let answer = tokio::time::timeout(self.response_timeout, self.client.request(request))

@@ -20,6 +20,7 @@ mod public;
 mod rewrite;
 mod server;
 mod tls;
+mod upstream_tls;
 mod verify;
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ pub use self::server::serve;
 pub use self::tls::{
     TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,
 };
+pub use self::upstream_tls::UpstreamSetupError;
 
 use fhirgate_policy::options::PolicyOptions;
 
@@ -91,8 +93,8 @@ impl Gateway {
         metrics: Arc<Metrics>,
         limiter: Limiter,
         http: reqwest::Client,
+        upstream: Upstream,
     ) -> Arc<Self> {
-        let upstream = Upstream::new(&config.upstream, metrics.clone());
         let policy = config.policy_options();
         let instance = config.instance();
         let discovery = Discovery::new(&config, http);

@@ -446,6 +446,18 @@ impl TestGateway {
         upstream_extra: &str,
         sections: &str,
     ) -> Self {
+        let url = format!("http://{upstream_addr}/fhir");
+        Self::start_at(idp, &url, issuer_extra, upstream_extra, sections).await
+    }
+
+    /// [`TestGateway::start_with_sections`] in front of the FHIR base `upstream_url`.
+    pub async fn start_at(
+        idp: &FakeIdp,
+        upstream_url: &str,
+        issuer_extra: &str,
+        upstream_extra: &str,
+        sections: &str,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -457,7 +469,7 @@ impl TestGateway {
 listen: "127.0.0.1:{port}"
 admin_listen: "127.0.0.1:{admin_port}"
 upstream:
-  url: "http://{upstream_addr}/fhir"
+  url: "{upstream_url}"
   public_base_path: "/fhir"
   connect_timeout: "1s"
   response_timeout: "2s"

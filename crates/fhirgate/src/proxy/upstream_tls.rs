@@ -1,0 +1,128 @@
+//! How the gateway reaches an `https` upstream, and what it proves to it: the CAs it trusts
+//! for the upstream's certificate (a bundle of its own, or the system's), an optional client
+//! certificate for mutual TLS, and an optional bearer credential, so that the FHIR server can
+//! refuse every request that did not come through the gateway.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::HeaderValue;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::config;
+
+/// Why the upstream's TLS or credential cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("upstream.{key}: cannot read {path}: {reason}")]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("upstream.{key}: {path} holds no certificate")]
+    NoCertificate { key: &'static str, path: PathBuf },
+    #[error("upstream: give both client_certificate and client_key, or neither")]
+    HalfIdentity,
+    #[error("upstream: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("upstream: give at most one of bearer_token_file and bearer_token_env")]
+    TwoTokenSources,
+    #[error("upstream.bearer_token_env: the environment variable {0} is not set or empty")]
+    MissingEnv(String),
+    #[error("upstream.bearer_token_file: {0} is empty")]
+    EmptyToken(PathBuf),
+    #[error("upstream: the bearer token cannot be an HTTP header value")]
+    BadToken,
+}
+
+fn certificates(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, UpstreamSetupError> {
+    let unreadable = |reason: String| UpstreamSetupError::Read {
+        key,
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| unreadable(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreadable(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(UpstreamSetupError::NoCertificate {
+            key,
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The TLS client configuration for `upstream`. The system's roots are read only for an
+/// `https` upstream without a CA bundle of its own.
+pub fn client_config(upstream: &config::Upstream) -> Result<ClientConfig, UpstreamSetupError> {
+    let mut roots = RootCertStore::empty();
+    match &upstream.ca_file {
+        Some(path) => {
+            for cert in certificates("ca_file", path)? {
+                roots.add(cert)?;
+            }
+        }
+        None if upstream.url.uri().scheme_str() == Some("https") => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+        }
+        None => {}
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    // ALPN is the connector's to set (HTTP/1.1 here).
+    let config = match (&upstream.client_certificate, &upstream.client_key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(chain), Some(key)) => {
+            let chain = certificates("client_certificate", chain)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| UpstreamSetupError::Read {
+                key: "client_key",
+                path: key.clone(),
+                reason: e.to_string(),
+            })?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        _ => return Err(UpstreamSetupError::HalfIdentity),
+    };
+    Ok(config)
+}
+
+/// The `Authorization` value the gateway sends upstream, from the token's file or variable.
+pub fn credential(upstream: &config::Upstream) -> Result<Option<HeaderValue>, UpstreamSetupError> {
+    let token = match (&upstream.bearer_token_file, &upstream.bearer_token_env) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => return Err(UpstreamSetupError::TwoTokenSources),
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|e| UpstreamSetupError::Read {
+                key: "bearer_token_file",
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let token = text.trim().to_owned();
+            if token.is_empty() {
+                return Err(UpstreamSetupError::EmptyToken(path.clone()));
+            }
+            token
+        }
+        (None, Some(name)) => match std::env::var(name) {
+            Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
+            _ => return Err(UpstreamSetupError::MissingEnv(name.clone())),
+        },
+    };
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| UpstreamSetupError::BadToken)?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
