@@ -43,8 +43,10 @@ pub struct Config {
     pub version: Option<u32>,
     /// Address of the FHIR listener.
     pub listen: SocketAddr,
-    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`); keep it on
-    /// loopback or a management network.
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`); loopback
+    /// (`127.0.0.1:8081`) when absent. Keep it on loopback or a management network.
+    #[serde(default = "default_admin_listen")]
+    #[schemars(with = "String")]
     pub admin_listen: SocketAddr,
     /// Who may read the admin listener's `/readyz` and `/metrics` (`/healthz` stays open
     /// for liveness probes). Anyone who can connect when absent.
@@ -95,6 +97,10 @@ pub struct Config {
     /// token's scopes do not cover (docs/BREAK-GLASS.md). Off when absent.
     #[serde(default, deserialize_with = "break_glass::section")]
     pub break_glass: Option<BreakGlass>,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
 }
 
 /// Access to the admin listener.
@@ -1102,6 +1108,19 @@ mod tests {
         );
         let not_a_number = format!("version: one\n{unversioned}");
         assert!(Config::parse(&not_a_number, "f.yaml").is_err());
+    }
+
+    #[test]
+    fn the_admin_listener_is_on_loopback_unless_told_otherwise() {
+        let without: String = EMBEDDED_DEFAULT
+            .lines()
+            .filter(|line| !line.starts_with("admin_listen:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_ne!(without, EMBEDDED_DEFAULT);
+        let config = Config::parse(&without, "f.yaml").unwrap();
+        assert_eq!(config.admin_listen, "127.0.0.1:8081".parse().unwrap());
+        assert!(config.admin_listen.ip().is_loopback());
     }
 
     #[test]

@@ -145,10 +145,14 @@ mod tests {
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        for key in ["listen", "admin_listen", "upstream", "issuers", "audit"] {
+        for key in ["listen", "upstream", "issuers", "audit"] {
             assert!(required.contains(&key), "{key} in {required:?}");
         }
-        assert!(!required.contains(&"tls"));
+        assert!(!required.contains(&"tls") && !required.contains(&"admin_listen"));
+        assert_eq!(
+            schema["properties"]["admin_listen"]["default"],
+            "127.0.0.1:8081"
+        );
         // Unknown keys are refused by the file's reader, and so by the schema.
         assert_eq!(schema["additionalProperties"], Value::Bool(false));
     }
