@@ -116,43 +116,62 @@ pub struct Admin {
     pub bearer_token_env: Option<String>,
 }
 
-/// Why the admin token cannot be read.
+/// Why a bearer token named by `bearer_token_file` or `bearer_token_env` cannot be read.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminTokenError {
-    #[error("admin.bearer_token_file: cannot read {path}: {source}")]
+pub enum BearerTokenError {
+    #[error("bearer_token_file: cannot read {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("admin: the bearer token is empty")]
-    Empty,
-    #[error("admin.bearer_token_env: the environment variable {0} is not set (or not UTF-8)")]
+    #[error("bearer_token_file: {0} is empty")]
+    EmptyFile(PathBuf),
+    #[error("bearer_token_env: the environment variable {0} is not set or empty")]
     MissingEnv(String),
-    #[error("admin: give at most one of bearer_token_file and bearer_token_env")]
+    #[error("give at most one of bearer_token_file and bearer_token_env")]
     TwoSources,
 }
+
+/// The bearer token in `file` or in the environment variable `env` (trimmed, never empty);
+/// `None` when neither is named. The one reader of every such pair in the configuration.
+pub fn bearer_token(
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Option<String>, BearerTokenError> {
+    let token = match (file, env) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => return Err(BearerTokenError::TwoSources),
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|source| BearerTokenError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let token = text.trim().to_owned();
+            if token.is_empty() {
+                return Err(BearerTokenError::EmptyFile(path.to_owned()));
+            }
+            token
+        }
+        (None, Some(name)) => match std::env::var(name) {
+            Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
+            _ => return Err(BearerTokenError::MissingEnv(name.to_owned())),
+        },
+    };
+    Ok(Some(token))
+}
+
+/// Why the admin token cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("admin.{0}")]
+pub struct AdminTokenError(#[from] pub BearerTokenError);
 
 impl Admin {
     /// The token required, read from its file or variable; `None` when none is configured.
     pub fn token(&self) -> Result<Option<String>, AdminTokenError> {
-        let text = match (&self.bearer_token_file, &self.bearer_token_env) {
-            (None, None) => return Ok(None),
-            (Some(_), Some(_)) => return Err(AdminTokenError::TwoSources),
-            (Some(path), None) => {
-                std::fs::read_to_string(path).map_err(|source| AdminTokenError::Read {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            (None, Some(name)) => {
-                std::env::var(name).map_err(|_| AdminTokenError::MissingEnv(name.clone()))?
-            }
-        };
-        let token = text.trim().to_owned();
-        if token.is_empty() {
-            return Err(AdminTokenError::Empty);
-        }
-        Ok(Some(token))
+        Ok(bearer_token(
+            self.bearer_token_file.as_deref(),
+            self.bearer_token_env.as_deref(),
+        )?)
     }
 }
 

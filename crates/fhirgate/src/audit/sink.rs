@@ -35,14 +35,11 @@ pub enum SinkOpenError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("audit.sinks.{sink}: the bearer token file {path} is empty")]
-    EmptyToken { sink: String, path: PathBuf },
-    #[error(
-        "audit.sinks.{sink}: bearer_token_env: the environment variable {name} is not set or empty"
-    )]
-    MissingEnv { sink: String, name: String },
-    #[error("audit.sinks.{sink}: give at most one of bearer_token_file and bearer_token_env")]
-    TwoTokenSources { sink: String },
+    #[error("audit.sinks.{sink}.{source}")]
+    Token {
+        sink: String,
+        source: config::BearerTokenError,
+    },
 }
 
 /// An open sink.
@@ -159,39 +156,14 @@ pub(crate) fn bearer_token(
     name: &str,
     delivery: &config::NetworkSink,
 ) -> Result<Option<String>, SinkOpenError> {
-    let token = match (&delivery.bearer_token_file, &delivery.bearer_token_env) {
-        (Some(_), Some(_)) => {
-            return Err(SinkOpenError::TwoTokenSources {
-                sink: name.to_owned(),
-            });
-        }
-        (None, Some(variable)) => match std::env::var(variable) {
-            Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
-            _ => {
-                return Err(SinkOpenError::MissingEnv {
-                    sink: name.to_owned(),
-                    name: variable.clone(),
-                });
-            }
-        },
-        (Some(path), None) => {
-            let text = fs::read_to_string(path).map_err(|source| SinkOpenError::File {
-                sink: name.to_owned(),
-                path: path.clone(),
-                source,
-            })?;
-            let token = text.trim().to_owned();
-            if token.is_empty() {
-                return Err(SinkOpenError::EmptyToken {
-                    sink: name.to_owned(),
-                    path: path.clone(),
-                });
-            }
-            Some(token)
-        }
-        (None, None) => None,
-    };
-    Ok(token)
+    config::bearer_token(
+        delivery.bearer_token_file.as_deref(),
+        delivery.bearer_token_env.as_deref(),
+    )
+    .map_err(|source| SinkOpenError::Token {
+        sink: name.to_owned(),
+        source,
+    })
 }
 
 impl Poster {

@@ -28,12 +28,8 @@ pub enum UpstreamSetupError {
     HalfIdentity,
     #[error("upstream: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("upstream: give at most one of bearer_token_file and bearer_token_env")]
-    TwoTokenSources,
-    #[error("upstream.bearer_token_env: the environment variable {0} is not set or empty")]
-    MissingEnv(String),
-    #[error("upstream.bearer_token_file: {0} is empty")]
-    EmptyToken(PathBuf),
+    #[error("upstream.{0}")]
+    Token(#[from] config::BearerTokenError),
     #[error("upstream: the bearer token cannot be an HTTP header value")]
     BadToken,
 }
@@ -101,25 +97,12 @@ pub fn client_config(upstream: &config::Upstream) -> Result<ClientConfig, Upstre
 
 /// The `Authorization` value the gateway sends upstream, from the token's file or variable.
 pub fn credential(upstream: &config::Upstream) -> Result<Option<HeaderValue>, UpstreamSetupError> {
-    let token = match (&upstream.bearer_token_file, &upstream.bearer_token_env) {
-        (None, None) => return Ok(None),
-        (Some(_), Some(_)) => return Err(UpstreamSetupError::TwoTokenSources),
-        (Some(path), None) => {
-            let text = std::fs::read_to_string(path).map_err(|e| UpstreamSetupError::Read {
-                key: "bearer_token_file",
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let token = text.trim().to_owned();
-            if token.is_empty() {
-                return Err(UpstreamSetupError::EmptyToken(path.clone()));
-            }
-            token
-        }
-        (None, Some(name)) => match std::env::var(name) {
-            Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
-            _ => return Err(UpstreamSetupError::MissingEnv(name.clone())),
-        },
+    let Some(token) = config::bearer_token(
+        upstream.bearer_token_file.as_deref(),
+        upstream.bearer_token_env.as_deref(),
+    )?
+    else {
+        return Ok(None);
     };
     let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| UpstreamSetupError::BadToken)?;
