@@ -387,10 +387,10 @@ async fn b56_upstream_failures_are_fhir_answers_without_internals() {
     let mut tls = expected.clone();
     tls["status_any_of"] = serde_json::json!([502]);
     let mut failures = Vec::new();
-    for (variant, upstream, expected) in [
-        ("connection refused", refused, expected.clone()),
-        ("accepts, never answers", silent, timeout),
-        ("TLS handshake fails", handshake, tls),
+    for (variant, upstream, expected, kind) in [
+        ("connection refused", refused, expected.clone(), "connect"),
+        ("accepts, never answers", silent, timeout, "timeout"),
+        ("TLS handshake fails", handshake, tls, "connect"),
     ] {
         let gateway = TestGateway::start_at(&idp, &upstream, "", "", "").await;
         let mut headers: Vec<(String, String)> = vec![
@@ -401,6 +401,16 @@ async fn b56_upstream_failures_are_fhir_answers_without_internals() {
         headers.sort();
         let path = case["request"]["path"].as_str().unwrap();
         let response = send_raw(&gateway.base, "GET", path, &headers, Bytes::new()).await;
+        let metrics = client()
+            .get(format!("{}/metrics", gateway.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let counted =
+            format!("fhirgate_upstream_errors_total{{route=\"default\",kind=\"{kind}\"}} 1\n");
         let audit = gateway.stop().await;
         let mut problems = problems(&expected, &response, &[], record_of(&audit, "b56"));
         let text = String::from_utf8_lossy(&response.body).to_lowercase();
@@ -408,6 +418,9 @@ async fn b56_upstream_failures_are_fhir_answers_without_internals() {
             if text.contains(&internal.to_lowercase()) {
                 problems.push(format!("body names '{internal}'"));
             }
+        }
+        if !metrics.contains(&counted) {
+            problems.push(format!("not counted as {counted}"));
         }
         failures.extend(problems.into_iter().map(|p| format!("{variant}: {p}")));
     }
