@@ -153,6 +153,9 @@ impl Refusal {
         let error = match self {
             Self::Token(TokenError::Missing) => return Some(format!("Bearer realm=\"{REALM}\"")),
             Self::Token(TokenError::Invalid(_) | TokenError::Expired) => "invalid_token",
+            // An empty or doubled credential holds no usable token: challenged too (RFC 6750
+            // section 3), with the 400's error code.
+            Self::Token(TokenError::Malformed(_)) => "invalid_request",
             Self::Policy(_) | Self::ResponseWithheld if self.status() == StatusCode::FORBIDDEN => {
                 "insufficient_scope"
             }
@@ -344,6 +347,12 @@ mod tests {
         let invalid = Refusal::Token(TokenError::Expired).challenge().unwrap();
         assert!(invalid.ends_with("error=\"invalid_token\""));
         assert!(Refusal::UpstreamTimeout.challenge().is_none());
+        assert_eq!(
+            Refusal::Token(TokenError::Malformed("empty bearer token"))
+                .challenge()
+                .unwrap(),
+            "Bearer realm=\"fhirgate\", error=\"invalid_request\""
+        );
         assert!(Refusal::ResponseHidden.challenge().is_none());
         assert_eq!(
             Refusal::ResponseWithheld.challenge().unwrap(),

@@ -12,14 +12,6 @@ use bytes::Bytes;
 use serde_json::Value;
 use support::*;
 
-const CASES: &str = include_str!("../../fhirgate-policy/tests/data/attack-cases.json");
-
-/// Case kinds this suite runs; token, discovery, rate-limit and raw-HTTP kinds have suites of
-/// their own.
-fn selected(kind: &str) -> bool {
-    kind.starts_with("fhir.") || kind.starts_with("path.") || kind == "http.method_override"
-}
-
 const PATIENT_A: &str = r#"{"resourceType":"Patient","id":"pat-A","name":[{"family":"Alpha"}]}"#;
 const PATIENT_B: &str = r#"{"resourceType":"Patient","id":"pat-B","name":[{"family":"Bravo"}]}"#;
 const OBS_A1: &str = r#"{"resourceType":"Observation","id":"obs-A1","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"subject":{"reference":"Patient/pat-A"},"valueQuantity":{"value":72}}"#;
@@ -173,17 +165,13 @@ async fn run_case(
 
 #[tokio::test]
 async fn fhir_path_and_method_override_cases_hold_through_the_proxy() {
-    let file: Value = serde_json::from_str(CASES).unwrap();
+    let file = corpus::corpus();
     let conventions = &file["conventions"]["default_token"]["claims"]
         .as_object()
         .map(|claims| serde_json::json!({"issuer": claims["iss"]}))
         .unwrap();
-    let cases: Vec<&Value> = file["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| selected(c["kind"].as_str().unwrap()))
-        .collect();
+    // Token, rate-limit and raw-HTTP kinds have suites of their own (support/corpus.rs).
+    let cases = corpus::cases_for("attack_cases");
     assert!(cases.len() >= 17, "only {} cases selected", cases.len());
 
     let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use serde_json::Value;
 use support::*;
 
-const CASES: &str = include_str!("../../fhirgate-policy/tests/data/attack-cases.json");
 const PATIENT_A: &str = r#"{"resourceType":"Patient","id":"pat-A"}"#;
 
 async fn world(limits: &str) -> (FakeIdp, FakeFhir, TestGateway) {
@@ -43,13 +42,8 @@ fn random_ip(n: usize) -> String {
 /// B53: rotating `X-Forwarded-For` from an untrusted peer does not buy fresh allowances.
 #[tokio::test]
 async fn xff_rotation_cases_hold() {
-    let file: Value = serde_json::from_str(CASES).unwrap();
-    let cases: Vec<&Value> = file["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["kind"].as_str().unwrap().starts_with("ratelimit."))
-        .collect();
+    let file = corpus::corpus();
+    let cases = corpus::cases_for("ratelimit");
     assert!(!cases.is_empty());
     for case in cases {
         let step = &case["request"]["sequence"][0];

@@ -23,27 +23,12 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use support::*;
 
-const CASES: &str = include_str!("../../fhirgate-policy/tests/data/attack-cases.json");
 const PATIENT_A: &str = r#"{"resourceType":"Patient","id":"pat-A"}"#;
 const OBS_A1: &str = r#"{"resourceType":"Observation","id":"obs-A1","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"subject":{"reference":"Patient/pat-A"}}"#;
 
-fn is_token_kind(kind: &str) -> bool {
-    ["jwt.", "jwks.", "introspection.", "scopes."]
-        .iter()
-        .any(|prefix| kind.starts_with(prefix))
-}
-
 fn cases() -> (Value, Vec<Value>) {
-    let file: Value = serde_json::from_str(CASES).unwrap();
-    let conventions = file["conventions"].clone();
-    let cases = file["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| is_token_kind(c["kind"].as_str().unwrap()))
-        .cloned()
-        .collect();
-    (conventions, cases)
+    let conventions = corpus::corpus()["conventions"].clone();
+    (conventions, corpus::cases_for("token_cases"))
 }
 
 fn case(id: &str) -> Value {

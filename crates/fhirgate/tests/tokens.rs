@@ -338,6 +338,35 @@ async fn introspection_outages_are_503_never_an_allow() {
     );
 }
 
+/// During an introspection outage a token already in the cache keeps working until its entry
+/// ends; a token not seen before is refused 503 and nothing of its request reaches the
+/// upstream.
+#[tokio::test]
+async fn a_cached_opaque_token_outlives_an_introspection_outage() {
+    let w = world_with("", "      timeout: \"300ms\"").await;
+    for token in ["opaque-cached", "opaque-new"] {
+        w.introspection
+            .set(token, active("Patient/pat-A", "patient/*.rs"));
+    }
+    assert_eq!(get(&w, "Patient/pat-A", "opaque-cached").await.0, 200);
+    w.introspection.set_mode(Mode::Fail500);
+    let calls = w.introspection.calls();
+    w.fhir.clear();
+    let (status, _, body) = get(&w, "Patient/pat-A", "opaque-new").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        w.fhir.seen().is_empty(),
+        "a refused request reached the upstream"
+    );
+    let (status, _, body) = get(&w, "Patient/pat-A", "opaque-cached").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        w.introspection.calls(),
+        calls + 1,
+        "only the new token was introspected"
+    );
+}
+
 #[tokio::test]
 async fn private_key_jwt_client_authentication() {
     let key = format!("{FIXTURES}/ec-a.pem");

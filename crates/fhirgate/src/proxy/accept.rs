@@ -1,6 +1,6 @@
 //! The accept step: what a request must look like before anything else looks at it.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, header};
 
 use crate::refusal::Refusal;
 use crate::token::TokenError;
@@ -33,6 +33,9 @@ pub fn accept<'a>(
     if !allowed.contains(method) {
         return Err(Refusal::MethodNotAllowed);
     }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(framed_by_transfer_coding());
+    }
     if METHOD_OVERRIDES
         .iter()
         .any(|name| headers.contains_key(*name))
@@ -54,6 +57,17 @@ pub fn accept<'a>(
         "" | "/" => Ok(""),
         _ => rest.strip_prefix('/').ok_or(Refusal::NotFound),
     }
+}
+
+/// A request body framed by a transfer coding. The HTTP/1.1 parser reads a request that has
+/// both `Content-Length` and `Transfer-Encoding` by the latter and removes the former before
+/// the gateway sees it (RFC 9112 section 6.3), so such a request, the means of request
+/// smuggling, cannot be told from a plainly chunked one: both are refused before the body
+/// is read, and clients send the body's length (HTTP/2 bodies need neither).
+fn framed_by_transfer_coding() -> Refusal {
+    Refusal::BadRequest(
+        "a request body must be sent with Content-Length, not Transfer-Encoding".into(),
+    )
 }
 
 /// The RFC 6750 parameter that carries a token in a query or form body.
@@ -122,5 +136,15 @@ mod tests {
         headers.insert("X-HTTP-Method-Override", "DELETE".parse().unwrap());
         let refused = accept(&Method::POST, "/fhir/Patient/1", None, &headers, "/fhir");
         assert!(matches!(refused, Err(Refusal::BadRequest(_))));
+    }
+
+    #[test]
+    fn refuses_bodies_framed_by_a_transfer_coding() {
+        for coding in ["chunked", "gzip, chunked", "xchunked"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::TRANSFER_ENCODING, coding.parse().unwrap());
+            let refused = accept(&Method::POST, "/fhir/Patient", None, &headers, "/fhir");
+            assert!(matches!(refused, Err(Refusal::BadRequest(_))), "{coding}");
+        }
     }
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod corpus;
+pub mod wire;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
