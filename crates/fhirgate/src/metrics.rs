@@ -123,6 +123,20 @@ label_values! {
     }
 }
 
+label_values! {
+    /// How a fetch of the gateway's own upstream access token went.
+    pub enum TokenFetch {
+        /// A token was issued.
+        Ok => "ok",
+        /// The token endpoint answered with an error (a wrong secret, an unknown client).
+        Refused => "refused",
+        /// The token endpoint could not be reached or did not answer in time.
+        Unreachable => "unreachable",
+        /// The answer was not a usable bearer token.
+        Invalid => "invalid",
+    }
+}
+
 impl StatusClass {
     /// The class of `status`.
     pub fn of(status: StatusCode) -> Self {
@@ -231,6 +245,12 @@ struct RouteLabel {
 struct UpstreamErrorLabels {
     route: Route,
     kind: UpstreamError,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenFetchLabels {
+    route: Route,
+    outcome: TokenFetch,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -412,6 +432,7 @@ impl RequestMetrics {
 struct UpstreamMetrics {
     seconds: Histograms<RouteLabel>,
     errors: Family<UpstreamErrorLabels, Counter>,
+    token_fetches: Family<TokenFetchLabels, Counter>,
 }
 
 impl UpstreamMetrics {
@@ -419,6 +440,7 @@ impl UpstreamMetrics {
         Self {
             seconds: Family::new_with_constructor(latency_histogram),
             errors: Family::default(),
+            token_fetches: Family::default(),
         }
     }
 
@@ -432,6 +454,11 @@ impl UpstreamMetrics {
             "upstream_errors",
             "Calls to the FHIR server that failed, by kind",
             self.errors.clone(),
+        );
+        registry.register(
+            "upstream_token_fetches",
+            "Fetches of the gateway's own access token for the FHIR server (client credentials), by outcome",
+            self.token_fetches.clone(),
         );
     }
 }
@@ -668,6 +695,24 @@ impl Metrics {
         self.upstream
             .errors
             .get_or_create(&UpstreamErrorLabels { route, kind })
+            .inc();
+    }
+
+    /// The token-fetch series of `route`, whose upstream credential is fetched.
+    pub fn declare_upstream_token(&self, route: Route) {
+        for &outcome in TokenFetch::ALL {
+            declare(
+                &self.upstream.token_fetches,
+                &TokenFetchLabels { route, outcome },
+            );
+        }
+    }
+
+    /// One fetch of the upstream access token of `route`.
+    pub fn upstream_token_fetch(&self, route: Route, outcome: TokenFetch) {
+        self.upstream
+            .token_fetches
+            .get_or_create(&TokenFetchLabels { route, outcome })
             .inc();
     }
 

@@ -21,6 +21,7 @@ mod rewrite;
 mod server;
 mod tls;
 mod upstream_tls;
+mod upstream_token;
 mod verify;
 
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ pub use self::tls::{
     TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,
 };
 pub use self::upstream_tls::UpstreamSetupError;
+pub use self::upstream_token::{FetchError, GrantSetupError, UpstreamToken};
 
 use fhirgate_policy::options::PolicyOptions;
 
