@@ -267,6 +267,7 @@ struct ReloadLabels {
 struct ReloadMetrics {
     reloads: Family<ReloadLabels, Counter>,
     last_success: Gauge,
+    certificate_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl ReloadMetrics {
@@ -286,9 +287,16 @@ impl ReloadMetrics {
             "Unix time the configuration in use was loaded (at start or by the last reload that succeeded)",
             last_success.clone(),
         );
+        let certificate_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_certificate_reloads",
+            "Reloads of the FHIR listener's TLS certificate and key by outcome: ok (the new pair serves), error (it was refused and the pair in use kept)",
+            certificate_reloads.clone(),
+        );
         Self {
             reloads,
             last_success,
+            certificate_reloads,
         }
     }
 }
@@ -783,6 +791,21 @@ impl Metrics {
         let outcome = if ok { Outcome::Ok } else { Outcome::Error };
         self.reloads
             .reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
+    }
+
+    /// The certificate-reload series, for a listener with TLS.
+    pub fn declare_tls_certificate(&self) {
+        for &outcome in Outcome::ALL {
+            declare(&self.reloads.certificate_reloads, &ReloadLabels { outcome });
+        }
+    }
+
+    /// A reload of the FHIR listener's TLS certificate ended: `Ok` when the new pair serves.
+    pub fn tls_certificate_reload(&self, outcome: Outcome) {
+        self.reloads
+            .certificate_reloads
             .get_or_create(&ReloadLabels { outcome })
             .inc();
     }

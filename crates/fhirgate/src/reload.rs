@@ -11,6 +11,8 @@
 //!
 //! What the process holds from its start (its listeners, TLS, the audit spool and sinks,
 //! telemetry) changes only on restart: a reload that changes it is refused and names it.
+//! The TLS certificate and key files' content is taken up on its own
+//! ([`crate::proxy::ServerCertificate`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -171,12 +171,20 @@ async fn serve_with(
         let reloader = Reloader::new(&file, live.clone(), shared.clone());
         tokio::spawn(reloader.run(stop_rx.clone()))
     });
+    if let Some(tls) = &tls {
+        let watch = tls
+            .certificate
+            .clone()
+            .watch(shared.metrics.clone(), stop_rx.clone());
+        tokio::spawn(watch);
+    }
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
         live.clone(),
         stopped(stop_rx.clone()),
     ));
-    let fhir = proxy::serve(listener, tls, live.clone(), stopped(stop_rx));
+    let acceptor = tls.map(|tls| tls.acceptor);
+    let fhir = proxy::serve(listener, acceptor, live.clone(), stopped(stop_rx));
     tokio::pin!(fhir);
     tokio::pin!(shutdown);
     tokio::select! {
