@@ -424,3 +424,63 @@ fn check_refuses_an_inline_secret_and_a_second_credential() {
     let (code, stderr) = check(&good);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_cannot_fetch_its_token_keeps_the_running_credential() {
+    let endpoint = TokenEndpoint::start(3600).await;
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let audit = "audit:\n  spool: { path: \"{dir}/spool\" }\n  sinks: { trail: { stdout: {} } }";
+    let gateway = GatewayProcess::start(
+        &idp,
+        fhir.addr,
+        audit,
+        std::process::Stdio::null(),
+        "/readyz",
+    )
+    .await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    let reloads = async |outcome: &str| {
+        let series = format!("fhirgate_config_reloads_total{{outcome=\"{outcome}\"}}");
+        gateway.metric(&series).await.unwrap_or(-1.0)
+    };
+    let secret = secret_file(SECRET);
+    let path = gateway.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+    // The file as started, with a grant asking for `scope` at the end of `upstream`.
+    let rewrite = |scope: &str| {
+        let grant =
+            grant(&endpoint.url(), "client_secret_basic", &secret).replace("system/*.rs", scope);
+        let text = original.replacen("issuers:\n", &format!("{grant}issuers:\n"), 1);
+        let next = path.with_extension("yaml.new");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        gateway.signal("HUP");
+    };
+    let read = async || {
+        client()
+            .get(format!("{}/Patient/pat-A", gateway.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+
+    rewrite("system/*.rs");
+    wait_for("the grant taken up", async || reloads("ok").await >= 1.0).await;
+    assert_eq!(read().await, 200);
+    assert_eq!(authorizations(&fhir), ["Bearer svc-1"]);
+
+    endpoint.fail_with(500);
+    rewrite("system/Patient.rs");
+    wait_for("the reload refused", async || reloads("error").await >= 1.0).await;
+    assert!(
+        gateway
+            .stderr()
+            .contains("no upstream access token could be fetched")
+    );
+    assert_eq!(read().await, 200, "the running credential still serves");
+    assert_eq!(authorizations(&fhir), ["Bearer svc-1"; 2]);
+}
