@@ -65,7 +65,7 @@ pub fn add_identity_headers(out: &mut HeaderMap, identity: &Identity) {
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// What the gateway proves to the upstream on every request, if anything.
-    credential: super::upstream_tls::Credential,
+    credential: super::upstream_credential::Credential,
     base: String,
     authority: String,
     response_timeout: Duration,
@@ -123,7 +123,11 @@ impl Upstream {
             .expect("configured upstream URL has a host");
         Ok(Self {
             client,
-            credential: super::upstream_tls::Credential::new(config, Route::DEFAULT, &metrics)?,
+            credential: super::upstream_credential::Credential::new(
+                config,
+                Route::DEFAULT,
+                &metrics,
+            )?,
             base: config.url.as_str(),
             authority,
             response_timeout: config.response_timeout,
@@ -147,7 +151,7 @@ impl Upstream {
     /// The upstream's fetched access token, when its credential is one.
     pub fn fetched_token(&self) -> Option<&Arc<super::UpstreamToken>> {
         match &self.credential {
-            super::upstream_tls::Credential::Fetched(token) => Some(token),
+            super::upstream_credential::Credential::Fetched(token) => Some(token),
             _ => None,
         }
     }

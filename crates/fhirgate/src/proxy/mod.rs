@@ -21,6 +21,7 @@ mod rewrite;
 mod server;
 mod server_certificate;
 mod tls;
+mod upstream_credential;
 mod upstream_tls;
 mod upstream_token;
 mod verify;

@@ -1,8 +1,8 @@
 //! How the gateway reaches an `https` upstream, and what it proves to it: the CAs it trusts
 //! for the upstream's certificate (a bundle of its own, or the system's), an optional client
-//! certificate for mutual TLS, and an optional bearer credential (static, or fetched by the
-//! client-credentials grant in [`super::upstream_token`]), so that the FHIR server can refuse
-//! every request that did not come through the gateway.
+//! certificate for mutual TLS, and an optional bearer credential (static here, or fetched by
+//! the client-credentials grant in [`super::upstream_token`]), so that the FHIR server can
+//! refuse every request that did not come through the gateway.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,9 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use super::upstream_token::UpstreamToken;
 use crate::config;
-use crate::metrics::{Metrics, Route};
 
 /// Why the upstream's TLS or credential cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -48,47 +46,6 @@ impl UpstreamSetupError {
         }
     }
 }
-
-/// What the gateway proves to the upstream on every request.
-#[derive(Debug)]
-pub enum Credential {
-    /// Nothing beyond what TLS proves.
-    None,
-    /// A token read from a file or an environment variable at start.
-    Static(HeaderValue),
-    /// A token fetched from a token endpoint and kept fresh.
-    Fetched(Arc<UpstreamToken>),
-}
-
-impl Credential {
-    /// The credential `upstream` configures; a client-credentials grant reads its secret
-    /// now but fetches nothing yet.
-    pub fn new(
-        upstream: &config::Upstream,
-        route: Route,
-        metrics: &Arc<Metrics>,
-    ) -> Result<Self, UpstreamSetupError> {
-        if let Some(grant) = &upstream.client_credentials {
-            let token = UpstreamToken::new(grant, route, metrics.clone())?;
-            return Ok(Self::Fetched(Arc::new(token)));
-        }
-        Ok(credential(upstream)?.map_or(Self::None, Self::Static))
-    }
-
-    /// The `Authorization` value for a request now: `Ok(None)` when there is no credential
-    /// to send, `Err(NoValidToken)` when there is one but no valid token is held.
-    pub fn authorization(&self) -> Result<Option<HeaderValue>, NoValidToken> {
-        match self {
-            Self::None => Ok(None),
-            Self::Static(value) => Ok(Some(value.clone())),
-            Self::Fetched(token) => token.authorization().map(Some).ok_or(NoValidToken),
-        }
-    }
-}
-
-/// A fetched credential without a valid token at the moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NoValidToken;
 
 fn certificates(
     key: &'static str,
@@ -152,7 +109,9 @@ pub fn client_config(upstream: &config::Upstream) -> Result<ClientConfig, Upstre
 }
 
 /// The `Authorization` value the gateway sends upstream, from the token's file or variable.
-fn credential(upstream: &config::Upstream) -> Result<Option<HeaderValue>, UpstreamSetupError> {
+pub(super) fn credential(
+    upstream: &config::Upstream,
+) -> Result<Option<HeaderValue>, UpstreamSetupError> {
     let Some(token) = config::bearer_token(
         upstream.bearer_token_file.as_deref(),
         upstream.bearer_token_env.as_deref(),

@@ -73,7 +73,6 @@ struct Refusal {
 struct Held {
     authorization: HeaderValue,
     usable_until: Instant,
-    lifetime: Duration,
 }
 
 /// The client-credentials grant of one upstream and the token it last got.
@@ -158,7 +157,6 @@ impl UpstreamToken {
         self.held.store(Some(Arc::new(Held {
             authorization,
             usable_until: Instant::now() + lifetime - margin,
-            lifetime,
         })));
         tracing::debug!(
             client_id = %self.grant.client_id,
@@ -202,11 +200,6 @@ impl UpstreamToken {
         let held = self.held.load();
         let held = held.as_ref()?;
         held.usable_until.checked_duration_since(Instant::now())
-    }
-
-    /// The lifetime of the token held, as its endpoint gave it.
-    pub fn lifetime(&self) -> Option<Duration> {
-        self.held.load().as_ref().map(|held| held.lifetime)
     }
 
     /// One token request and its answer read.
