@@ -484,3 +484,34 @@ async fn a_reload_that_cannot_fetch_its_token_keeps_the_running_credential() {
     assert_eq!(read().await, 200, "the running credential still serves");
     assert_eq!(authorizations(&fhir), ["Bearer svc-1"; 2]);
 }
+
+#[tokio::test]
+async fn a_token_is_refreshed_at_four_fifths_of_its_life_and_kept_through_a_failed_refresh() {
+    use fhirgate::metrics::{Metrics, Route};
+    use fhirgate::proxy::{FetchError, UpstreamToken};
+
+    let endpoint = TokenEndpoint::start(3600).await;
+    let secret = secret_file(SECRET);
+    let yaml = default_with(&grant(&endpoint.url(), "client_secret_basic", &secret));
+    let config = fhirgate::config::Config::parse(&yaml, "test").unwrap();
+    let grant = config.upstream.client_credentials.unwrap();
+    let token = UpstreamToken::new(&grant, Route::DEFAULT, Arc::new(Metrics::default())).unwrap();
+    assert!(
+        token.authorization().is_none(),
+        "nothing is fetched before it is asked"
+    );
+
+    let due = token.fetch().await.unwrap();
+    assert_eq!(due, std::time::Duration::from_secs(2880));
+    endpoint.fail_with(401);
+    let failed = token.fetch().await.unwrap_err();
+    assert!(
+        matches!(&failed, FetchError::Refused { status: 401, error } if error == "invalid_client"),
+        "{failed}"
+    );
+    assert_eq!(token.authorization().unwrap(), "Bearer svc-1");
+    assert!(
+        !format!("{token:?}").contains("svc-1"),
+        "Debug shows no token"
+    );
+}
