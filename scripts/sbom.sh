@@ -33,6 +33,7 @@ packages = json.load(sys.stdin)["packages"]
 print(next(p["version"] for p in packages if p["name"] == "fhirgate"))
 for p in packages:
     print(os.path.dirname(p["manifest_path"]))')
+[[ -n "${MEMBERS[0]:-}" ]] || die "cargo metadata did not name the fhirgate package"
 NAME="fhirgate-${MEMBERS[0]}.cdx"
 
 # cargo-cyclonedx writes an SBOM beside every member's Cargo.toml; fhirgate's (which holds
