@@ -31,6 +31,24 @@ require_redis() {
     || die "redis-server could not be installed (log: $WORK_DIR/apt-redis.log)"
 }
 
+# ensure_cargo_tool COMMAND CRATE VERSION: `cargo install --locked CRATE --version VERSION`
+# when `cargo COMMAND` is missing, compiled in $WORK_DIR/cargo-tools (never the project's
+# target/). cargo-deny takes about 3 minutes of CPU (8 on 2 busy cores), cargo-cyclonedx
+# about 2.5; once installed they are reused.
+ensure_cargo_tool() {
+  local command="$1" crate="$2" version="$3"
+  cargo "$command" --version >/dev/null 2>&1 && return 0
+  mkdir -p "$WORK_DIR"
+  log "installing $crate $version (cargo install; first time takes minutes)"
+  local started=$SECONDS
+  if ! CARGO_TARGET_DIR="$WORK_DIR/cargo-tools" cargo install --locked "$crate" --version "$version" \
+      >"$WORK_DIR/install-$crate.log" 2>&1; then
+    tail -n 30 "$WORK_DIR/install-$crate.log" >&2
+    die "cargo install $crate failed (full log: $WORK_DIR/install-$crate.log)"
+  fi
+  log "installed $crate in $((SECONDS - started))s"
+}
+
 require_node() {
   command -v node >/dev/null 2>&1 || die "Node.js 20 or later is required (node not found)"
   command -v npm >/dev/null 2>&1 || die "npm is required (not found)"

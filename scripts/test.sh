@@ -2,16 +2,18 @@
 # Run every test of fhirgate from a clean clone:
 #   1. cargo test --workspace (installs Debian's redis-server first when missing), and the
 #      criterion benchmarks compiled (cargo check --benches; never timed here)
-#   2. build the fuzz targets (fuzz/, uninstrumented)
-#   3. install the end-to-end tools (npm ci, Python venvs) when missing
-#   4. bring up the two authorization servers and the upstream FHIR server (test ports)
-#   5. build fhirgate (debug) and start it with e2e/fhirgate-e2e.yaml
-#   6. run the end-to-end suite (pytest e2e/tests)
+#   2. cargo deny check licenses bans sources (deny.toml; installs cargo-deny when missing)
+#   3. build the fuzz targets (fuzz/, uninstrumented)
+#   4. install the end-to-end tools (npm ci, Python venvs) when missing
+#   5. bring up the two authorization servers and the upstream FHIR server (test ports)
+#   6. build fhirgate (debug) and start it with e2e/fhirgate-e2e.yaml
+#   7. run the end-to-end suite (pytest e2e/tests)
 # The gateway and the stack are stopped on exit, also after a failure. Exits non-zero
 # when any phase failed.
 #
 # Environment: PYTEST_ARGS (extra pytest arguments), SKIP_CARGO_TEST=1 (skip phase 1),
-# SKIP_FUZZ_BUILD=1 (skip phase 2), FHIRGATE_WORK (work folder, default .work).
+# SKIP_DENY=1 (skip phase 2), SKIP_FUZZ_BUILD=1 (skip phase 3), FHIRGATE_WORK (work folder,
+# default .work).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$FHIRGATE_ROOT"
@@ -61,7 +63,7 @@ mkdir -p "$WORK_DIR"
 rm -rf "$FHIRGATE_OUTCOME_SAMPLES"   # written afresh by phase 1, or absent when it is skipped
 
 # ---------------------------------------------------------------- 1. unit tests
-section "1/6 cargo test --workspace"
+section "1/7 cargo test --workspace"
 if [[ "${SKIP_CARGO_TEST:-0}" == 1 ]]; then
   record "cargo test" "ok (skipped: SKIP_CARGO_TEST=1)"
 else
@@ -81,10 +83,27 @@ else
   fi
 fi
 
-# ---------------------------------------------------------------- 2. fuzz targets
+# ---------------------------------------------------------------- 2. supply chain
+# Licences, banned and duplicate crates, and sources (docs/SUPPLY-CHAIN.md). The advisories
+# check needs the RustSec database from GitHub and is not run here.
+section "2/7 cargo deny check licenses bans sources"
+if [[ "${SKIP_DENY:-0}" == 1 ]]; then
+  record "cargo deny" "ok (skipped: SKIP_DENY=1)"
+else
+  started=$SECONDS
+  ensure_cargo_tool deny cargo-deny 0.20.2
+  if cargo deny check licenses bans sources >"$WORK_DIR/cargo-deny.log" 2>&1; then
+    record "cargo deny" "ok ($((SECONDS - started))s)"
+  else
+    grep -E '^(error|warning)' "$WORK_DIR/cargo-deny.log" | sort | uniq -c | head -n 30
+    record "cargo deny" "FAILED (log: $WORK_DIR/cargo-deny.log)"
+  fi
+fi
+
+# ---------------------------------------------------------------- 3. fuzz targets
 # Only built here, without libFuzzer's instrumentation, from the dependencies phase 1 already
 # compiled; the long instrumented runs are documented in docs/FUZZING.md.
-section "2/6 build fuzz targets"
+section "3/7 build fuzz targets"
 if [[ "${SKIP_FUZZ_BUILD:-0}" == 1 ]]; then
   record "fuzz build" "ok (skipped: SKIP_FUZZ_BUILD=1)"
 else
@@ -97,8 +116,8 @@ else
   fi
 fi
 
-# ---------------------------------------------------------------- 3. tools
-section "3/6 install end-to-end tools"
+# ---------------------------------------------------------------- 4. tools
+section "4/7 install end-to-end tools"
 started=$SECONDS
 require_tools
 require_node
@@ -108,8 +127,8 @@ ensure_venv validator "$FHIRGATE_ROOT/e2e/validator/requirements.txt" >/dev/null
 ensure_venv fhir "$FHIRGATE_ROOT/e2e/fhir/requirements.txt" >/dev/null
 record "install tools" "ok ($((SECONDS - started))s)"
 
-# ---------------------------------------------------------------- 4. stack
-section "4/6 stack up (idp :$IDP_PORT, idp2 :$IDP2_PORT, fhir :$FHIR_PORT)"
+# ---------------------------------------------------------------- 5. stack
+section "5/7 stack up (idp :$IDP_PORT, idp2 :$IDP2_PORT, fhir :$FHIR_PORT)"
 started=$SECONDS
 # a fresh upstream database each run: restart whatever a previous run left behind
 "$FHIRGATE_ROOT/scripts/stack.sh" down >/dev/null 2>&1 || true
@@ -119,8 +138,8 @@ if ! "$FHIRGATE_ROOT/scripts/stack.sh" up; then
 fi
 record "stack up" "ok ($((SECONDS - started))s)"
 
-# ---------------------------------------------------------------- 5. gateway
-section "5/6 build and start fhirgate"
+# ---------------------------------------------------------------- 6. gateway
+section "6/7 build and start fhirgate"
 started=$SECONDS
 if ! cargo build -p fhirgate 2>&1 | tee "$WORK_DIR/cargo-build.log" | tail -n 3; then
   record "cargo build -p fhirgate" "FAILED (log: $WORK_DIR/cargo-build.log)"
@@ -147,8 +166,8 @@ if ! "$PYTHON" "$FHIRGATE_ROOT/scripts/httpcheck.py" wait "$FHIRGATE_ADMIN/ready
 fi
 record "start fhirgate" "ok ($((SECONDS - started))s)"
 
-# ---------------------------------------------------------------- 6. e2e
-section "6/6 end-to-end tests (pytest e2e/tests)"
+# ---------------------------------------------------------------- 7. e2e
+section "7/7 end-to-end tests (pytest e2e/tests)"
 started=$SECONDS
 rc=0
 # shellcheck disable=SC2086

@@ -77,18 +77,23 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
         "/readyz" => {
             let keys = gateway.tokens.ready();
             let upstream = gateway.upstream.reachable().await;
+            let credential = gateway.upstream.has_credential();
             // An unreachable rate-limit store only makes the gateway unready when it then
             // refuses requests (`closed`); in `local` mode it limits on its own meanwhile.
             let store = gateway.limiter.probe_store().await;
             let spool = gateway.audit.accepting();
-            let ready = keys && upstream && spool && (store || !gateway.limiter.fails_closed());
+            let ready = keys
+                && upstream
+                && credential
+                && spool
+                && (store || !gateway.limiter.fails_closed());
             let status = if ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
             let text = format!(
-                r#"{{"ready":{ready},"checks":{{"signing_keys":{keys},"upstream":{upstream},"rate_limit_store":{store},"audit_spool":{spool}}}}}"#
+                r#"{{"ready":{ready},"checks":{{"signing_keys":{keys},"upstream":{upstream},"upstream_credential":{credential},"rate_limit_store":{store},"audit_spool":{spool}}}}}"#
             );
             json(status, text)
         }

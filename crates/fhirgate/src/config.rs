@@ -17,10 +17,12 @@ use serde::{Deserialize, Deserializer};
 
 mod audit;
 mod break_glass;
+mod client_credentials;
 mod edge;
 pub mod schema;
 pub use audit::{Audit, Fsync, JsonlSink, NetworkSink, Sink, Spool, StdoutSink, WhenFull};
 pub use break_glass::BreakGlass;
+pub use client_credentials::{ClientCredentials, ClientSecretError, SecretAuth};
 pub use edge::{
     AllowedOrigin, Cors, Metadata, Smart, default_allow_headers, default_expose_headers,
 };
@@ -455,6 +457,30 @@ pub struct Upstream {
     /// An environment variable holding that token, instead of a file.
     #[serde(default)]
     pub bearer_token_env: Option<String>,
+    /// Instead of a static token: an access token the gateway gets from a token endpoint by
+    /// the client-credentials grant, refreshed before it expires, and sends upstream as
+    /// `Authorization: Bearer` (docs/UPSTREAM-CREDENTIALS.md).
+    #[serde(default)]
+    pub client_credentials: Option<ClientCredentials>,
+}
+
+impl Upstream {
+    /// Rules within the section.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let Some(grant) = &self.client_credentials else {
+            return Ok(());
+        };
+        if self.bearer_token_file.is_some() || self.bearer_token_env.is_some() {
+            return Err((
+                "upstream.client_credentials".into(),
+                "cannot be used with bearer_token_file or bearer_token_env: give one credential"
+                    .into(),
+            ));
+        }
+        grant
+            .validate()
+            .map_err(|(key, message)| (format!("upstream.client_credentials.{key}"), message))
+    }
 }
 
 /// One trusted token issuer.
@@ -746,6 +772,7 @@ impl Config {
         }
         self.audit.validate()?;
         self.telemetry.validate()?;
+        self.upstream.validate()?;
         if self.issuers.is_empty() {
             return Err(("issuers".into(), "at least one issuer is required".into()));
         }

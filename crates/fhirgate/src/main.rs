@@ -122,7 +122,10 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    eprintln!("error: {}: {error}", config.display());
+                    match error.line() {
+                        Some(line) => eprintln!("error: {}:{line}: {error}", config.display()),
+                        None => eprintln!("error: {}: {error}", config.display()),
+                    }
                     ExitCode::from(2)
                 }
             },

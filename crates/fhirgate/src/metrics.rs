@@ -123,6 +123,20 @@ label_values! {
     }
 }
 
+label_values! {
+    /// How a fetch of the gateway's own upstream access token went.
+    pub enum TokenFetch {
+        /// A token was issued.
+        Ok => "ok",
+        /// The token endpoint answered with an error (a wrong secret, an unknown client).
+        Refused => "refused",
+        /// The token endpoint could not be reached or did not answer in time.
+        Unreachable => "unreachable",
+        /// The answer was not a usable bearer token.
+        Invalid => "invalid",
+    }
+}
+
 impl StatusClass {
     /// The class of `status`.
     pub fn of(status: StatusCode) -> Self {
@@ -234,6 +248,12 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenFetchLabels {
+    route: Route,
+    outcome: TokenFetch,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -247,6 +267,7 @@ struct ReloadLabels {
 struct ReloadMetrics {
     reloads: Family<ReloadLabels, Counter>,
     last_success: Gauge,
+    certificate_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl ReloadMetrics {
@@ -266,9 +287,16 @@ impl ReloadMetrics {
             "Unix time the configuration in use was loaded (at start or by the last reload that succeeded)",
             last_success.clone(),
         );
+        let certificate_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_certificate_reloads",
+            "Reloads of the FHIR listener's TLS certificate and key by outcome: ok (the new pair serves), error (it was refused and the pair in use kept)",
+            certificate_reloads.clone(),
+        );
         Self {
             reloads,
             last_success,
+            certificate_reloads,
         }
     }
 }
@@ -412,6 +440,7 @@ impl RequestMetrics {
 struct UpstreamMetrics {
     seconds: Histograms<RouteLabel>,
     errors: Family<UpstreamErrorLabels, Counter>,
+    token_fetches: Family<TokenFetchLabels, Counter>,
 }
 
 impl UpstreamMetrics {
@@ -419,6 +448,7 @@ impl UpstreamMetrics {
         Self {
             seconds: Family::new_with_constructor(latency_histogram),
             errors: Family::default(),
+            token_fetches: Family::default(),
         }
     }
 
@@ -432,6 +462,11 @@ impl UpstreamMetrics {
             "upstream_errors",
             "Calls to the FHIR server that failed, by kind",
             self.errors.clone(),
+        );
+        registry.register(
+            "upstream_token_fetches",
+            "Fetches of the gateway's own access token for the FHIR server (client credentials), by outcome",
+            self.token_fetches.clone(),
         );
     }
 }
@@ -671,6 +706,24 @@ impl Metrics {
             .inc();
     }
 
+    /// The token-fetch series of `route`, whose upstream credential is fetched.
+    pub fn declare_upstream_token(&self, route: Route) {
+        for &outcome in TokenFetch::ALL {
+            declare(
+                &self.upstream.token_fetches,
+                &TokenFetchLabels { route, outcome },
+            );
+        }
+    }
+
+    /// One fetch of the upstream access token of `route`.
+    pub fn upstream_token_fetch(&self, route: Route, outcome: TokenFetch) {
+        self.upstream
+            .token_fetches
+            .get_or_create(&TokenFetchLabels { route, outcome })
+            .inc();
+    }
+
     /// One JWKS or discovery fetch for `issuer`.
     pub fn jwks_fetch(&self, issuer: &str, outcome: Outcome) {
         self.tokens
@@ -738,6 +791,21 @@ impl Metrics {
         let outcome = if ok { Outcome::Ok } else { Outcome::Error };
         self.reloads
             .reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
+    }
+
+    /// The certificate-reload series, for a listener with TLS.
+    pub fn declare_tls_certificate(&self) {
+        for &outcome in Outcome::ALL {
+            declare(&self.reloads.certificate_reloads, &ReloadLabels { outcome });
+        }
+    }
+
+    /// A reload of the FHIR listener's TLS certificate ended: `Ok` when the new pair serves.
+    pub fn tls_certificate_reload(&self, outcome: Outcome) {
+        self.reloads
+            .certificate_reloads
             .get_or_create(&ReloadLabels { outcome })
             .inc();
     }

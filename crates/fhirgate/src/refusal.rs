@@ -41,6 +41,10 @@ pub enum Refusal {
     BodyTooLarge { limit: usize },
     #[error("the FHIR server cannot be reached")]
     UpstreamUnavailable,
+    /// The gateway has no valid access token of its own for the FHIR server, so the request
+    /// is not sent.
+    #[error("the gateway cannot authenticate to the FHIR server right now; try again later")]
+    UpstreamCredentialUnavailable,
     #[error("the FHIR server did not answer in time")]
     UpstreamTimeout,
     #[error("the FHIR server's response could not be checked: {0}")]
@@ -93,9 +97,10 @@ impl Refusal {
             Self::ResponseHidden => StatusCode::NOT_FOUND,
             Self::TooManyMatches => StatusCode::PRECONDITION_FAILED,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::RateLimitUnavailable | Self::AuditUnavailable | Self::DiscoveryUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::RateLimitUnavailable
+            | Self::AuditUnavailable
+            | Self::DiscoveryUnavailable
+            | Self::UpstreamCredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -120,9 +125,10 @@ impl Refusal {
             Self::ResponseHidden => IssueCode::NotFound,
             Self::TooManyMatches => IssueCode::Processing,
             Self::Throttled { .. } => IssueCode::Throttled,
-            Self::RateLimitUnavailable | Self::AuditUnavailable | Self::DiscoveryUnavailable => {
-                IssueCode::Transient
-            }
+            Self::RateLimitUnavailable
+            | Self::AuditUnavailable
+            | Self::DiscoveryUnavailable
+            | Self::UpstreamCredentialUnavailable => IssueCode::Transient,
             Self::NotFound => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
@@ -201,6 +207,7 @@ impl Refusal {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamUnverifiable(_) => "upstream_unverifiable",
             Self::CorsOriginNotAllowed => "cors_origin_not_allowed",
@@ -301,7 +308,12 @@ impl Refusal {
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
-        if matches!(self, Self::AuditUnavailable | Self::DiscoveryUnavailable) {
+        if matches!(
+            self,
+            Self::AuditUnavailable
+                | Self::DiscoveryUnavailable
+                | Self::UpstreamCredentialUnavailable
+        ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if matches!(self, Self::RateLimitUnavailable) {
@@ -372,6 +384,7 @@ mod tests {
             ),
             (Refusal::UpstreamUnavailable, 502, "transient"),
             (Refusal::AuditUnavailable, 503, "transient"),
+            (Refusal::UpstreamCredentialUnavailable, 503, "transient"),
             (Refusal::UpstreamTimeout, 504, "timeout"),
             (Refusal::BodyTooLarge { limit: 1 }, 413, "too-long"),
             (Refusal::ResponseHidden, 404, "not-found"),

@@ -11,6 +11,8 @@
 //!
 //! What the process holds from its start (its listeners, TLS, the audit spool and sinks,
 //! telemetry) changes only on restart: a reload that changes it is refused and names it.
+//! The TLS certificate and key files' content is taken up on its own
+//! ([`crate::proxy::ServerCertificate`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -60,6 +62,12 @@ pub enum ReloadError {
     RestartOnly { path: String, keys: String },
     #[error("{0}")]
     Start(#[from] StartError),
+    /// The new configuration's upstream token could not be fetched while the running one
+    /// holds a valid one: taking it up would refuse every request.
+    #[error(
+        "{path}: no upstream access token could be fetched for it (upstream.client_credentials)"
+    )]
+    NoUpstreamToken { path: String },
 }
 
 /// The configuration file, as it was when the process read it.
@@ -150,6 +158,9 @@ impl Reloader {
             });
         }
         let gateway = build_gateway(config, &self.shared).await?;
+        if !gateway.upstream.has_credential() && self.live.load().upstream.has_credential() {
+            return Err(ReloadError::NoUpstreamToken { path: origin });
+        }
         self.live.store(gateway);
         Ok(true)
     }

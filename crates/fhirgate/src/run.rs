@@ -42,9 +42,19 @@ pub enum StartError {
     Upstream(#[from] proxy::UpstreamSetupError),
 }
 
+impl StartError {
+    /// The line of the configuration the error is about, where it is about one key.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            Self::Upstream(error) => error.line(),
+            _ => None,
+        }
+    }
+}
+
 /// Everything `serve` reads besides the configuration itself, read now without serving or
-/// calling out: TLS certificates and keys, introspection secrets and keys, the rate-limit
-/// store's URL, the folder of the audit file.
+/// calling out: TLS certificates and keys, introspection and upstream client secrets and
+/// keys, the rate-limit store's URL, the folder of the audit file.
 pub fn preflight(config: &Config) -> Result<(), StartError> {
     if let Some(tls) = &config.tls {
         proxy::tls_acceptor(tls)?;
@@ -83,11 +93,18 @@ pub struct Shared {
     pub http: reqwest::Client,
 }
 
-/// A gateway for `config`, its issuers' keys fetched (as far as they answer) and kept fresh
-/// for as long as the gateway is in use.
+/// A gateway for `config`, its issuers' keys and its upstream access token fetched (as far
+/// as they answer) and kept fresh for as long as the gateway is in use.
 pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gateway>, StartError> {
     let admin_token = config.admin.token()?;
     let upstream = proxy::Upstream::new(&config.upstream, shared.metrics.clone())?;
+    if let Some(token) = upstream.fetched_token() {
+        let first = token.fetch().await;
+        tokio::spawn(proxy::UpstreamToken::keep_fresh(
+            Arc::downgrade(token),
+            first,
+        ));
+    }
     let tokens = TokenValidator::new(&config, shared.http.clone(), shared.metrics.clone())?;
     tokens.load_keys().await;
     let limiter = Limiter::new(&config.rate_limits)?;
@@ -154,12 +171,20 @@ async fn serve_with(
         let reloader = Reloader::new(&file, live.clone(), shared.clone());
         tokio::spawn(reloader.run(stop_rx.clone()))
     });
+    if let Some(tls) = &tls {
+        let watch = tls
+            .certificate
+            .clone()
+            .watch(shared.metrics.clone(), stop_rx.clone());
+        tokio::spawn(watch);
+    }
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
         live.clone(),
         stopped(stop_rx.clone()),
     ));
-    let fhir = proxy::serve(listener, tls, live.clone(), stopped(stop_rx));
+    let acceptor = tls.map(|tls| tls.acceptor);
+    let fhir = proxy::serve(listener, acceptor, live.clone(), stopped(stop_rx));
     tokio::pin!(fhir);
     tokio::pin!(shutdown);
     tokio::select! {

@@ -132,6 +132,8 @@ kinds! {
     method_not_allowed: Refusal::MethodNotAllowed => Refusal::MethodNotAllowed,
     body_too_large: Refusal::BodyTooLarge { .. } => Refusal::BodyTooLarge { limit: 1_048_576 },
     upstream_unavailable: Refusal::UpstreamUnavailable => Refusal::UpstreamUnavailable,
+    upstream_credential_unavailable: Refusal::UpstreamCredentialUnavailable
+        => Refusal::UpstreamCredentialUnavailable,
     upstream_timeout: Refusal::UpstreamTimeout => Refusal::UpstreamTimeout,
     upstream_unverifiable: Refusal::UpstreamUnverifiable(_)
         => Refusal::UpstreamUnverifiable("response body is not JSON".into()),

@@ -293,6 +293,9 @@ fn reason_text(reason: &str) -> &'static str {
         "method_not_allowed" => "the method is not allowed",
         "body_too_large" => "the request body was too large",
         "upstream_unavailable" => "the FHIR server was unavailable",
+        "upstream_credential_unavailable" => {
+            "the gateway had no valid credential for the FHIR server"
+        }
         "upstream_timeout" => "the FHIR server did not answer in time",
         "upstream_unverifiable" => "the FHIR server's response could not be checked",
         "cors_preflight" => "a CORS preflight from an allowed origin was answered",

@@ -65,7 +65,7 @@ pub fn add_identity_headers(out: &mut HeaderMap, identity: &Identity) {
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// What the gateway proves to the upstream on every request, if anything.
-    credential: Option<http::HeaderValue>,
+    credential: super::upstream_credential::Credential,
     base: String,
     authority: String,
     response_timeout: Duration,
@@ -123,7 +123,11 @@ impl Upstream {
             .expect("configured upstream URL has a host");
         Ok(Self {
             client,
-            credential: super::upstream_tls::credential(config)?,
+            credential: super::upstream_credential::Credential::new(
+                config,
+                Route::DEFAULT,
+                &metrics,
+            )?,
             base: config.url.as_str(),
             authority,
             response_timeout: config.response_timeout,
@@ -144,8 +148,27 @@ impl Upstream {
         refusal
     }
 
-    /// Sends a request and waits for the status line and headers.
+    /// The upstream's fetched access token, when its credential is one.
+    pub fn fetched_token(&self) -> Option<&Arc<super::UpstreamToken>> {
+        match &self.credential {
+            super::upstream_credential::Credential::Fetched(token) => Some(token),
+            _ => None,
+        }
+    }
+
+    /// Whether a request could carry the upstream's credential now (always, unless it is a
+    /// fetched token of which none is valid).
+    pub fn has_credential(&self) -> bool {
+        self.credential.authorization().is_ok()
+    }
+
+    /// Sends a request and waits for the status line and headers. Without a valid credential
+    /// nothing is sent and the request is refused (503).
     pub async fn send(&self, outbound: Outbound<'_>) -> Result<Response<Incoming>, Refusal> {
+        let credential = self
+            .credential
+            .authorization()
+            .map_err(|_| Refusal::UpstreamCredentialUnavailable)?;
         let target = target_url(&self.base, outbound.path, outbound.query);
         let uri: Uri = target
             .parse()
@@ -157,10 +180,10 @@ impl Upstream {
         request
             .headers_mut()
             .insert(header::HOST, headers::value(&self.authority));
-        if let Some(credential) = &self.credential {
+        if let Some(credential) = credential {
             request
                 .headers_mut()
-                .insert(header::AUTHORIZATION, credential.clone());
+                .insert(header::AUTHORIZATION, credential);
         }
         let span = telemetry::upstream_span(self.route, outbound.method.as_str());
         let sent = std::time::Instant::now();

@@ -19,8 +19,11 @@ mod pipeline;
 mod public;
 mod rewrite;
 mod server;
+mod server_certificate;
 mod tls;
+mod upstream_credential;
 mod upstream_tls;
+mod upstream_token;
 mod verify;
 
 use std::net::SocketAddr;
@@ -33,10 +36,12 @@ pub use self::forward::{Upstream, target_url};
 pub use self::metadata::MetadataCache;
 pub use self::pipeline::{checks_response, classify_and_decide, is_public, reads_body};
 pub use self::server::serve;
+pub use self::server_certificate::ServerCertificate;
 pub use self::tls::{
-    TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,
+    ServerTls, TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,
 };
 pub use self::upstream_tls::UpstreamSetupError;
+pub use self::upstream_token::{FetchError, GrantSetupError, UpstreamToken};
 
 use fhirgate_policy::options::PolicyOptions;
 

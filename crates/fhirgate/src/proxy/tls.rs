@@ -3,7 +3,9 @@
 //!
 //! ALPN offers `h2` and `http/1.1`. With a client CA configured, clients are asked for a
 //! certificate, which rustls verifies against that CA; the SHA-256 thumbprint of the leaf the
-//! client presented is what a token's `cnf.x5t#S256` must equal.
+//! client presented is what a token's `cnf.x5t#S256` must equal. The server's own certificate
+//! and key are served by [`ServerCertificate`], which takes them up again when their files
+//! change.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,11 +13,12 @@ use std::sync::Arc;
 use aws_lc_rs::digest;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
+use super::server_certificate::ServerCertificate;
 use crate::config::{ClientCertificates, Tls};
 
 /// Why the TLS settings cannot be used.
@@ -31,15 +34,21 @@ pub enum TlsSetupError {
     Server(String),
 }
 
+/// TLS on the FHIR listener: the acceptor, and the certificate it serves, to be watched.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub acceptor: TlsAcceptor,
+    pub certificate: Arc<ServerCertificate>,
+}
+
 /// The acceptor for the configured certificate, key and client CA.
-pub fn acceptor(settings: &Tls) -> Result<TlsAcceptor, TlsSetupError> {
+pub fn acceptor(settings: &Tls) -> Result<ServerTls, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain = certificates(&settings.certificate)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&settings.private_key).map_err(|e| TlsSetupError::Pem {
-            path: settings.private_key.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let certificate = Arc::new(ServerCertificate::load(
+        &settings.certificate,
+        &settings.private_key,
+        provider.clone(),
+    )?);
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Server(e.to_string()))?;
@@ -64,14 +73,16 @@ pub fn acceptor(settings: &Tls) -> Result<TlsAcceptor, TlsSetupError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsSetupError::Server(e.to_string()))?;
+    let mut config = builder.with_cert_resolver(certificate.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(ServerTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        certificate,
+    })
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+/// The certificates in the PEM file at `path`; an error when there are none.
+pub(super) fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let shown = || path.display().to_string();
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())

@@ -1,6 +1,7 @@
 //! How the gateway reaches an `https` upstream, and what it proves to it: the CAs it trusts
 //! for the upstream's certificate (a bundle of its own, or the system's), an optional client
-//! certificate for mutual TLS, and an optional bearer credential, so that the FHIR server can
+//! certificate for mutual TLS, and an optional bearer credential (static here, or fetched by
+//! the client-credentials grant in [`super::upstream_token`]), so that the FHIR server can
 //! refuse every request that did not come through the gateway.
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,18 @@ pub enum UpstreamSetupError {
     Token(#[from] config::BearerTokenError),
     #[error("upstream: the bearer token cannot be an HTTP header value")]
     BadToken,
+    #[error("upstream.client_credentials.{0}")]
+    Grant(#[from] super::upstream_token::GrantSetupError),
+}
+
+impl UpstreamSetupError {
+    /// The line of the configuration the error is about, where it is about one key.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            Self::Grant(super::upstream_token::GrantSetupError::Secret(error)) => error.line(),
+            _ => None,
+        }
+    }
 }
 
 fn certificates(
@@ -96,7 +109,9 @@ pub fn client_config(upstream: &config::Upstream) -> Result<ClientConfig, Upstre
 }
 
 /// The `Authorization` value the gateway sends upstream, from the token's file or variable.
-pub fn credential(upstream: &config::Upstream) -> Result<Option<HeaderValue>, UpstreamSetupError> {
+pub(super) fn credential(
+    upstream: &config::Upstream,
+) -> Result<Option<HeaderValue>, UpstreamSetupError> {
     let Some(token) = config::bearer_token(
         upstream.bearer_token_file.as_deref(),
         upstream.bearer_token_env.as_deref(),

@@ -448,7 +448,7 @@ impl Introspector {
 }
 
 /// `application/x-www-form-urlencoded` encoding of a Basic credential part (RFC 6749 2.3.1).
-fn form_encode(text: &str) -> String {
+pub(crate) fn form_encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 

@@ -25,6 +25,7 @@ pub use self::cache::{TokenDigest, VerifiedTokens, digest};
 pub use self::claims::{Binding, Caller, ClaimMapping, Identity};
 pub use self::credentials::{Credentials, Scheme, bearer_token, credentials};
 pub use self::dpop::{ProofError, ProofTarget, ProofVerifier, thumbprint};
+pub(crate) use self::introspect::form_encode;
 pub use self::introspect::{
     ClientAuth, IntrospectionConfig, IntrospectionSetupError, Introspector,
 };
