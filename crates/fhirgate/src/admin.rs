@@ -76,7 +76,11 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
         }
         "/readyz" => {
             let keys = gateway.tokens.ready();
-            let upstream = gateway.upstream.reachable().await;
+            // Every route can reach one of its servers.
+            let mut upstream = true;
+            for route in gateway.routes.iter() {
+                upstream &= route.upstream.reachable().await;
+            }
             // An unreachable rate-limit store only makes the gateway unready when it then
             // refuses requests (`closed`); in `local` mode it limits on its own meanwhile.
             let store = gateway.limiter.probe_store().await;

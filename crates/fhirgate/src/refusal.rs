@@ -43,6 +43,9 @@ pub enum Refusal {
     UpstreamUnavailable,
     #[error("the FHIR server did not answer in time")]
     UpstreamTimeout,
+    /// Every server of the route is out of rotation: answered at once, nothing is sent.
+    #[error("every server of this FHIR API is out of rotation")]
+    UpstreamDown { retry_after: std::time::Duration },
     #[error("the FHIR server's response could not be checked: {0}")]
     UpstreamUnverifiable(String),
     #[error("the resource is outside what the access token allows")]
@@ -93,9 +96,10 @@ impl Refusal {
             Self::ResponseHidden => StatusCode::NOT_FOUND,
             Self::TooManyMatches => StatusCode::PRECONDITION_FAILED,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::RateLimitUnavailable | Self::AuditUnavailable | Self::DiscoveryUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::RateLimitUnavailable
+            | Self::AuditUnavailable
+            | Self::DiscoveryUnavailable
+            | Self::UpstreamDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -120,9 +124,10 @@ impl Refusal {
             Self::ResponseHidden => IssueCode::NotFound,
             Self::TooManyMatches => IssueCode::Processing,
             Self::Throttled { .. } => IssueCode::Throttled,
-            Self::RateLimitUnavailable | Self::AuditUnavailable | Self::DiscoveryUnavailable => {
-                IssueCode::Transient
-            }
+            Self::RateLimitUnavailable
+            | Self::AuditUnavailable
+            | Self::DiscoveryUnavailable
+            | Self::UpstreamDown { .. } => IssueCode::Transient,
             Self::NotFound => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
@@ -199,6 +204,7 @@ impl Refusal {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamDown { .. } => "upstream_down",
             Self::UpstreamUnverifiable(_) => "upstream_unverifiable",
             Self::CorsOriginNotAllowed => "cors_origin_not_allowed",
             Self::DiscoveryUnavailable => "discovery_unavailable",
@@ -234,6 +240,11 @@ impl Refusal {
             Self::UpstreamUnverifiable(_) => {
                 "The FHIR server's response could not be checked against the access token".into()
             }
+            Self::UpstreamDown { retry_after } => format!(
+                "The FHIR server is unavailable: every server of this FHIR API is out of \
+                 rotation; retry after {} s",
+                retry_seconds(*retry_after)
+            ),
             Self::Throttled { rule, retry_after } => format!(
                 "Rate limit '{rule}' exceeded; retry after {} s",
                 retry_seconds(*retry_after)
@@ -304,7 +315,7 @@ impl Refusal {
         if matches!(self, Self::RateLimitUnavailable) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Self::Throttled { retry_after, .. } = &self {
+        if let Self::Throttled { retry_after, .. } | Self::UpstreamDown { retry_after } = &self {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_seconds(*retry_after)),
@@ -369,6 +380,13 @@ mod tests {
             (Refusal::TooManyMatches, 412, "processing"),
             (Refusal::CorsOriginNotAllowed, 403, "forbidden"),
             (Refusal::DiscoveryUnavailable, 503, "transient"),
+            (
+                Refusal::UpstreamDown {
+                    retry_after: std::time::Duration::from_millis(1500),
+                },
+                503,
+                "transient",
+            ),
             (
                 Refusal::NotAcceptable(NotAcceptable::Accept),
                 406,

@@ -133,6 +133,8 @@ kinds! {
     body_too_large: Refusal::BodyTooLarge { .. } => Refusal::BodyTooLarge { limit: 1_048_576 },
     upstream_unavailable: Refusal::UpstreamUnavailable => Refusal::UpstreamUnavailable,
     upstream_timeout: Refusal::UpstreamTimeout => Refusal::UpstreamTimeout,
+    upstream_down: Refusal::UpstreamDown { .. }
+        => Refusal::UpstreamDown { retry_after: Duration::from_secs(5) },
     upstream_unverifiable: Refusal::UpstreamUnverifiable(_)
         => Refusal::UpstreamUnverifiable("response body is not JSON".into()),
     response_withheld: Refusal::ResponseWithheld => Refusal::ResponseWithheld,

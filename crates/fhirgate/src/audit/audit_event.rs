@@ -294,6 +294,7 @@ fn reason_text(reason: &str) -> &'static str {
         "body_too_large" => "the request body was too large",
         "upstream_unavailable" => "the FHIR server was unavailable",
         "upstream_timeout" => "the FHIR server did not answer in time",
+        "upstream_down" => "every server of the FHIR API was out of rotation",
         "upstream_unverifiable" => "the FHIR server's response could not be checked",
         "cors_preflight" => "a CORS preflight from an allowed origin was answered",
         "cors_origin_not_allowed" => "the origin may not make cross-origin requests",
