@@ -71,10 +71,8 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
     let query = uri.query().map(str::to_owned);
     let route = config.route_for(host.as_deref(), uri.path());
 
-    let mut decoded = token::decode(&input.credentials, config)?;
-    if let Some(audience) = route.and_then(|r| r.audience.as_ref()) {
-        decoded.report.expected_audience = Some(audience.clone());
-    }
+    let route_audience = route.and_then(|r| r.audience.as_deref());
+    let mut decoded = token::decode(&input.credentials, config, route_audience)?;
     add_purposes(&mut decoded, &input.purposes)?;
     let grant = decoded.identity.grant.clone();
     let grant_report = grant_report(&grant);

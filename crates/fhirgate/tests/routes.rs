@@ -901,3 +901,56 @@ audit:
     ));
     assert_eq!(status, 0, "{stderr}");
 }
+
+#[test]
+fn explain_follows_the_route_of_the_url() {
+    let dir = TempDir::new();
+    let config = dir.0.join("routes.yaml");
+    std::fs::write(
+        &config,
+        r#"listen: "127.0.0.1:8080"
+issuers:
+  - issuer: "https://idp.example"
+    audience: "https://gw.example/fhir"
+audit:
+  spool: { path: "spool" }
+  sinks: { trail: { jsonl: { path: "audit.jsonl" } } }
+routes:
+  - name: a
+    path: "/a/fhir"
+    audience: "https://gw.example/a/fhir"
+    upstream: { url: "http://fhir-a.internal/fhir" }
+  - name: b
+    path: "/b/fhir"
+    audience: "https://gw.example/b/fhir"
+    upstream: { url: "http://fhir-b.internal/fhir" }
+"#,
+    )
+    .unwrap();
+    let claims = dir.0.join("claims.json");
+    std::fs::write(
+        &claims,
+        json!({"iss": "https://idp.example", "aud": "https://gw.example/b/fhir", "scope": "patient/*.rs", "patient": "pat-A"}).to_string(),
+    )
+    .unwrap();
+    let explain = |url: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+            .args(["explain", "--config"])
+            .arg(&config)
+            .arg("--claims")
+            .arg(&claims)
+            .args(["GET", url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let b = explain("https://gw.example/b/fhir/Patient/pat-A");
+    assert!(b.contains("matches the route's audience"), "{b}");
+    assert!(
+        b.contains("upstream request: GET http://fhir-b.internal/fhir/Patient/pat-A"),
+        "{b}"
+    );
+    let a = explain("/a/fhir/Patient/pat-A");
+    assert!(a.contains("does NOT match the route's audience"), "{a}");
+    assert!(a.contains("audience not accepted"), "{a}");
+}
