@@ -317,7 +317,7 @@ async fn run(
             relative,
             peer,
             request_id,
-            base: public_base(gateway, route, &parts, peer.tls),
+            base: public_base(route, &parts, peer.tls),
             route,
         };
         let answered = public::answer(gateway, request).await;
@@ -329,7 +329,7 @@ async fn run(
         return answered.result;
     }
 
-    let url = || request_url(gateway, route, &parts, relative, peer.tls);
+    let url = || request_url(route, &parts, relative, peer.tls);
     let presentation = Presentation {
         headers: &parts.headers,
         method: parts.method.as_str(),
@@ -469,7 +469,7 @@ async fn run(
         query
     };
     // Absolute URLs of the public base become the upstream's own.
-    let rewrites = rewrites(gateway, route, &parts, peer.tls);
+    let rewrites = rewrites(route, &parts, peer.tls);
     let body = rewrites.outbound(&body).map_or(body, Bytes::from);
     let outbound_query;
     let query = match query.and_then(|q| rewrites.outbound(q.as_bytes())) {
@@ -724,14 +724,8 @@ fn settle(gateway: &Gateway, verdict: Verdict, facts: &mut Facts) -> Result<(), 
 /// The URL the client addressed, without query: under the route's `public_url` when
 /// configured, else made of the connection's scheme, the `Host` the client sent and the
 /// route's base path.
-fn request_url(
-    gateway: &Gateway,
-    route: &Route,
-    parts: &http::request::Parts,
-    relative: &str,
-    tls: bool,
-) -> String {
-    let base = public_base(gateway, route, parts, tls);
+fn request_url(route: &Route, parts: &http::request::Parts, relative: &str, tls: bool) -> String {
+    let base = public_base(route, parts, tls);
     if relative.is_empty() {
         base
     } else {
@@ -741,12 +735,7 @@ fn request_url(
 
 /// The FHIR base URL of `route` as this client addresses the gateway: the route's
 /// `public_url`, or the connection's scheme, the `Host` header and the route's base path.
-fn public_base(
-    _gateway: &Gateway,
-    route: &Route,
-    parts: &http::request::Parts,
-    tls: bool,
-) -> String {
+fn public_base(route: &Route, parts: &http::request::Parts, tls: bool) -> String {
     match &route.public_url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
@@ -763,8 +752,8 @@ fn public_base(
 }
 
 /// The rewrites between the route's upstream base and the public base this request names.
-fn rewrites(gateway: &Gateway, route: &Route, parts: &http::request::Parts, tls: bool) -> Rewrites {
-    let public = public_base(gateway, route, parts, tls);
+fn rewrites(route: &Route, parts: &http::request::Parts, tls: bool) -> Rewrites {
+    let public = public_base(route, parts, tls);
     route.rewrites.get(&route.upstream_base, public)
 }
 
