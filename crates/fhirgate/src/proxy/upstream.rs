@@ -636,3 +636,125 @@ impl Drop for Outstanding<'_> {
         self.0.fetch_sub(1, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn made(settings: &str) -> Upstream {
+        let text = crate::config::EMBEDDED_DEFAULT.replace(
+            "  response_timeout: \"30s\"\n",
+            &format!("  response_timeout: \"30s\"\n{settings}"),
+        );
+        let config = Config::parse(&text, "test").unwrap();
+        let metrics = Arc::new(Metrics::default());
+        Upstream::new(
+            &config.routes[0].upstream,
+            Route::DEFAULT,
+            "upstream",
+            metrics,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_robin_takes_turns_among_the_servers_in_rotation() {
+        let upstream = made("  servers: [\"a:1\", \"b:1\", \"c:1\"]\n");
+        let pool = &upstream.pool;
+        let picks: Vec<usize> = (0..6).map(|_| pool.pick(0).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        // Never one already tried.
+        assert_eq!(pool.pick(0b011), Some(2));
+        assert_eq!(pool.pick(0b111), None);
+        pool.take_out(&pool.servers[1], "test", 1);
+        pool.servers[1].out_until.store(u64::MAX, Relaxed);
+        let picks: Vec<usize> = (0..4).map(|_| pool.pick(0).unwrap()).collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+    }
+
+    #[test]
+    fn least_outstanding_picks_the_server_with_fewest_waiting() {
+        let upstream =
+            made("  servers: [\"a:1\", \"b:1\", \"c:1\"]\n  balance: least-outstanding\n");
+        let pool = &upstream.pool;
+        let _a = [
+            Outstanding::on(&pool.servers[0]),
+            Outstanding::on(&pool.servers[0]),
+        ];
+        let _c = Outstanding::on(&pool.servers[2]);
+        for _ in 0..3 {
+            assert_eq!(pool.pick(0), Some(1));
+        }
+        assert_eq!(pool.pick(0b010), Some(2));
+        drop(_a);
+        assert_eq!(pool.servers[0].outstanding.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn failures_in_a_row_take_a_server_out_for_its_cool_down() {
+        let upstream = made(
+            "  servers: [\"a:1\", \"b:1\"]\n  health: { passive: { failures: 2, cool_down: \"1h\" } }\n",
+        );
+        let pool = &upstream.pool;
+        let a = &pool.servers[0];
+        pool.failed(a, UpstreamError::Connect);
+        pool.succeeded(a);
+        pool.failed(a, UpstreamError::Timeout);
+        assert!(
+            pool.admits(a),
+            "a success in between starts the count again"
+        );
+        pool.failed(a, UpstreamError::Timeout);
+        assert!(!pool.admits(a));
+        assert_eq!(a.gauge.get(), 0);
+        assert_eq!(pool.pick(0), Some(1));
+        // The cool-down over, requests try it again; a success brings it back.
+        a.out_until.store(0, Relaxed);
+        assert!(pool.admits(a) && !a.up.load(Relaxed));
+        pool.succeeded(a);
+        assert!(a.up.load(Relaxed));
+        assert_eq!(a.gauge.get(), 1);
+    }
+
+    #[test]
+    fn with_every_server_out_the_answer_says_when_to_come_back() {
+        let upstream = made(
+            "  servers: [\"a:1\", \"b:1\"]\n  health: { passive: { failures: 1, cool_down: \"30s\" } }\n",
+        );
+        let pool = &upstream.pool;
+        for server in pool.servers.iter() {
+            pool.failed(server, UpstreamError::Connect);
+        }
+        assert_eq!(pool.pick(0), None);
+        match pool.all_out() {
+            Refusal::UpstreamDown { retry_after } => {
+                assert!(
+                    retry_after <= Duration::from_secs(30)
+                        && retry_after >= Duration::from_secs(20)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let checked =
+            made("  servers: [\"a:1\"]\n  health: { active: { interval: \"5s\", healthy: 3 } }\n");
+        let pool = &checked.pool;
+        pool.failed(&pool.servers[0], UpstreamError::Connect);
+        pool.failed(&pool.servers[0], UpstreamError::Connect);
+        pool.failed(&pool.servers[0], UpstreamError::Connect);
+        assert!(
+            !pool.admits(&pool.servers[0]),
+            "only the checks bring it back"
+        );
+        assert!(matches!(
+            pool.all_out(),
+            Refusal::UpstreamDown { retry_after } if retry_after == Duration::from_secs(15)
+        ));
+        let active = pool.active.clone().unwrap();
+        pool.checked(&pool.servers[0], Ok(()), &active);
+        pool.checked(&pool.servers[0], Ok(()), &active);
+        assert!(!pool.admits(&pool.servers[0]));
+        pool.checked(&pool.servers[0], Ok(()), &active);
+        assert!(pool.admits(&pool.servers[0]));
+    }
+}
