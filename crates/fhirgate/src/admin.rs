@@ -76,8 +76,15 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
         }
         "/readyz" => {
             let keys = gateway.tokens.ready();
-            let upstream = gateway.upstream.reachable().await;
-            let credential = gateway.upstream.has_credential();
+            // Every route can reach one of its servers.
+            let mut upstream = true;
+            for route in gateway.routes.iter() {
+                upstream &= route.upstream.reachable().await;
+            }
+            let credential = gateway
+                .routes
+                .iter()
+                .all(|route| route.upstream.has_credential());
             // An unreachable rate-limit store only makes the gateway unready when it then
             // refuses requests (`closed`); in `local` mode it limits on its own meanwhile.
             let store = gateway.limiter.probe_store().await;

@@ -19,12 +19,17 @@ mod audit;
 mod break_glass;
 mod client_credentials;
 mod edge;
+mod locate;
+mod routes;
 pub mod schema;
 pub use audit::{Audit, Fsync, JsonlSink, NetworkSink, Sink, Spool, StdoutSink, WhenFull};
 pub use break_glass::BreakGlass;
 pub use client_credentials::{ClientCredentials, ClientSecretError, SecretAuth};
 pub use edge::{
     AllowedOrigin, Cors, Metadata, Smart, default_allow_headers, default_expose_headers,
+};
+pub use routes::{
+    ActiveHealth, Balance, Health, PassiveHealth, Route, ServerAddress, strip_port, under_base_path,
 };
 
 /// The configuration compiled into the binary, used when `--config` is not given.
@@ -54,8 +59,15 @@ pub struct Config {
     /// for liveness probes). Anyone who can connect when absent.
     #[serde(default)]
     pub admin: Admin,
-    /// The FHIR server behind the gateway.
-    pub upstream: Upstream,
+    /// The FHIR server behind the gateway: one route, reached under
+    /// `upstream.public_base_path`. Give either this or `routes`.
+    #[serde(default)]
+    pub upstream: Option<Upstream>,
+    /// Several FHIR APIs behind one gateway, each under a public base path (and optionally a
+    /// host) of its own, with its own upstream and audience (docs/ROUTES.md). Give either
+    /// this or `upstream`.
+    #[serde(default)]
+    pub routes: Vec<Route>,
     /// Names this gateway process in audit records; host name and process id when absent.
     #[serde(default)]
     pub instance_id: Option<String>,
@@ -66,6 +78,7 @@ pub struct Config {
     /// The gateway's public FHIR base URL as clients address it (`https://gw.example/fhir`);
     /// DPoP proofs must name URLs under it. When absent, the connection's scheme (`https`
     /// with `tls`, else `http`), the request's `Host` header and the public base path make it.
+    /// With `routes`, each route has a `public_url` of its own instead.
     #[serde(default)]
     pub public_url: Option<HttpUrl>,
     /// Token issuers whose access tokens are accepted.
@@ -416,14 +429,41 @@ pub enum OperationLevel {
     Instance,
 }
 
-/// The FHIR server behind the gateway.
+/// The FHIR server behind the gateway (or behind one route): its base URL, the servers that
+/// serve it, and how the gateway talks to them.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// Base URL of the upstream FHIR server, e.g. `http://10.0.0.5:8080/fhir`.
+    /// Base URL of the upstream FHIR server, e.g. `http://10.0.0.5:8080/fhir`. Its host is
+    /// what requests name in `Host` (and TLS verifies); its base is what the gateway hides
+    /// from clients.
     pub url: HttpUrl,
-    /// Path under which clients reach the FHIR API on the gateway, e.g. `/fhir`.
-    pub public_base_path: BasePath,
+    /// Path under which clients reach the FHIR API on the gateway, e.g. `/fhir`. Required in
+    /// the top-level `upstream` section; a route's path is its `path`.
+    #[serde(default)]
+    pub public_base_path: Option<BasePath>,
+    /// The addresses (`host:port`, or `host` for the port of `url`) of the servers that serve
+    /// `url`'s FHIR base, balanced between; `url`'s own host and port when absent. Requests to
+    /// every one of them name `url`'s host.
+    #[serde(default, deserialize_with = "routes::servers")]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub servers: Option<Vec<ServerAddress>>,
+    /// How requests are spread over the servers: `round-robin` (each in turn, the default)
+    /// or `least-outstanding`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// How many times a GET or HEAD whose bytes may have reached a server that then failed
+    /// (reset, timeout) is sent again, each time to another server. A request that could not
+    /// connect is always tried on the other servers, whatever its method.
+    #[serde(default = "routes::default_retries")]
+    pub retries: u32,
+    /// Speak HTTP/2 to the servers: by prior knowledge to `http`, by ALPN to `https`. HTTP/1.1
+    /// when false.
+    #[serde(default)]
+    pub http2: bool,
+    /// When a server is taken out of rotation and brought back.
+    #[serde(default)]
+    pub health: Health,
     /// Time allowed to open a connection to the upstream.
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
     #[schemars(with = "schema::DurationText")]
@@ -465,21 +505,21 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Rules within the section.
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// Rules of the credential, for the section at `at` (`upstream`, `routes[1].upstream`).
+    pub(crate) fn validate_credential(&self, at: &str) -> Result<(), (String, String)> {
         let Some(grant) = &self.client_credentials else {
             return Ok(());
         };
         if self.bearer_token_file.is_some() || self.bearer_token_env.is_some() {
             return Err((
-                "upstream.client_credentials".into(),
+                format!("{at}.client_credentials"),
                 "cannot be used with bearer_token_file or bearer_token_env: give one credential"
                     .into(),
             ));
         }
         grant
             .validate()
-            .map_err(|(key, message)| (format!("upstream.client_credentials.{key}"), message))
+            .map_err(|(key, message)| (format!("{at}.client_credentials.{key}"), message))
     }
 }
 
@@ -717,13 +757,19 @@ impl Config {
                 message => message,
             },
         })?;
+        let mut config = config;
         config
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid {
-                origin: origin.to_owned(),
+                // Where the key is written, when it is.
+                origin: match locate::locate(text, &key) {
+                    Some((line, column)) => format!("{origin}:{line}:{column}"),
+                    None => origin.to_owned(),
+                },
                 key,
                 message,
             })?;
+        config.normalize_routes();
         Ok(config)
     }
 
@@ -741,17 +787,17 @@ impl Config {
         })
     }
 
-    /// The public FHIR base URL: `public_url`, or the listener's address and base path.
+    /// The public FHIR base URL of the first route: its `public_url`, or the listener's
+    /// address and the route's base path.
     pub fn public_base(&self) -> String {
-        match &self.public_url {
+        let Some(route) = self.routes.first() else {
+            return String::new();
+        };
+        match &route.public_url {
             Some(url) => url.as_str(),
             None => {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
-                format!(
-                    "{scheme}://{}{}",
-                    self.listen,
-                    self.upstream.public_base_path.as_str()
-                )
+                format!("{scheme}://{}{}", self.listen, route.path.as_str())
             }
         }
     }
@@ -770,9 +816,9 @@ impl Config {
                 ),
             ));
         }
+        self.validate_routes()?;
         self.audit.validate()?;
         self.telemetry.validate()?;
-        self.upstream.validate()?;
         if self.issuers.is_empty() {
             return Err(("issuers".into(), "at least one issuer is required".into()));
         }
@@ -921,10 +967,11 @@ impl Config {
 }
 
 impl Config {
-    /// The policy options the decision takes: the operation table, how refused reads are
-    /// answered, and the base URLs absolute Bundle entry URLs may name (each issuer's
-    /// audience, which is the gateway's public FHIR base, and the upstream's own base).
-    pub fn policy_options(&self) -> PolicyOptions {
+    /// The policy options the decision takes on `route`: the operation table, how refused
+    /// reads are answered, and the base URLs absolute Bundle entry URLs may name (the
+    /// audiences the route accepts, which are its public FHIR base, its `public_url`, and its
+    /// upstream's own base).
+    pub fn route_policy_options(&self, route: &Route) -> PolicyOptions {
         let rules = self
             .policy
             .operations
@@ -940,14 +987,21 @@ impl Config {
                 requires: Perms::parse(&op.requires).map_or(Perms::ALL, |(p, _)| p),
             })
             .collect();
-        let mut base_urls: Vec<String> = self
-            .issuers
-            .iter()
-            .filter(|i| HttpUrl::parse(&i.audience).is_ok())
-            .map(|i| i.audience.trim_end_matches('/').to_owned())
+        let audiences: Vec<&str> = match &route.audience {
+            Some(audience) => vec![audience.as_str()],
+            None => self.issuers.iter().map(|i| i.audience.as_str()).collect(),
+        };
+        let mut base_urls: Vec<String> = audiences
+            .into_iter()
+            .filter(|audience| HttpUrl::parse(audience).is_ok())
+            .map(|audience| audience.trim_end_matches('/').to_owned())
             .collect();
-        base_urls.push(self.upstream.url.as_str());
-        base_urls.dedup();
+        if let Some(url) = &route.public_url {
+            base_urls.push(url.as_str());
+        }
+        base_urls.push(route.upstream.url.as_str());
+        let mut seen = std::collections::HashSet::new();
+        base_urls.retain(|url| seen.insert(url.clone()));
         PolicyOptions {
             operations: OperationPolicy { rules },
             read_refusal: match self.policy.refused_reads {
@@ -959,6 +1013,14 @@ impl Config {
                 RefusedBatchEntries::RefuseBatch => BatchRefusal::WholeBundle,
                 RefusedBatchEntries::AnswerInBatch => BatchRefusal::PerEntry,
             },
+        }
+    }
+
+    /// The policy options of the first route (the only one of an `upstream` section).
+    pub fn policy_options(&self) -> PolicyOptions {
+        match self.routes.first() {
+            Some(route) => self.route_policy_options(route),
+            None => PolicyOptions::default(),
         }
     }
 }
@@ -1147,7 +1209,7 @@ mod tests {
         assert_eq!(Config::embedded_default().version, Some(CONFIG_VERSION));
         let newer = format!("version: {}\n{unversioned}", CONFIG_VERSION + 1);
         let err = Config::parse(&newer, "f.yaml").unwrap_err().to_string();
-        assert!(err.starts_with("f.yaml: version: "), "{err}");
+        assert!(err.starts_with("f.yaml:1:1: version: "), "{err}");
         assert!(
             err.contains("reads version 1") && err.contains("CHANGELOG.md"),
             "{err}"
@@ -1172,8 +1234,13 @@ mod tests {
     #[test]
     fn embedded_default_parses() {
         let config = Config::embedded_default();
-        assert_eq!(config.upstream.public_base_path.as_str(), "/fhir");
-        assert_eq!(config.upstream.url.as_str(), "http://127.0.0.1:8091/fhir");
+        assert_eq!(config.routes.len(), 1);
+        assert_eq!(config.routes[0].name, "default");
+        assert_eq!(config.routes[0].path.as_str(), "/fhir");
+        assert_eq!(
+            config.routes[0].upstream.url.as_str(),
+            "http://127.0.0.1:8091/fhir"
+        );
         assert_eq!(config.issuers[0].leeway, Duration::from_secs(30));
     }
 
@@ -1245,7 +1312,7 @@ mod tests {
     fn base_path_is_trimmed_and_checked() {
         let text = EMBEDDED_DEFAULT.replace("\"/fhir\"", "\"/api/fhir/\"");
         let config = Config::parse(&text, "f").unwrap();
-        assert_eq!(config.upstream.public_base_path.as_str(), "/api/fhir");
+        assert_eq!(config.routes[0].path.as_str(), "/api/fhir");
         let text = EMBEDDED_DEFAULT.replace("\"/fhir\"", "\"/a/../fhir\"");
         assert!(Config::parse(&text, "f").is_err());
     }

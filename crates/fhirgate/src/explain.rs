@@ -28,7 +28,7 @@ use self::report::{
     HeaderReport, IgnoredScope, ObligationsReport, Param, PrecheckReport, RefusedEntryReport,
     RequestReport, ScopeReport,
 };
-use crate::config::Config;
+use crate::config::{Config, Route};
 use crate::proxy;
 use crate::refusal::{OutcomeFormat, Refusal, forwardable, without_format_param};
 
@@ -67,10 +67,12 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
     let config = &input.config;
     let method = parse_method(&input.method)?;
     let (mut headers, mut header_reports) = parse_headers(&input.headers)?;
-    let uri = parse_url(&input.url, config)?;
+    let (uri, host) = parse_url(&input.url, config)?;
     let query = uri.query().map(str::to_owned);
+    let route = config.route_for(host.as_deref(), uri.path());
 
-    let mut decoded = token::decode(&input.credentials, config)?;
+    let route_audience = route.and_then(|r| r.audience.as_deref());
+    let mut decoded = token::decode(&input.credentials, config, route_audience)?;
     add_purposes(&mut decoded, &input.purposes)?;
     let grant = decoded.identity.grant.clone();
     let grant_report = grant_report(&grant);
@@ -104,7 +106,7 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
         classified: None,
     };
 
-    let base_path = config.upstream.public_base_path.as_str();
+    let base_path = route.map(|r| r.path.as_str());
     let relative = match proxy::accept(&method, uri.path(), query.as_deref(), &headers, base_path) {
         Ok(relative) => relative,
         Err(Refusal::NotFound) => return Err(outside_base(&input.url, config)),
@@ -115,6 +117,9 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
         }
     };
     request.relative_path = Some(relative.to_owned());
+    let Some(route) = route else {
+        return Err(outside_base(&input.url, config));
+    };
 
     let wanted = OutcomeFormat::negotiate(query.as_deref(), &headers);
     if proxy::is_public(&method, relative) {
@@ -139,7 +144,7 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
             scope: None,
             answer: None,
             obligations: Some(obligations_report(
-                config,
+                route,
                 &method,
                 relative,
                 query.as_deref(),
@@ -170,7 +175,7 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
         ));
     }
 
-    let options = config.policy_options();
+    let options = config.route_policy_options(route);
     let decision = match proxy::classify_and_decide(
         &method,
         relative,
@@ -214,7 +219,7 @@ pub fn explain(input: &Input) -> Result<Report, ExplainError> {
                     scope: obligations.scope.clone(),
                     answer: None,
                     obligations: Some(obligations_report(
-                        config,
+                        route,
                         &method,
                         relative,
                         query.as_deref(),
@@ -352,29 +357,47 @@ fn assumed_content_type(body: &[u8]) -> &'static str {
     }
 }
 
-/// The public base URLs of the configuration: issuer audiences that are URLs ending in the
-/// public base path.
+/// The public base URLs of the configuration: each route's `public_url`, and the audiences it
+/// accepts (its own, or the issuers') that are URLs ending in its base path.
 fn public_bases(config: &Config) -> Vec<String> {
-    let base_path = config.upstream.public_base_path.as_str();
-    let mut bases: Vec<String> = config
-        .issuers
-        .iter()
-        .map(|issuer| issuer.audience.trim_end_matches('/').to_owned())
-        .filter(|audience| {
-            audience.parse::<Uri>().is_ok_and(|uri| {
-                matches!(uri.scheme_str(), Some("http" | "https"))
-                    && uri.authority().is_some()
-                    && uri.path().trim_end_matches('/') == base_path
-            })
-        })
-        .collect();
-    bases.dedup();
+    let mut bases: Vec<String> = Vec::new();
+    for route in &config.routes {
+        let base_path = route.path.as_str();
+        let audiences: Vec<&str> = match &route.audience {
+            Some(audience) => vec![audience.as_str()],
+            None => config.issuers.iter().map(|i| i.audience.as_str()).collect(),
+        };
+        let found = route
+            .public_url
+            .iter()
+            .map(|url| url.as_str())
+            .chain(
+                audiences
+                    .into_iter()
+                    .map(|audience| audience.trim_end_matches('/').to_owned()),
+            )
+            .filter(|base| {
+                base.parse::<Uri>().is_ok_and(|uri| {
+                    matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some()
+                        && uri.path().trim_end_matches('/') == base_path
+                })
+            });
+        for base in found {
+            if !bases.contains(&base) {
+                bases.push(base);
+            }
+        }
+    }
     bases
 }
 
 fn outside_base(url: &str, config: &Config) -> ExplainError {
-    let base_path = config.upstream.public_base_path.as_str();
-    let mut accepted = vec![format!("a path under {base_path}/")];
+    let mut accepted: Vec<String> = config
+        .routes
+        .iter()
+        .map(|route| format!("a path under {}/", route.path.as_str()))
+        .collect();
     accepted.extend(public_bases(config).into_iter().map(|b| format!("{b}/...")));
     ExplainError(format!(
         "{url}: not under the public FHIR base; expected {}",
@@ -382,8 +405,9 @@ fn outside_base(url: &str, config: &Config) -> ExplainError {
     ))
 }
 
-/// The request target as the gateway's listener would see it: a path with an optional query.
-fn parse_url(url: &str, config: &Config) -> Result<Uri, ExplainError> {
+/// The request target as the gateway's listener would see it (a path with an optional
+/// query), and the host an absolute URL names.
+fn parse_url(url: &str, config: &Config) -> Result<(Uri, Option<String>), ExplainError> {
     if url.contains('#') {
         return Err(ExplainError(format!("{url}: a URL with a fragment")));
     }
@@ -409,17 +433,21 @@ fn parse_url(url: &str, config: &Config) -> Result<Uri, ExplainError> {
         if !under {
             return Err(outside_base(url, config));
         }
-        uri.path_and_query()
+        let target = uri
+            .path_and_query()
             .map_or("/", |pq| pq.as_str())
-            .to_owned()
+            .to_owned();
+        (target, uri.host().map(str::to_owned))
     } else if url.starts_with('/') {
-        url.to_owned()
+        (url.to_owned(), None)
     } else {
         return Err(outside_base(url, config));
     };
-    target
+    let (target, host) = target;
+    let target = target
         .parse()
-        .map_err(|e| ExplainError(format!("{url}: not a valid request target: {e}")))
+        .map_err(|e| ExplainError(format!("{url}: not a valid request target: {e}")))?;
+    Ok((target, host))
 }
 
 fn params(pairs: &[(String, String)]) -> Vec<Param> {
@@ -532,7 +560,7 @@ fn classified(request: &FhirRequest) -> Classified {
 }
 
 fn obligations_report(
-    config: &Config,
+    route: &Route,
     method: &Method,
     relative: &str,
     query: Option<&str>,
@@ -540,7 +568,7 @@ fn obligations_report(
     request: Option<&FhirRequest>,
     obligations: &Obligations,
 ) -> ObligationsReport {
-    let upstream_base = config.upstream.url.as_str();
+    let upstream_base = route.upstream.url.as_str();
     let narrowed;
     let upstream_query = if obligations.add_params.is_empty() {
         query
@@ -708,7 +736,7 @@ mod tests {
     use super::*;
 
     fn target(url: &str) -> Result<String, ExplainError> {
-        parse_url(url, &Config::embedded_default()).map(|uri| uri.to_string())
+        parse_url(url, &Config::embedded_default()).map(|(uri, _)| uri.to_string())
     }
 
     /// Absolute URLs are checked here; paths by the accept step, as the gateway routes them.

@@ -188,14 +188,37 @@ impl EncodeLabelValue for Reason {
     }
 }
 
-/// The name of an upstream route. There is one route now, [`Route::DEFAULT`]; route names
-/// will come from the configuration when there are several.
+/// The name of a route, as configured: `default` for the route of an `upstream` section,
+/// `none` for requests that match no route. Names are kept once each for the life of the
+/// process, so a label is a copyable pointer.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct Route(&'static str);
 
 impl Route {
     /// The single upstream of the configuration's `upstream` section.
     pub const DEFAULT: Self = Self("default");
+    /// Requests that match no route.
+    pub const NONE: Self = Self("none");
+
+    /// The label of the route named `name`.
+    pub fn named(name: &str) -> Self {
+        static NAMES: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
+        if name == Self::DEFAULT.0 {
+            return Self::DEFAULT;
+        }
+        let mut names = NAMES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = names.get(name) {
+            return Self(known);
+        }
+        // Routes come from the configuration; a name is kept once, however often it is
+        // reloaded.
+        let kept: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.insert(kept);
+        Self(kept)
+    }
 
     /// The route's name.
     pub const fn as_str(self) -> &'static str {
@@ -239,6 +262,12 @@ struct DurationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: Route,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    route: Route,
+    server: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -441,6 +470,11 @@ struct UpstreamMetrics {
     seconds: Histograms<RouteLabel>,
     errors: Family<UpstreamErrorLabels, Counter>,
     token_fetches: Family<TokenFetchLabels, Counter>,
+    retries: Family<RouteLabel, Counter>,
+    unavailable: Family<RouteLabel, Counter>,
+    up: Family<ServerLabels, Gauge>,
+    /// The servers of the configuration in use, whose `up` series are exported.
+    servers: std::sync::Mutex<Vec<ServerLabels>>,
 }
 
 impl UpstreamMetrics {
@@ -449,6 +483,10 @@ impl UpstreamMetrics {
             seconds: Family::new_with_constructor(latency_histogram),
             errors: Family::default(),
             token_fetches: Family::default(),
+            retries: Family::default(),
+            unavailable: Family::default(),
+            up: Family::default(),
+            servers: std::sync::Mutex::default(),
         }
     }
 
@@ -467,6 +505,21 @@ impl UpstreamMetrics {
             "upstream_token_fetches",
             "Fetches of the gateway's own access token for the FHIR server (client credentials), by outcome",
             self.token_fetches.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Requests sent again to another server of the route after a server failed them",
+            self.retries.clone(),
+        );
+        registry.register(
+            "upstream_unavailable",
+            "Requests answered 503 at once because every server of the route was out of rotation",
+            self.unavailable.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 while a server of a route is in rotation, 0 while it is out (failed requests or health checks)",
+            self.up.clone(),
         );
     }
 }
@@ -592,7 +645,6 @@ impl Default for Metrics {
             audit,
             reloads,
         };
-        metrics.declare_route(Route::DEFAULT);
         metrics.declare_caches();
         metrics
     }
@@ -611,10 +663,45 @@ where
 /// dashboards and `rate()` see 0 rather than nothing until the first event.
 impl Metrics {
     /// The upstream series of `route`.
-    fn declare_route(&self, route: Route) {
+    pub fn declare_route(&self, route: Route) {
         for &kind in UpstreamError::ALL {
             declare(&self.upstream.errors, &UpstreamErrorLabels { route, kind });
         }
+        declare(&self.upstream.retries, &RouteLabel { route });
+        declare(&self.upstream.unavailable, &RouteLabel { route });
+    }
+
+    /// The `upstream_up` gauge of one server of `route`, set to 1 (a server starts in
+    /// rotation).
+    pub fn upstream_server(&self, route: Route, server: &str) -> Gauge {
+        let labels = ServerLabels {
+            route,
+            server: server.to_owned(),
+        };
+        let gauge = self.upstream.up.get_or_create(&labels).clone();
+        gauge.set(1);
+        gauge
+    }
+
+    /// The servers of the configuration now in use (`route`, `server`): the `upstream_up`
+    /// series of any other server, from a configuration replaced, are no longer exported.
+    pub fn upstream_servers_in_use(&self, servers: &[(Route, String)]) {
+        let current: Vec<ServerLabels> = servers
+            .iter()
+            .map(|(route, server)| ServerLabels {
+                route: *route,
+                server: server.clone(),
+            })
+            .collect();
+        let mut kept = self
+            .upstream
+            .servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in kept.iter().filter(|labels| !current.contains(labels)) {
+            self.upstream.up.remove(gone);
+        }
+        *kept = current;
     }
 
     /// The series of both caches.
@@ -696,6 +783,22 @@ impl Metrics {
             .seconds
             .get_or_create(&RouteLabel { route })
             .observe(took.as_secs_f64());
+    }
+
+    /// A request sent again to another server of `route`.
+    pub fn upstream_retry(&self, route: Route) {
+        self.upstream
+            .retries
+            .get_or_create(&RouteLabel { route })
+            .inc();
+    }
+
+    /// A request answered at once because every server of `route` is out of rotation.
+    pub fn upstream_unavailable(&self, route: Route) {
+        self.upstream
+            .unavailable
+            .get_or_create(&RouteLabel { route })
+            .inc();
     }
 
     /// One failed call to the FHIR server of `route`.
@@ -920,11 +1023,14 @@ mod tests {
     #[test]
     fn closed_sets_start_at_zero_and_empty_families_are_not_written() {
         let metrics = Metrics::default();
+        metrics.declare_route(Route::DEFAULT);
         metrics.declare_jwks_issuer("https://idp.example");
         let text = metrics.encode();
         for line in [
             r#"fhirgate_upstream_errors_total{route="default",kind="connect"} 0"#,
             r#"fhirgate_upstream_errors_total{route="default",kind="response_too_large"} 0"#,
+            r#"fhirgate_upstream_retries_total{route="default"} 0"#,
+            r#"fhirgate_upstream_unavailable_total{route="default"} 0"#,
             r#"fhirgate_token_cache_lookups_total{cache="introspection",result="miss"} 0"#,
             r#"fhirgate_jwks_fetches_total{issuer="https://idp.example",outcome="ok"} 0"#,
             r#"fhirgate_signing_key_lookups_total{issuer="https://idp.example",result="unavailable"} 0"#,
@@ -934,6 +1040,28 @@ mod tests {
         // prometheus-client writes no `# TYPE` line for a family without series.
         assert!(!text.contains("fhirgate_requests"), "{text}");
         assert!(!text.contains("fhirgate_introspections"), "{text}");
+    }
+
+    #[test]
+    fn route_names_are_kept_once_and_servers_of_a_replaced_configuration_go() {
+        let a = Route::named("tenant-a");
+        assert_eq!(a, Route::named(&String::from("tenant-a")));
+        assert!(std::ptr::eq(a.as_str(), Route::named("tenant-a").as_str()));
+        assert_eq!(Route::named("default"), Route::DEFAULT);
+        let metrics = Metrics::default();
+        let up = metrics.upstream_server(a, "10.0.0.5:8080");
+        metrics.upstream_server(a, "10.0.0.6:8080");
+        metrics
+            .upstream_servers_in_use(&[(a, "10.0.0.5:8080".into()), (a, "10.0.0.6:8080".into())]);
+        up.set(0);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"fhirgate_upstream_up{route="tenant-a",server="10.0.0.5:8080"} 0"#),
+            "{text}"
+        );
+        metrics.upstream_servers_in_use(&[(a, "10.0.0.5:8080".into())]);
+        let text = metrics.encode();
+        assert!(!text.contains("10.0.0.6"), "{text}");
     }
 
     #[test]

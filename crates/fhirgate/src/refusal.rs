@@ -47,6 +47,9 @@ pub enum Refusal {
     UpstreamCredentialUnavailable,
     #[error("the FHIR server did not answer in time")]
     UpstreamTimeout,
+    /// Every server of the route is out of rotation: answered at once, nothing is sent.
+    #[error("every server of this FHIR API is out of rotation")]
+    UpstreamDown { retry_after: std::time::Duration },
     #[error("the FHIR server's response could not be checked: {0}")]
     UpstreamUnverifiable(String),
     #[error("the resource is outside what the access token allows")]
@@ -100,7 +103,8 @@ impl Refusal {
             Self::RateLimitUnavailable
             | Self::AuditUnavailable
             | Self::DiscoveryUnavailable
-            | Self::UpstreamCredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::UpstreamCredentialUnavailable
+            | Self::UpstreamDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -128,7 +132,8 @@ impl Refusal {
             Self::RateLimitUnavailable
             | Self::AuditUnavailable
             | Self::DiscoveryUnavailable
-            | Self::UpstreamCredentialUnavailable => IssueCode::Transient,
+            | Self::UpstreamCredentialUnavailable
+            | Self::UpstreamDown { .. } => IssueCode::Transient,
             Self::NotFound => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
@@ -209,6 +214,7 @@ impl Refusal {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamDown { .. } => "upstream_down",
             Self::UpstreamUnverifiable(_) => "upstream_unverifiable",
             Self::CorsOriginNotAllowed => "cors_origin_not_allowed",
             Self::DiscoveryUnavailable => "discovery_unavailable",
@@ -244,6 +250,11 @@ impl Refusal {
             Self::UpstreamUnverifiable(_) => {
                 "The FHIR server's response could not be checked against the access token".into()
             }
+            Self::UpstreamDown { retry_after } => format!(
+                "The FHIR server is unavailable: every server of this FHIR API is out of \
+                 rotation; retry after {} s",
+                retry_seconds(*retry_after)
+            ),
             Self::Throttled { rule, retry_after } => format!(
                 "Rate limit '{rule}' exceeded; retry after {} s",
                 retry_seconds(*retry_after)
@@ -319,7 +330,7 @@ impl Refusal {
         if matches!(self, Self::RateLimitUnavailable) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Self::Throttled { retry_after, .. } = &self {
+        if let Self::Throttled { retry_after, .. } | Self::UpstreamDown { retry_after } = &self {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_seconds(*retry_after)),
@@ -391,6 +402,13 @@ mod tests {
             (Refusal::TooManyMatches, 412, "processing"),
             (Refusal::CorsOriginNotAllowed, 403, "forbidden"),
             (Refusal::DiscoveryUnavailable, 503, "transient"),
+            (
+                Refusal::UpstreamDown {
+                    retry_after: std::time::Duration::from_millis(1500),
+                },
+                503,
+                "transient",
+            ),
             (
                 Refusal::NotAcceptable(NotAcceptable::Accept),
                 406,

@@ -158,7 +158,13 @@ impl Reloader {
             });
         }
         let gateway = build_gateway(config, &self.shared).await?;
-        if !gateway.upstream.has_credential() && self.live.load().upstream.has_credential() {
+        let credentials = |gateway: &Gateway| {
+            gateway
+                .routes
+                .iter()
+                .all(|route| route.upstream.has_credential())
+        };
+        if !credentials(&gateway) && credentials(&self.live.load()) {
             return Err(ReloadError::NoUpstreamToken { path: origin });
         }
         self.live.store(gateway);

@@ -60,7 +60,7 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
         proxy::tls_acceptor(tls)?;
     }
     config.admin.token()?;
-    proxy::Upstream::new(&config.upstream, Arc::new(Metrics::default()))?;
+    proxy::Routes::new(config, &Arc::new(Metrics::default()))?;
     let http = reqwest::Client::builder().build()?;
     TokenValidator::new(config, http, Arc::new(Metrics::default()))?;
     Limiter::new(&config.rate_limits)?;
@@ -93,21 +93,27 @@ pub struct Shared {
     pub http: reqwest::Client,
 }
 
-/// A gateway for `config`, its issuers' keys and its upstream access token fetched (as far
-/// as they answer) and kept fresh for as long as the gateway is in use.
+/// A gateway for `config`, its issuers' keys and its upstreams' access tokens fetched (as far
+/// as they answer) and kept fresh, and its upstreams' health checked, for as long as the
+/// gateway is in use.
 pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gateway>, StartError> {
     let admin_token = config.admin.token()?;
-    let upstream = proxy::Upstream::new(&config.upstream, shared.metrics.clone())?;
-    if let Some(token) = upstream.fetched_token() {
-        let first = token.fetch().await;
-        tokio::spawn(proxy::UpstreamToken::keep_fresh(
-            Arc::downgrade(token),
-            first,
-        ));
+    let mut routes = proxy::Routes::new(&config, &shared.metrics)?;
+    for route in routes.iter() {
+        if let Some(token) = route.upstream.fetched_token() {
+            let first = token.fetch().await;
+            tokio::spawn(proxy::UpstreamToken::keep_fresh(
+                Arc::downgrade(token),
+                first,
+            ));
+        }
     }
     let tokens = TokenValidator::new(&config, shared.http.clone(), shared.metrics.clone())?;
     tokens.load_keys().await;
     let limiter = Limiter::new(&config.rate_limits)?;
+    // Nothing below fails: the checks stop when this gateway is done with.
+    routes.start_health_checks();
+    shared.metrics.upstream_servers_in_use(&routes.servers());
     let mut gateway = Gateway::new(
         config,
         tokens,
@@ -115,7 +121,7 @@ pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gatewa
         shared.metrics.clone(),
         limiter,
         shared.http.clone(),
-        upstream,
+        routes,
     );
     Arc::get_mut(&mut gateway)
         .expect("a gateway just built has no other holder")
@@ -154,10 +160,16 @@ async fn serve_with(
     };
     let gateway = build_gateway(config, &shared).await?;
     shared.metrics.config_loaded(crate::reload::unix_now());
+    let upstreams: Vec<String> = gateway
+        .config
+        .routes
+        .iter()
+        .map(|route| format!("{} {}", route.name, route.upstream.url.as_str()))
+        .collect();
     tracing::info!(
         listen = %gateway.config.listen,
         admin = %gateway.config.admin_listen,
-        upstream = %gateway.config.upstream.url.as_str(),
+        upstream = %upstreams.join(", "),
         "fhirgate listening"
     );
     let live: LiveGateway = Arc::new(ArcSwap::new(gateway));

@@ -135,6 +135,8 @@ kinds! {
     upstream_credential_unavailable: Refusal::UpstreamCredentialUnavailable
         => Refusal::UpstreamCredentialUnavailable,
     upstream_timeout: Refusal::UpstreamTimeout => Refusal::UpstreamTimeout,
+    upstream_down: Refusal::UpstreamDown { .. }
+        => Refusal::UpstreamDown { retry_after: Duration::from_secs(5) },
     upstream_unverifiable: Refusal::UpstreamUnverifiable(_)
         => Refusal::UpstreamUnverifiable("response body is not JSON".into()),
     response_withheld: Refusal::ResponseWithheld => Refusal::ResponseWithheld,

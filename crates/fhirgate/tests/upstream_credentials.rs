@@ -494,7 +494,7 @@ async fn a_token_is_refreshed_at_four_fifths_of_its_life_and_kept_through_a_fail
     let secret = secret_file(SECRET);
     let yaml = default_with(&grant(&endpoint.url(), "client_secret_basic", &secret));
     let config = fhirgate::config::Config::parse(&yaml, "test").unwrap();
-    let grant = config.upstream.client_credentials.unwrap();
+    let grant = config.upstream.unwrap().client_credentials.unwrap();
     let token = UpstreamToken::new(&grant, Route::DEFAULT, Arc::new(Metrics::default())).unwrap();
     assert!(
         token.authorization().is_none(),

@@ -297,6 +297,7 @@ fn reason_text(reason: &str) -> &'static str {
             "the gateway had no valid credential for the FHIR server"
         }
         "upstream_timeout" => "the FHIR server did not answer in time",
+        "upstream_down" => "every server of the FHIR API was out of rotation",
         "upstream_unverifiable" => "the FHIR server's response could not be checked",
         "cors_preflight" => "a CORS preflight from an allowed origin was answered",
         "cors_origin_not_allowed" => "the origin may not make cross-origin requests",

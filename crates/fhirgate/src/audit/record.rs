@@ -43,6 +43,10 @@ pub struct AuditRecord {
     /// When the request arrived.
     pub started: String,
     pub request_id: String,
+    /// The route the request took (`default` for the `upstream` section); absent when it
+    /// matched none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Cow<'static, str>>,
     pub client_id: Option<String>,
     pub issuer: Option<String>,
     pub subject: Option<String>,

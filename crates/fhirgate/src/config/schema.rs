@@ -133,6 +133,7 @@ mod tests {
             "listen",
             "admin_listen",
             "upstream",
+            "routes",
             "issuers",
             "audit",
             "tls",
@@ -145,9 +146,11 @@ mod tests {
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        for key in ["listen", "upstream", "issuers", "audit"] {
+        for key in ["listen", "issuers", "audit"] {
             assert!(required.contains(&key), "{key} in {required:?}");
         }
+        // One of them is required, which the file's reader checks.
+        assert!(!required.contains(&"upstream") && !required.contains(&"routes"));
         assert!(!required.contains(&"tls") && !required.contains(&"admin_listen"));
         assert_eq!(
             schema["properties"]["admin_listen"]["default"],
@@ -175,5 +178,11 @@ mod tests {
             "100ms"
         );
         assert_eq!(upstream["url"]["$ref"], "#/$defs/HttpUrl");
+        let route = &defs["Route"]["properties"];
+        assert_eq!(route["path"]["$ref"], "#/$defs/BasePath");
+        assert_eq!(
+            defs["PassiveHealth"]["properties"]["cool_down"]["default"],
+            "10s"
+        );
     }
 }

@@ -50,12 +50,17 @@ fn token(out: &mut String, report: &Report) {
     };
     line(out, 2, format!("issuer: {issuer}"));
     if !token.audience.is_empty() {
+        let whose = if token.route_audience {
+            "the route's"
+        } else {
+            "the issuer's"
+        };
         let verdict = match &token.expected_audience {
             Some(expected) if token.audience.contains(expected) => {
-                " (matches the issuer's audience)"
+                format!(" (matches {whose} audience)")
             }
-            Some(_) => " (does NOT match the issuer's audience)",
-            None => "",
+            Some(_) => format!(" (does NOT match {whose} audience)"),
+            None => String::new(),
         };
         line(
             out,

@@ -35,8 +35,11 @@ pub struct TokenReport {
     pub issuer_configured: bool,
     /// The `aud` values of the claims.
     pub audience: Vec<String>,
-    /// The audience the configured issuer requires.
+    /// The audience the request's route requires: its own, or the configured issuer's.
     pub expected_audience: Option<String>,
+    /// `expected_audience` is the route's own, not the issuer's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub route_audience: bool,
     /// `exp`, `nbf`, `iat` as RFC 3339 UTC.
     pub expires: Option<String>,
     pub not_before: Option<String>,

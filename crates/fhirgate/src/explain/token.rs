@@ -27,7 +27,12 @@ pub struct Decoded {
 }
 
 /// Decodes the credentials and checks what can be checked without keys.
-pub fn decode(credentials: &Credentials, config: &Config) -> Result<Decoded, ExplainError> {
+/// `route_audience` is the audience of the route the request takes, when it has its own.
+pub fn decode(
+    credentials: &Credentials,
+    config: &Config,
+    route_audience: Option<&str>,
+) -> Result<Decoded, ExplainError> {
     let mut problems = Vec::new();
     let (source, claims, algorithm, note) = match credentials {
         Credentials::Token(token) => {
@@ -85,7 +90,8 @@ pub fn decode(credentials: &Credentials, config: &Config) -> Result<Decoded, Exp
         (None, _) => problems.push(TokenError::Invalid("token has no issuer".into())),
         (Some(_), None) => problems.push(TokenError::Invalid("issuer not trusted".into())),
         (Some(_), Some(issuer)) => {
-            check_claims(&claims, issuer, is_token, &mut problems);
+            let expected = route_audience.unwrap_or(&issuer.audience);
+            check_claims(&claims, issuer, expected, is_token, &mut problems);
             if is_token && !issuer.jwt {
                 problems.push(TokenError::Invalid("issuer does not sign JWTs".into()));
             }
@@ -116,7 +122,10 @@ pub fn decode(credentials: &Credentials, config: &Config) -> Result<Decoded, Exp
         issuer: issuer_name,
         issuer_configured: issuer.is_some(),
         audience: audiences(&claims),
-        expected_audience: issuer.map(|i| i.audience.clone()),
+        expected_audience: route_audience
+            .map(str::to_owned)
+            .or_else(|| issuer.map(|i| i.audience.clone())),
+        route_audience: route_audience.is_some(),
         expires: time_claim(&claims, "exp"),
         not_before: time_claim(&claims, "nbf"),
         issued_at: time_claim(&claims, "iat"),
@@ -143,11 +152,13 @@ pub fn decode(credentials: &Credentials, config: &Config) -> Result<Decoded, Exp
     Ok(Decoded { identity, report })
 }
 
-/// The registered claims the gateway checks with the issuer's rules. A token must carry
-/// `exp` and `aud`; a claims file is only checked on what it holds.
+/// The registered claims the gateway checks with the issuer's rules, `aud` against
+/// `audience`. A token must carry `exp` and `aud`; a claims file is only checked on what it
+/// holds.
 fn check_claims(
     claims: &Map<String, Value>,
     issuer: &Issuer,
+    audience: &str,
     is_token: bool,
     problems: &mut Vec<TokenError>,
 ) {
@@ -170,7 +181,7 @@ fn check_claims(
         if is_token || claims.contains_key("aud") {
             problems.push(TokenError::Invalid("token has no aud".into()));
         }
-    } else if !audiences.contains(&issuer.audience) {
+    } else if !audiences.iter().any(|a| a == audience) {
         problems.push(TokenError::Invalid("audience not accepted".into()));
     }
     if let Some(longest) = issuer.max_token_lifetime

@@ -13,14 +13,15 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
-/// Checks method and headers, and returns the path relative to the public FHIR base (no
-/// leading `/`), or refuses.
+/// Checks method and headers, and returns the path relative to the public FHIR base of the
+/// route the request took (no leading `/`), or refuses; a request that took no route
+/// (`base_path` `None`) is not found.
 pub fn accept<'a>(
     method: &Method,
     path: &'a str,
     query: Option<&str>,
     headers: &HeaderMap,
-    base_path: &str,
+    base_path: Option<&str>,
 ) -> Result<&'a str, Refusal> {
     let allowed = [
         Method::GET,
@@ -52,7 +53,9 @@ pub fn accept<'a>(
     if query.is_some_and(|q| has_param(q, ACCESS_TOKEN)) {
         return Err(token_in_url());
     }
-    let rest = path.strip_prefix(base_path).ok_or(Refusal::NotFound)?;
+    let rest = path
+        .strip_prefix(base_path.ok_or(Refusal::NotFound)?)
+        .ok_or(Refusal::NotFound)?;
     match rest {
         "" | "/" => Ok(""),
         _ => rest.strip_prefix('/').ok_or(Refusal::NotFound),
@@ -97,7 +100,7 @@ mod tests {
     use super::*;
 
     fn run<'a>(method: Method, path: &'a str, query: Option<&str>) -> Result<&'a str, Refusal> {
-        accept(&method, path, query, &HeaderMap::new(), "/fhir")
+        accept(&method, path, query, &HeaderMap::new(), Some("/fhir"))
     }
 
     #[test]
@@ -116,6 +119,10 @@ mod tests {
             run(Method::GET, "/other", None),
             Err(Refusal::NotFound)
         ));
+        let no_route = accept(&Method::GET, "/fhir", None, &HeaderMap::new(), None);
+        assert!(matches!(no_route, Err(Refusal::NotFound)));
+        let still_checked = accept(&Method::TRACE, "/x", None, &HeaderMap::new(), None);
+        assert!(matches!(still_checked, Err(Refusal::MethodNotAllowed)));
     }
 
     #[test]
@@ -134,7 +141,13 @@ mod tests {
         ));
         let mut headers = HeaderMap::new();
         headers.insert("X-HTTP-Method-Override", "DELETE".parse().unwrap());
-        let refused = accept(&Method::POST, "/fhir/Patient/1", None, &headers, "/fhir");
+        let refused = accept(
+            &Method::POST,
+            "/fhir/Patient/1",
+            None,
+            &headers,
+            Some("/fhir"),
+        );
         assert!(matches!(refused, Err(Refusal::BadRequest(_))));
     }
 
@@ -143,7 +156,7 @@ mod tests {
         for coding in ["chunked", "gzip, chunked", "xchunked"] {
             let mut headers = HeaderMap::new();
             headers.insert(header::TRANSFER_ENCODING, coding.parse().unwrap());
-            let refused = accept(&Method::POST, "/fhir/Patient", None, &headers, "/fhir");
+            let refused = accept(&Method::POST, "/fhir/Patient", None, &headers, Some("/fhir"));
             assert!(matches!(refused, Err(Refusal::BadRequest(_))), "{coding}");
         }
     }

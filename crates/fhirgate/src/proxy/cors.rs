@@ -115,16 +115,17 @@ impl CorsPolicy {
         self.api.is_some()
     }
 
-    /// What the answer to a request for `path` will say about its origin.
+    /// What the answer to a request for `path` will say about its origin; `base_path` is
+    /// that of the route the request took, if any.
     pub fn allowance(
         &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-        base_path: &str,
+        base_path: Option<&str>,
     ) -> Allowance {
         let preflight = is_preflight(method, headers);
-        if is_public_path(path, base_path) {
+        if base_path.is_some_and(|base| is_public_path(path, base)) {
             return Allowance {
                 allow_origin: Some(HeaderValue::from_static("*")),
                 varies: false,
@@ -159,9 +160,10 @@ impl CorsPolicy {
     pub fn answer_preflight(
         &self,
         parts: &http::request::Parts,
-        base_path: &str,
+        base_path: Option<&str>,
     ) -> Result<Response<Body>, Refusal> {
-        relative_path(parts.uri.path(), base_path).ok_or(Refusal::NotFound)?;
+        relative_path(parts.uri.path(), base_path.ok_or(Refusal::NotFound)?)
+            .ok_or(Refusal::NotFound)?;
         let allowance = self.allowance(&parts.method, parts.uri.path(), &parts.headers, base_path);
         if !allowance.allowed() {
             return Err(Refusal::CorsOriginNotAllowed);
@@ -291,7 +293,7 @@ mod tests {
 
     fn answer(policy: &CorsPolicy, origin: Option<&str>, preflight: bool, path: &str) -> HeaderMap {
         let (method, headers) = request(origin, preflight);
-        let allowance = policy.allowance(&method, path, &headers, "/fhir");
+        let allowance = policy.allowance(&method, path, &headers, Some("/fhir"));
         let mut out = HeaderMap::new();
         out.insert(
             "access-control-allow-origin",
@@ -358,7 +360,7 @@ mod tests {
         assert_eq!(out["access-control-max-age"], "600");
         assert_eq!(out["access-control-allow-credentials"], "true");
         let (method, headers) = request(Some("https://evil.example"), true);
-        let refused = policy.allowance(&method, "/fhir/Patient", &headers, "/fhir");
+        let refused = policy.allowance(&method, "/fhir/Patient", &headers, Some("/fhir"));
         assert!(!refused.allowed());
     }
 

@@ -1,25 +1,11 @@
-//! The forward step: the request as the FHIR server sees it, and the pooled client that sends it.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! The forward step: the request as the FHIR server sees it ([`super::upstream`] sends it).
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::{HeaderMap, Method, Request, Response, Uri};
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use tracing::Instrument as _;
+use http::{HeaderMap, Method};
 
 use super::Peer;
 use super::headers::{self, REQUEST_ID};
-use crate::config;
-use crate::metrics::{Metrics, Route, UpstreamError};
-use crate::refusal::Refusal;
-use crate::telemetry;
 use crate::token::Identity;
 
 /// Headers a client may not set for the upstream: credentials, and what the gateway itself
@@ -60,21 +46,6 @@ pub fn add_identity_headers(out: &mut HeaderMap, identity: &Identity) {
     }
 }
 
-/// The FHIR server behind the gateway.
-#[derive(Debug)]
-pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// What the gateway proves to the upstream on every request, if anything.
-    credential: super::upstream_credential::Credential,
-    base: String,
-    authority: String,
-    response_timeout: Duration,
-    connect_timeout: Duration,
-    /// The name of this upstream in metrics.
-    route: Route,
-    metrics: Arc<Metrics>,
-}
-
 /// The upstream URL of a request: the upstream base, the base-relative path and the query.
 pub fn target_url(base: &str, path: &str, query: Option<&str>) -> String {
     let mut target = format!("{base}/{path}");
@@ -96,178 +67,6 @@ pub struct Outbound<'a> {
     pub query: Option<&'a str>,
     pub headers: HeaderMap,
     pub body: Bytes,
-}
-
-impl Upstream {
-    /// The client for the configured upstream, counting into `metrics`.
-    pub fn new(
-        config: &config::Upstream,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, super::upstream_tls::UpstreamSetupError> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(super::upstream_tls::client_config(config)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        let uri = config.url.uri();
-        let authority = uri
-            .authority()
-            .map(|a| a.to_string())
-            .expect("configured upstream URL has a host");
-        Ok(Self {
-            client,
-            credential: super::upstream_credential::Credential::new(
-                config,
-                Route::DEFAULT,
-                &metrics,
-            )?,
-            base: config.url.as_str(),
-            authority,
-            response_timeout: config.response_timeout,
-            connect_timeout: config.connect_timeout,
-            route: Route::DEFAULT,
-            metrics,
-        })
-    }
-
-    /// The route this upstream serves, as metrics name it.
-    pub fn route(&self) -> Route {
-        self.route
-    }
-
-    /// Counts a failed call and turns it into the refusal the client gets.
-    fn failed(&self, kind: UpstreamError, refusal: Refusal) -> Refusal {
-        self.metrics.upstream_error(self.route, kind);
-        refusal
-    }
-
-    /// The upstream's fetched access token, when its credential is one.
-    pub fn fetched_token(&self) -> Option<&Arc<super::UpstreamToken>> {
-        match &self.credential {
-            super::upstream_credential::Credential::Fetched(token) => Some(token),
-            _ => None,
-        }
-    }
-
-    /// Whether a request could carry the upstream's credential now (always, unless it is a
-    /// fetched token of which none is valid).
-    pub fn has_credential(&self) -> bool {
-        self.credential.authorization().is_ok()
-    }
-
-    /// Sends a request and waits for the status line and headers. Without a valid credential
-    /// nothing is sent and the request is refused (503).
-    pub async fn send(&self, outbound: Outbound<'_>) -> Result<Response<Incoming>, Refusal> {
-        let credential = self
-            .credential
-            .authorization()
-            .map_err(|_| Refusal::UpstreamCredentialUnavailable)?;
-        let target = target_url(&self.base, outbound.path, outbound.query);
-        let uri: Uri = target
-            .parse()
-            .map_err(|_| Refusal::BadRequest("request target cannot be forwarded".into()))?;
-        let mut request = Request::new(Full::new(outbound.body));
-        *request.method_mut() = outbound.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = outbound.headers;
-        request
-            .headers_mut()
-            .insert(header::HOST, headers::value(&self.authority));
-        if let Some(credential) = credential {
-            request
-                .headers_mut()
-                .insert(header::AUTHORIZATION, credential);
-        }
-        let span = telemetry::upstream_span(self.route, outbound.method.as_str());
-        let sent = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.response_timeout, self.client.request(request))
-            .instrument(span.clone())
-            .await;
-        self.metrics.upstream_call(self.route, sent.elapsed());
-        let kind = match answer {
-            Ok(Ok(response)) => {
-                telemetry::record_upstream(&span, Ok(response.status()));
-                return Ok(response);
-            }
-            Err(_) => UpstreamError::Timeout,
-            Ok(Err(error)) => {
-                tracing::warn!(upstream = %self.base, %error, connect = error.is_connect(), "upstream request failed");
-                if error.is_connect() {
-                    UpstreamError::Connect
-                } else {
-                    UpstreamError::InvalidResponse
-                }
-            }
-        };
-        telemetry::record_upstream(&span, Err(kind));
-        let refusal = match kind {
-            UpstreamError::Timeout => Refusal::UpstreamTimeout,
-            _ => Refusal::UpstreamUnavailable,
-        };
-        Err(self.failed(kind, refusal))
-    }
-
-    /// Reads a whole response body, within the size limit and the response timeout.
-    /// Reads a body the gateway must check, decoded by its `Content-Encoding`; at most
-    /// `limit` bytes before and after decoding.
-    pub async fn read_body(
-        &self,
-        body: Incoming,
-        encoding: Option<&http::HeaderValue>,
-        limit: usize,
-    ) -> Result<Bytes, Refusal> {
-        let raw = self.read_raw(body, limit).await?;
-        self.decode(encoding, raw, limit)
-    }
-
-    /// A body as read, decoded from its `Content-Encoding`, up to `limit` bytes decoded.
-    pub(crate) fn decode(
-        &self,
-        encoding: Option<&http::HeaderValue>,
-        raw: Bytes,
-        limit: usize,
-    ) -> Result<Bytes, Refusal> {
-        super::encoding::decode(encoding, raw, limit).map_err(|error| {
-            let kind = match error {
-                super::encoding::DecodeError::TooLarge { .. } => UpstreamError::ResponseTooLarge,
-                _ => UpstreamError::InvalidResponse,
-            };
-            self.failed(kind, Refusal::UpstreamUnverifiable(error.to_string()))
-        })
-    }
-
-    /// The whole body, up to `limit` bytes and within the response timeout, as sent.
-    pub(crate) async fn read_raw(&self, body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
-        let collect = Limited::new(body, limit).collect();
-        match tokio::time::timeout(self.response_timeout, collect).await {
-            Err(_) => Err(self.failed(UpstreamError::Timeout, Refusal::UpstreamTimeout)),
-            Ok(Err(error)) => {
-                let kind = if error.is::<http_body_util::LengthLimitError>() {
-                    UpstreamError::ResponseTooLarge
-                } else {
-                    UpstreamError::InvalidResponse
-                };
-                Err(self.failed(kind, Refusal::UpstreamUnverifiable(error.to_string())))
-            }
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        }
-    }
-
-    /// Whether a TCP connection to the upstream can be opened now.
-    pub async fn reachable(&self) -> bool {
-        let connect = tokio::net::TcpStream::connect(self.authority.as_str());
-        matches!(
-            tokio::time::timeout(self.connect_timeout, connect).await,
-            Ok(Ok(_))
-        )
-    }
 }
 
 /// The headers sent upstream: the client's, less hop-by-hop headers, credentials and anything

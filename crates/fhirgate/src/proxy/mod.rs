@@ -1,9 +1,10 @@
 //! The FHIR listener: the request pipeline and the connection loop that runs it.
 //!
 //! The pipeline steps each live in a module of their own and run in this order:
-//! CORS preflight? ([`cors`]) → accept ([`accept`]) → route → public? ([`public`]) →
+//! route ([`routes`]) → CORS preflight? ([`cors`]) → accept ([`accept`]) → public? ([`public`]) →
 //! authenticate ([`crate::token`]) → classify and authorize ([`fhirgate_policy`]; refusals for
-//! missing scope reopened by [`break_glass`] when configured) → forward ([`forward`]) → verify ([`verify`], [`bundle`] for Bundle entries) → record
+//! missing scope reopened by [`break_glass`] when configured) → forward ([`forward`], to a
+//! server of the route's [`upstream`]) → verify ([`verify`], [`bundle`] for Bundle entries) → record
 //! ([`crate::audit`]); every answer gets the gateway's CORS headers. [`pipeline`] strings
 //! them together.
 
@@ -18,9 +19,11 @@ mod metadata;
 mod pipeline;
 mod public;
 mod rewrite;
+mod routes;
 mod server;
 mod server_certificate;
 mod tls;
+mod upstream;
 mod upstream_credential;
 mod upstream_tls;
 mod upstream_token;
@@ -32,18 +35,18 @@ use std::sync::Arc;
 pub use self::accept::{ACCESS_TOKEN, accept, param_name};
 pub use self::break_glass::{BREAK_GLASS_HEADER, BreakGlassPolicy, Broken, NotBroken, purposes};
 pub use self::cors::CorsPolicy;
-pub use self::forward::{Upstream, target_url};
+pub use self::forward::target_url;
 pub use self::metadata::MetadataCache;
 pub use self::pipeline::{checks_response, classify_and_decide, is_public, reads_body};
+pub use self::routes::{Route, Routes};
 pub use self::server::serve;
 pub use self::server_certificate::ServerCertificate;
 pub use self::tls::{
     ServerTls, TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,
 };
-pub use self::upstream_tls::UpstreamSetupError;
+pub use self::upstream::Upstream;
+pub use self::upstream_tls::{SetupProblem, UpstreamSetupError};
 pub use self::upstream_token::{FetchError, GrantSetupError, UpstreamToken};
-
-use fhirgate_policy::options::PolicyOptions;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
@@ -67,10 +70,9 @@ pub struct Peer {
 pub struct Gateway {
     pub config: Config,
     pub tokens: TokenValidator,
-    pub upstream: Upstream,
+    /// The FHIR APIs behind the gateway, each with its upstream.
+    pub routes: Routes,
     pub audit: AuditLog,
-    /// Policy options from the configuration, computed once.
-    pub policy: PolicyOptions,
     pub metrics: Arc<Metrics>,
     pub limiter: Limiter,
     /// How audit records name this process.
@@ -78,12 +80,8 @@ pub struct Gateway {
     /// The authorization server's discovery, for `.well-known/smart-configuration` and the
     /// CapabilityStatement; none when its document cannot be located.
     pub discovery: Option<Discovery>,
-    /// The kept CapabilityStatement.
-    pub metadata: MetadataCache,
     /// Which origins may call the API from a browser.
     pub cors: CorsPolicy,
-    /// The base URL rewrites for the public base seen last.
-    pub rewrites: rewrite::RewriteCache,
     /// Break-the-glass, when configured.
     pub break_glass: Option<BreakGlassPolicy>,
     /// The bearer token the admin listener's `/readyz` and `/metrics` require, if any.
@@ -98,24 +96,19 @@ impl Gateway {
         metrics: Arc<Metrics>,
         limiter: Limiter,
         http: reqwest::Client,
-        upstream: Upstream,
+        routes: Routes,
     ) -> Arc<Self> {
-        let policy = config.policy_options();
         let instance = config.instance();
         let discovery = Discovery::new(&config, http);
-        let metadata = MetadataCache::new(config.metadata.cache_ttl);
         let cors = CorsPolicy::new(config.cors.as_ref());
         let break_glass = config.break_glass.as_ref().map(BreakGlassPolicy::new);
         Arc::new(Self {
-            rewrites: rewrite::RewriteCache::default(),
             break_glass,
             discovery,
-            metadata,
             cors,
-            policy,
             config,
             tokens,
-            upstream,
+            routes,
             audit,
             metrics,
             limiter,

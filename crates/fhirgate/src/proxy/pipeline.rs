@@ -22,11 +22,12 @@ use super::forward::{Outbound, add_identity_headers, upstream_headers};
 use super::headers::{self, REQUEST_ID};
 use super::public::{self, PublicRequest, SMART_CONFIGURATION};
 use super::rewrite::{Rewrite, Rewrites};
+use super::upstream::Upstream;
 use super::verify::check_body;
-use super::{Gateway, Peer};
+use super::{Gateway, Peer, Route};
 use crate::audit::{self, AuditDecision, AuditRecord};
 use crate::body::{self, Body};
-use crate::metrics::{Answered, Reason};
+use crate::metrics::{Answered, Reason, Route as RouteName};
 use crate::ratelimit::{Charge, Standing, Verdict, client_address, cost_of};
 use crate::refusal::{NotAcceptable, OutcomeFormat, Refusal, forwardable, without_format_param};
 use crate::telemetry;
@@ -74,11 +75,12 @@ pub async fn handle(
     );
     let method = request.method().to_string();
     let path = audit::redact_path(request.uri().path());
+    let route = gateway.routes.find(request.headers(), request.uri());
     let cors = gateway.cors.allowance(
         request.method(),
         request.uri().path(),
         request.headers(),
-        gateway.config.upstream.public_base_path.as_str(),
+        route.map(|r| r.base_path.as_str()),
     );
     // Recorded without the value of any token a client put in the URL.
     let query = request.uri().query().map(audit::redact_query);
@@ -88,9 +90,17 @@ pub async fn handle(
     let mut facts = Facts::default();
     let span = telemetry::request_span(&request_id, &method);
 
-    let result = run(&gateway, request, &peer, &request_id, wanted, &mut facts)
-        .instrument(span.clone())
-        .await;
+    let result = run(
+        &gateway,
+        route,
+        request,
+        &peer,
+        &request_id,
+        wanted,
+        &mut facts,
+    )
+    .instrument(span.clone())
+    .await;
     let (mut response, decision, reason) = match result {
         Ok(response) if facts.withheld.is_some() => {
             let reason = facts.reason.unwrap_or(Reason::ALLOWED);
@@ -105,6 +115,7 @@ pub async fn handle(
                 refusal,
                 Refusal::UpstreamUnavailable
                     | Refusal::UpstreamTimeout
+                    | Refusal::UpstreamDown { .. }
                     | Refusal::DiscoveryUnavailable
             ) {
                 AuditDecision::Allow
@@ -152,6 +163,7 @@ pub async fn handle(
         time: audit::now_rfc3339(),
         started: audit::rfc3339(started_at),
         request_id,
+        route: route.map(|r| std::borrow::Cow::Borrowed(r.name.as_str())),
         client_id: identity.as_ref().and_then(|i| i.caller.client_id.clone()),
         issuer: identity.as_ref().map(|i| i.caller.issuer.clone()),
         subject: identity.as_ref().and_then(|i| i.caller.subject.clone()),
@@ -183,7 +195,7 @@ pub async fn handle(
         break_glass: facts.break_glass.is_some(),
     };
     let mut answered = Answered {
-        route: gateway.upstream.route(),
+        route: route.map_or(RouteName::NONE, |r| r.name),
         decision,
         reason,
         interaction: facts.interaction,
@@ -214,6 +226,7 @@ pub async fn handle(
 /// other decision, and every decision without a `break_glass` section, passes unchanged.
 fn break_glass(
     gateway: &Gateway,
+    route: &Route,
     grant: &Grant,
     request: &FhirRequest,
     decision: Decision,
@@ -232,7 +245,7 @@ fn break_glass(
         grant,
         request,
         &decision,
-        &gateway.policy,
+        &route.policy,
     );
     match attempt {
         Ok(broken) => {
@@ -270,6 +283,7 @@ fn count(gateway: &Gateway, span: &tracing::Span, answered: &Answered) {
 
 async fn run(
     gateway: &Gateway,
+    route: Option<&Route>,
     request: Request<Incoming>,
     peer: &Peer,
     request_id: &str,
@@ -280,7 +294,7 @@ async fn run(
         return Err(Refusal::AuditUnavailable);
     }
     let (parts, incoming) = request.into_parts();
-    let base_path = gateway.config.upstream.public_base_path.as_str();
+    let base_path = route.map(|r| r.base_path.as_str());
     if cors::is_preflight(&parts.method, &parts.headers) {
         let answer = gateway.cors.answer_preflight(&parts, base_path)?;
         facts.reason = Some(Reason::CORS_PREFLIGHT);
@@ -293,6 +307,8 @@ async fn run(
         &parts.headers,
         base_path,
     )?;
+    // `accept` finds no FHIR API without a route.
+    let route = route.ok_or(Refusal::NotFound)?;
 
     if is_public(&parts.method, relative) {
         forwardable(wanted, false)?;
@@ -301,7 +317,8 @@ async fn run(
             relative,
             peer,
             request_id,
-            base: public_base(gateway, &parts, peer.tls),
+            base: public_base(route, &parts, peer.tls),
+            route,
         };
         let answered = public::answer(gateway, request).await;
         facts.interaction = Some(answered.interaction);
@@ -312,12 +329,13 @@ async fn run(
         return answered.result;
     }
 
-    let url = || request_url(gateway, &parts, relative, peer.tls);
+    let url = || request_url(route, &parts, relative, peer.tls);
     let presentation = Presentation {
         headers: &parts.headers,
         method: parts.method.as_str(),
         url: &url,
         client_certificate: peer.certificate.as_deref(),
+        audience: route.audience.as_deref(),
     };
     let authenticated = gateway
         .tokens
@@ -363,7 +381,7 @@ async fn run(
         &parts.headers,
         &body,
         &grant,
-        &gateway.policy,
+        &route.policy,
     );
     let (fhir_request, decision) = match classified {
         Ok(classified) => classified,
@@ -382,7 +400,15 @@ async fn run(
     facts.target_patient = target_patient(&fhir_request);
     throttle(gateway, &parts.headers, peer, &fhir_request, facts).await?;
 
-    let decision = break_glass(gateway, &grant, &fhir_request, decision, facts, request_id);
+    let decision = break_glass(
+        gateway,
+        route,
+        &grant,
+        &fhir_request,
+        decision,
+        facts,
+        request_id,
+    );
     let obligations = match decision {
         Decision::Deny(denial) => return Err(Refusal::Policy(denial)),
         Decision::Allow(obligations) => obligations,
@@ -407,6 +433,7 @@ async fn run(
         Some(Precheck::Target(check)) => {
             precheck_target(
                 gateway,
+                route,
                 &fhir_request,
                 check,
                 &parts.headers,
@@ -420,7 +447,14 @@ async fn run(
                 path: relative,
                 query: json_query.as_deref(),
             };
-            precheck_matches(gateway, target, check, &parts.headers, peer, request_id).await?;
+            let at = Fetch {
+                gateway,
+                upstream: &route.upstream,
+                client_headers: &parts.headers,
+                peer,
+                request_id,
+            };
+            precheck_matches(&at, target, check).await?;
         }
         None => {}
     }
@@ -435,7 +469,7 @@ async fn run(
         query
     };
     // Absolute URLs of the public base become the upstream's own.
-    let rewrites = rewrites(gateway, &parts, peer.tls);
+    let rewrites = rewrites(route, &parts, peer.tls);
     let body = rewrites.outbound(&body).map_or(body, Bytes::from);
     let outbound_query;
     let query = match query.and_then(|q| rewrites.outbound(q.as_bytes())) {
@@ -446,7 +480,7 @@ async fn run(
         None => query,
     };
     let mut headers = upstream_headers(&parts.headers, peer, request_id, checked);
-    if gateway.config.upstream.identity_headers
+    if route.identity_headers
         && let Some(identity) = &facts.identity
     {
         add_identity_headers(&mut headers, identity);
@@ -472,15 +506,16 @@ async fn run(
         headers,
         body,
     };
-    let response = send_upstream(gateway, outbound, facts).await?;
+    let response = send_upstream(&route.upstream, outbound, facts).await?;
 
     if !checked || !response.status().is_success() {
         // Errors (an OperationOutcome at most) and bodiless answers carry no clinical data.
         let head_only = parts.method == Method::HEAD;
-        return pass_through(gateway, response, rewrites.to_client.as_ref(), head_only).await;
+        let to_client = rewrites.to_client.as_ref();
+        return pass_through(gateway, &route.upstream, response, to_client, head_only).await;
     }
     let (head, incoming) = response.into_parts();
-    let bytes = gateway
+    let bytes = route
         .upstream
         .read_body(
             incoming,
@@ -517,12 +552,12 @@ async fn run(
 
 /// The request the client asked for, sent upstream, with its status and time recorded.
 async fn send_upstream(
-    gateway: &Gateway,
+    upstream: &Upstream,
     outbound: Outbound<'_>,
     facts: &mut Facts,
 ) -> Result<Response<Incoming>, Refusal> {
     let sent = Instant::now();
-    let answer = gateway.upstream.send(outbound).await;
+    let answer = upstream.send(outbound).await;
     facts.upstream_took = Some(sent.elapsed());
     let response = answer?;
     facts.upstream_status = Some(response.status().as_u16());
@@ -686,15 +721,11 @@ fn settle(gateway: &Gateway, verdict: Verdict, facts: &mut Facts) -> Result<(), 
     }
 }
 
-/// The URL the client addressed, without query: under `public_url` when configured, else
-/// made of the connection's scheme, the `Host` the client sent and the public base path.
-fn request_url(
-    gateway: &Gateway,
-    parts: &http::request::Parts,
-    relative: &str,
-    tls: bool,
-) -> String {
-    let base = public_base(gateway, parts, tls);
+/// The URL the client addressed, without query: under the route's `public_url` when
+/// configured, else made of the connection's scheme, the `Host` the client sent and the
+/// route's base path.
+fn request_url(route: &Route, parts: &http::request::Parts, relative: &str, tls: bool) -> String {
+    let base = public_base(route, parts, tls);
     if relative.is_empty() {
         base
     } else {
@@ -702,11 +733,11 @@ fn request_url(
     }
 }
 
-/// The FHIR base URL as this client addresses the gateway: `public_url`, or the connection's
-/// scheme, the `Host` header and the public base path.
-fn public_base(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> String {
-    match &gateway.config.public_url {
-        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+/// The FHIR base URL of `route` as this client addresses the gateway: the route's
+/// `public_url`, or the connection's scheme, the `Host` header and the route's base path.
+fn public_base(route: &Route, parts: &http::request::Parts, tls: bool) -> String {
+    match &route.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
             let host = parts
                 .headers
@@ -715,20 +746,15 @@ fn public_base(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> St
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .unwrap_or("localhost");
             let scheme = if tls { "https" } else { "http" };
-            format!(
-                "{scheme}://{host}{}",
-                gateway.config.upstream.public_base_path.as_str()
-            )
+            format!("{scheme}://{host}{}", route.base_path)
         }
     }
 }
 
-/// The rewrites between the upstream's base and the public base this request names.
-fn rewrites(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> Rewrites {
-    let public = public_base(gateway, parts, tls);
-    gateway
-        .rewrites
-        .get(&gateway.config.upstream.url.as_str(), public)
+/// The rewrites between the route's upstream base and the public base this request names.
+fn rewrites(route: &Route, parts: &http::request::Parts, tls: bool) -> Rewrites {
+    let public = public_base(route, parts, tls);
+    route.rewrites.get(&route.upstream_base, public)
 }
 
 /// `metadata` and SMART discovery are public, as SMART App Launch requires.
@@ -818,15 +844,18 @@ struct Target<'a> {
     query: Option<&'a str>,
 }
 
+/// Where the pre-check fetches of one request go, and what they are sent with.
+struct Fetch<'a> {
+    gateway: &'a Gateway,
+    upstream: &'a Upstream,
+    client_headers: &'a http::HeaderMap,
+    peer: &'a Peer,
+    request_id: &'a str,
+}
+
 /// A GET the gateway makes on its own behalf before a write, without the write's body headers.
-async fn fetch_for_check(
-    gateway: &Gateway,
-    target: Target<'_>,
-    client_headers: &http::HeaderMap,
-    peer: &Peer,
-    request_id: &str,
-) -> Result<Option<Bytes>, Refusal> {
-    let mut headers = upstream_headers(client_headers, peer, request_id, true);
+async fn fetch_for_check(at: &Fetch<'_>, target: Target<'_>) -> Result<Option<Bytes>, Refusal> {
+    let mut headers = upstream_headers(at.client_headers, at.peer, at.request_id, true);
     headers.remove(header::CONTENT_TYPE);
     headers.remove(header::IF_MATCH);
     headers.remove("if-none-exist");
@@ -837,7 +866,7 @@ async fn fetch_for_check(
         headers,
         body: Bytes::new(),
     };
-    let response = gateway.upstream.send(outbound).await?;
+    let response = at.upstream.send(outbound).await?;
     match response.status() {
         StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(None),
         status if !status.is_success() => {
@@ -848,12 +877,12 @@ async fn fetch_for_check(
         _ => {}
     }
     let (head, incoming) = response.into_parts();
-    let bytes = gateway
+    let bytes = at
         .upstream
         .read_body(
             incoming,
             head.headers.get(header::CONTENT_ENCODING),
-            gateway.config.limits.max_checked_response,
+            at.gateway.config.limits.max_checked_response,
         )
         .await?;
     Ok(Some(bytes))
@@ -864,6 +893,7 @@ async fn fetch_for_check(
 /// checked).
 async fn precheck_target(
     gateway: &Gateway,
+    route: &Route,
     fhir_request: &FhirRequest,
     check: &ResponseCheck,
     client_headers: &http::HeaderMap,
@@ -880,7 +910,14 @@ async fn precheck_target(
         path: &path,
         query: None,
     };
-    match fetch_for_check(gateway, target, client_headers, peer, request_id).await? {
+    let at = Fetch {
+        gateway,
+        upstream: &route.upstream,
+        client_headers,
+        peer,
+        request_id,
+    };
+    match fetch_for_check(&at, target).await? {
         None => Ok(()),
         Some(bytes) => check_body(check, bytes).map(|_| ()),
     }
@@ -890,15 +927,11 @@ async fn precheck_target(
 /// match, so a server that ignored the narrowing cannot be made to write another patient's
 /// data. More matches than one page are refused.
 async fn precheck_matches(
-    gateway: &Gateway,
+    at: &Fetch<'_>,
     target: Target<'_>,
     check: &ResponseCheck,
-    client_headers: &http::HeaderMap,
-    peer: &Peer,
-    request_id: &str,
 ) -> Result<(), Refusal> {
-    let Some(bytes) = fetch_for_check(gateway, target, client_headers, peer, request_id).await?
-    else {
+    let Some(bytes) = fetch_for_check(at, target).await? else {
         return Ok(());
     };
     match policy_verify::check_matches(check, &bytes) {
@@ -917,6 +950,7 @@ const WHOLE_REWRITE_MAX: u64 = 256 * 1024;
 /// An upstream response on its way to the client, with the upstream's base replaced.
 async fn pass_through(
     gateway: &Gateway,
+    upstream: &Upstream,
     response: Response<Incoming>,
     rewrite: Option<&Arc<Rewrite>>,
     head_only: bool,
@@ -945,8 +979,8 @@ async fn pass_through(
         // it goes on decoded with the base replaced, compressed again on the way out for
         // clients that accept it.
         let limit = gateway.config.limits.max_checked_response;
-        let raw = gateway.upstream.read_raw(incoming, limit).await?;
-        let decoded = gateway.upstream.decode(
+        let raw = upstream.read_raw(incoming, limit).await?;
+        let decoded = upstream.decode(
             head.headers.get(header::CONTENT_ENCODING),
             raw.clone(),
             limit,
@@ -965,7 +999,7 @@ async fn pass_through(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(length) = length.filter(|&length| length <= WHOLE_REWRITE_MAX) {
-        let bytes = gateway.upstream.read_raw(incoming, length as usize).await?;
+        let bytes = upstream.read_raw(incoming, length as usize).await?;
         let bytes = rewrite.apply(&bytes).map_or(bytes, Bytes::from);
         return Ok(whole(head, bytes));
     }

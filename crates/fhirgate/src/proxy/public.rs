@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::forward::{Outbound, upstream_headers};
 use super::metadata::{self, Security, Statement};
-use super::{Gateway, Peer};
+use super::{Gateway, Peer, Route};
 use crate::body::Body;
 use crate::refusal::{OutcomeFormat, Refusal};
 
@@ -41,6 +41,8 @@ pub struct PublicRequest<'a> {
     pub request_id: &'a str,
     /// The public FHIR base URL the client addressed.
     pub base: String,
+    /// The route the request took.
+    pub route: &'a Route,
 }
 
 /// Answers a request [`super::is_public`] accepted.
@@ -101,15 +103,16 @@ async fn capability_statement(
         cors: gateway.cors.configured(),
         discovery: discovery.as_ref(),
     };
-    let upstream_base = gateway.config.upstream.url.as_str();
+    let route = request.route;
+    let upstream_base = &route.upstream_base;
     if json && query.is_none() {
         let statement = match kept_or_fetched(gateway, request, upstream).await? {
             Ok(statement) => statement,
             Err(other) => return Ok(other),
         };
-        let body = gateway
+        let body = route
             .metadata
-            .body(&statement, &upstream_base, &request.base, &security);
+            .body(&statement, upstream_base, &request.base, &security);
         return Ok(metadata::reply(
             StatusCode::OK,
             Some(statement.content_type.clone()),
@@ -118,9 +121,9 @@ async fn capability_statement(
     }
     let (status, content_type, text) = fetch(gateway, request, false, upstream).await?;
     let body = if status == StatusCode::OK && json && metadata::is_json(content_type.as_ref()) {
-        metadata::render(&text, &upstream_base, &request.base, &security)
+        metadata::render(&text, upstream_base, &request.base, &security)
     } else {
-        Bytes::from(metadata::replace_base(&text, &upstream_base, &request.base))
+        Bytes::from(metadata::replace_base(&text, upstream_base, &request.base))
     };
     Ok(metadata::reply(status, content_type, body))
 }
@@ -133,11 +136,12 @@ async fn kept_or_fetched(
     request: &PublicRequest<'_>,
     upstream: &mut Option<UpstreamCall>,
 ) -> Result<Result<Arc<Statement>, Response<Body>>, Refusal> {
-    if let Some(statement) = gateway.metadata.fresh() {
+    let cache = &request.route.metadata;
+    if let Some(statement) = cache.fresh() {
         return Ok(Ok(statement));
     }
-    let _fetching = gateway.metadata.fetching.lock().await;
-    if let Some(statement) = gateway.metadata.fresh() {
+    let _fetching = cache.fetching.lock().await;
+    if let Some(statement) = cache.fresh() {
         return Ok(Ok(statement));
     }
     let (status, content_type, text) = fetch(gateway, request, true, upstream).await?;
@@ -146,12 +150,12 @@ async fn kept_or_fetched(
             if status == StatusCode::OK && metadata::is_json(Some(&content_type)) =>
         {
             let statement = Arc::new(Statement { text, content_type });
-            gateway.metadata.keep(statement.clone());
+            cache.keep(statement.clone());
             Ok(Ok(statement))
         }
         content_type => {
-            let upstream_base = gateway.config.upstream.url.as_str();
-            let body = metadata::replace_base(&text, &upstream_base, &request.base);
+            let upstream_base = &request.route.upstream_base;
+            let body = metadata::replace_base(&text, upstream_base, &request.base);
             Ok(Err(metadata::reply(
                 status,
                 content_type,
@@ -187,7 +191,8 @@ async fn fetch(
         body: Bytes::new(),
     };
     let sent = Instant::now();
-    let answer = gateway.upstream.send(outbound).await;
+    let server = &request.route.upstream;
+    let answer = server.send(outbound).await;
     let call = upstream.insert(UpstreamCall {
         took: sent.elapsed(),
         status: None,
@@ -197,8 +202,7 @@ async fn fetch(
     call.status = Some(status.as_u16());
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
     let encoding = response.headers().get(header::CONTENT_ENCODING).cloned();
-    let bytes = gateway
-        .upstream
+    let bytes = server
         .read_body(
             response.into_body(),
             encoding.as_ref(),

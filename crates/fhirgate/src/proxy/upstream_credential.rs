@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use super::upstream_tls::UpstreamSetupError;
+use super::upstream_tls::SetupProblem;
 use super::upstream_token::UpstreamToken;
 use crate::config;
 use crate::metrics::{Metrics, Route};
@@ -29,7 +29,7 @@ impl Credential {
         upstream: &config::Upstream,
         route: Route,
         metrics: &Arc<Metrics>,
-    ) -> Result<Self, UpstreamSetupError> {
+    ) -> Result<Self, SetupProblem> {
         if let Some(grant) = &upstream.client_credentials {
             let token = UpstreamToken::new(grant, route, metrics.clone())?;
             return Ok(Self::Fetched(Arc::new(token)));

@@ -14,35 +14,56 @@ use rustls::{ClientConfig, RootCertStore};
 
 use crate::config;
 
-/// Why the upstream's TLS or credential cannot be set up.
+/// Why an upstream's TLS or credential cannot be set up, and which section says so
+/// (`upstream`, or `routes[1].upstream`).
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamSetupError {
-    #[error("upstream.{key}: cannot read {path}: {reason}")]
+#[error("{at}{problem}")]
+pub struct UpstreamSetupError {
+    pub at: String,
+    pub problem: SetupProblem,
+}
+
+/// What is wrong, written after the section's key.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupProblem {
+    #[error(".{key}: cannot read {path}: {reason}")]
     Read {
         key: &'static str,
         path: PathBuf,
         reason: String,
     },
-    #[error("upstream.{key}: {path} holds no certificate")]
+    #[error(".{key}: {path} holds no certificate")]
     NoCertificate { key: &'static str, path: PathBuf },
-    #[error("upstream: give both client_certificate and client_key, or neither")]
+    #[error(": give both client_certificate and client_key, or neither")]
     HalfIdentity,
-    #[error("upstream: {0}")]
+    #[error(": {0}")]
     Tls(#[from] rustls::Error),
-    #[error("upstream.{0}")]
+    #[error(".{0}")]
     Token(#[from] config::BearerTokenError),
-    #[error("upstream: the bearer token cannot be an HTTP header value")]
+    #[error(": the bearer token cannot be an HTTP header value")]
     BadToken,
-    #[error("upstream.client_credentials.{0}")]
+    #[error(".client_credentials.{0}")]
     Grant(#[from] super::upstream_token::GrantSetupError),
 }
 
 impl UpstreamSetupError {
     /// The line of the configuration the error is about, where it is about one key.
     pub fn line(&self) -> Option<u64> {
-        match self {
-            Self::Grant(super::upstream_token::GrantSetupError::Secret(error)) => error.line(),
+        match &self.problem {
+            SetupProblem::Grant(super::upstream_token::GrantSetupError::Secret(error)) => {
+                error.line()
+            }
             _ => None,
+        }
+    }
+}
+
+impl SetupProblem {
+    /// The problem, in the section at `at`.
+    pub fn at(self, at: &str) -> UpstreamSetupError {
+        UpstreamSetupError {
+            at: at.to_owned(),
+            problem: self,
         }
     }
 }
@@ -50,8 +71,8 @@ impl UpstreamSetupError {
 fn certificates(
     key: &'static str,
     path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, UpstreamSetupError> {
-    let unreadable = |reason: String| UpstreamSetupError::Read {
+) -> Result<Vec<CertificateDer<'static>>, SetupProblem> {
+    let unreadable = |reason: String| SetupProblem::Read {
         key,
         path: path.to_owned(),
         reason,
@@ -61,7 +82,7 @@ fn certificates(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| unreadable(e.to_string()))?;
     if certs.is_empty() {
-        return Err(UpstreamSetupError::NoCertificate {
+        return Err(SetupProblem::NoCertificate {
             key,
             path: path.to_owned(),
         });
@@ -71,7 +92,7 @@ fn certificates(
 
 /// The TLS client configuration for `upstream`. The system's roots are read only for an
 /// `https` upstream without a CA bundle of its own.
-pub fn client_config(upstream: &config::Upstream) -> Result<ClientConfig, UpstreamSetupError> {
+pub fn client_config(upstream: &config::Upstream) -> Result<ClientConfig, SetupProblem> {
     let mut roots = RootCertStore::empty();
     match &upstream.ca_file {
         Some(path) => {
@@ -91,27 +112,25 @@ pub fn client_config(upstream: &config::Upstream) -> Result<ClientConfig, Upstre
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    // ALPN is the connector's to set (HTTP/1.1 here).
+    // ALPN is the connector's to set (HTTP/1.1, or HTTP/2 with `http2`).
     let config = match (&upstream.client_certificate, &upstream.client_key) {
         (None, None) => builder.with_no_client_auth(),
         (Some(chain), Some(key)) => {
             let chain = certificates("client_certificate", chain)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| UpstreamSetupError::Read {
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| SetupProblem::Read {
                 key: "client_key",
                 path: key.clone(),
                 reason: e.to_string(),
             })?;
             builder.with_client_auth_cert(chain, key)?
         }
-        _ => return Err(UpstreamSetupError::HalfIdentity),
+        _ => return Err(SetupProblem::HalfIdentity),
     };
     Ok(config)
 }
 
 /// The `Authorization` value the gateway sends upstream, from the token's file or variable.
-pub(super) fn credential(
-    upstream: &config::Upstream,
-) -> Result<Option<HeaderValue>, UpstreamSetupError> {
+pub fn credential(upstream: &config::Upstream) -> Result<Option<HeaderValue>, SetupProblem> {
     let Some(token) = config::bearer_token(
         upstream.bearer_token_file.as_deref(),
         upstream.bearer_token_env.as_deref(),
@@ -119,8 +138,8 @@ pub(super) fn credential(
     else {
         return Ok(None);
     };
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| UpstreamSetupError::BadToken)?;
+    let mut value =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| SetupProblem::BadToken)?;
     value.set_sensitive(true);
     Ok(Some(value))
 }

@@ -144,12 +144,11 @@ impl Callers {
     fn share(&self, identity: Identity) -> Identity {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((caller, grant)) = table.shared.get_key_value(&*identity.caller) {
-            return Identity::shared(
-                caller.clone(),
-                grant.clone(),
-                identity.token_id,
-                identity.expires_at,
-            );
+            return Identity {
+                caller: caller.clone(),
+                grant: grant.clone(),
+                ..identity
+            };
         }
         table
             .shared

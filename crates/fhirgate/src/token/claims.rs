@@ -94,6 +94,59 @@ pub struct Identity {
     pub token_id: Option<String>,
     /// `exp` as Unix seconds, where the token has one.
     pub expires_at: Option<f64>,
+    /// Which of the audiences the gateway accepts the token names.
+    pub audience: TokenAudience,
+}
+
+/// The audiences a token names (`aud`), as far as the gateway's routes tell them apart: its
+/// issuer's configured `audience`, and the routes' own audiences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenAudience {
+    /// The token names its issuer's `audience` (or, from introspection, names no audience at
+    /// all, and is judged by its issuer alone).
+    pub issuer: bool,
+    /// The routes' own audiences the token names.
+    pub routes: Vec<String>,
+}
+
+impl Default for TokenAudience {
+    /// What a token says that the gateway did not check for routes: its issuer's audience.
+    fn default() -> Self {
+        Self {
+            issuer: true,
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl TokenAudience {
+    /// The audiences named by an `aud` claim (a string or an array of strings) among
+    /// `issuer` (the issuer's `audience`) and `routes` (the routes' own audiences); `None`
+    /// when it names none of them.
+    pub fn of(aud: &Value, issuer: &str, routes: &[String]) -> Option<Self> {
+        let named: Vec<&str> = match aud {
+            Value::String(one) => vec![one.as_str()],
+            Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let audience = Self {
+            issuer: named.contains(&issuer),
+            routes: routes
+                .iter()
+                .filter(|route| named.contains(&route.as_str()))
+                .cloned()
+                .collect(),
+        };
+        (audience.issuer || !audience.routes.is_empty()).then_some(audience)
+    }
+
+    /// Does the token name `wanted`, a route's own audience, or its issuer's when `None`?
+    pub fn accepts(&self, wanted: Option<&str>) -> bool {
+        match wanted {
+            None => self.issuer,
+            Some(wanted) => self.routes.iter().any(|named| named == wanted),
+        }
+    }
 }
 
 impl From<Caller> for Identity {
@@ -142,6 +195,7 @@ impl Identity {
             grant,
             token_id,
             expires_at,
+            audience: TokenAudience::default(),
         }
     }
 
@@ -236,6 +290,21 @@ fn reference_id(value: &str, resource_type: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audiences_are_told_apart_for_routes() {
+        use serde_json::json;
+        let routes = ["https://gw/a".to_owned(), "https://gw/b".to_owned()];
+        let of = |aud: Value| TokenAudience::of(&aud, "https://gw/fhir", &routes);
+        let issuer = of(json!("https://gw/fhir")).unwrap();
+        assert!(issuer.accepts(None) && !issuer.accepts(Some("https://gw/a")));
+        let a = of(json!(["https://gw/a", "other"])).unwrap();
+        assert!(!a.accepts(None) && a.accepts(Some("https://gw/a")));
+        assert!(!a.accepts(Some("https://gw/b")));
+        assert_eq!(of(json!("https://elsewhere")), None);
+        assert_eq!(of(json!(7)), None);
+        assert!(TokenAudience::default().accepts(None));
+    }
 
     fn identity(json: &str) -> Identity {
         let claims: Map<String, Value> = serde_json::from_str(json).unwrap();

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use super::cache::TokenDigest;
-use super::{ClaimMapping, Identity, TokenError};
+use super::{ClaimMapping, Identity, TokenAudience, TokenError};
 use crate::config::{HttpUrl, duration, option_duration};
 use crate::metrics::{Cache as MetricsCache, Lookup, Metrics, Outcome};
 
@@ -113,6 +113,8 @@ pub struct Introspector {
     issuer: String,
     /// The audience the issuer's tokens must name when the answer carries `aud`.
     audience: String,
+    /// The routes' own audiences, which an answer's `aud` may name instead.
+    route_audiences: Vec<String>,
     config: IntrospectionConfig,
     mapping: ClaimMapping,
     credentials: Credentials,
@@ -163,6 +165,7 @@ impl Introspector {
     pub fn new(
         issuer: &str,
         audience: &str,
+        route_audiences: &[String],
         config: IntrospectionConfig,
         mapping: ClaimMapping,
         http: reqwest::Client,
@@ -223,6 +226,7 @@ impl Introspector {
         Ok(Self {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            route_audiences: route_audiences.to_vec(),
             answers: Cache::builder()
                 .max_capacity(100_000)
                 .expire_after(AnswerExpiry)
@@ -384,16 +388,18 @@ impl Introspector {
             return inactive;
         }
         // A token for another resource server is not one for this gateway, active or not.
-        // RFC 7662 makes `aud` optional; an answer without it is judged by the issuer alone.
-        let names_audience = |aud: &Value| match aud {
-            Value::String(one) => *one == self.audience,
-            Value::Array(many) => many.iter().any(|a| a.as_str() == Some(&self.audience)),
-            _ => false,
+        // RFC 7662 makes `aud` optional; an answer without it is judged by the issuer alone,
+        // as if it named the issuer's audience (so not on a route with an audience of its
+        // own).
+        let audience = match claims.get("aud") {
+            None => TokenAudience::default(),
+            Some(aud) => match TokenAudience::of(aud, &self.audience, &self.route_audiences) {
+                Some(audience) => audience,
+                None => return inactive,
+            },
         };
-        if claims.get("aud").is_some_and(|aud| !names_audience(aud)) {
-            return inactive;
-        }
         let mut identity = Identity::from_claims(self.issuer.clone(), &claims, &self.mapping);
+        identity.audience = audience;
         identity
             .token_id
             .get_or_insert_with(|| super::cache::digest_label(&key));

@@ -119,12 +119,14 @@ fn decode_segment<T: for<'de> Deserialize<'de>>(
         .map_err(|_| TokenError::Invalid(format!("token {what} is not valid JSON")))
 }
 
-/// Verifies signature and registered claims with `key`, under `issuer`'s rules.
+/// Verifies signature and registered claims with `key`, under `issuer`'s rules. The token
+/// must name the issuer's `audience` or one of `route_audiences` (the routes' own).
 pub fn verify(
     token: &str,
     header: &JoseHeader,
     key: &VerifyKey,
     issuer: &Issuer,
+    route_audiences: &[String],
 ) -> Result<serde_json::Map<String, serde_json::Value>, TokenError> {
     if let Some(required) = &issuer.required_typ
         && !header
@@ -145,7 +147,10 @@ pub fn verify(
     }
     let mut validation = Validation::new(header.alg);
     validation.set_issuer(&[&issuer.issuer]);
-    validation.set_audience(&[&issuer.audience]);
+    let mut audiences = Vec::with_capacity(route_audiences.len() + 1);
+    audiences.push(issuer.audience.as_str());
+    audiences.extend(route_audiences.iter().map(String::as_str));
+    validation.set_audience(&audiences);
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
     validation.validate_nbf = true;
     validation.leeway = issuer.leeway.as_secs();

@@ -22,7 +22,7 @@ pub mod purpose;
 use std::sync::Arc;
 
 pub use self::cache::{TokenDigest, VerifiedTokens, digest};
-pub use self::claims::{Binding, Caller, ClaimMapping, Identity};
+pub use self::claims::{Binding, Caller, ClaimMapping, Identity, TokenAudience};
 pub use self::credentials::{Credentials, Scheme, bearer_token, credentials};
 pub use self::dpop::{ProofError, ProofTarget, ProofVerifier, thumbprint};
 pub(crate) use self::introspect::form_encode;
@@ -85,6 +85,9 @@ pub struct Presentation<'a> {
     pub url: &'a (dyn Fn() -> String + Sync),
     /// `x5t#S256` of the client certificate of the connection (mutual TLS), if any.
     pub client_certificate: Option<&'a str>,
+    /// The audience the token must name on the route the request took; its issuer's
+    /// `audience` when `None`.
+    pub audience: Option<&'a str>,
 }
 
 /// One trusted issuer: its keys, its optional introspection client, its claim mapping.
@@ -116,6 +119,8 @@ pub struct TokenValidator {
     verified: VerifiedTokens,
     proofs: ProofVerifier,
     metrics: Arc<Metrics>,
+    /// The routes' own audiences, which tokens may name instead of their issuer's.
+    route_audiences: Vec<String>,
 }
 
 impl TokenValidator {
@@ -125,12 +130,19 @@ impl TokenValidator {
         http: reqwest::Client,
         metrics: Arc<Metrics>,
     ) -> Result<Self, IntrospectionSetupError> {
+        let mut route_audiences: Vec<String> = Vec::new();
+        for audience in config.routes.iter().filter_map(|r| r.audience.as_ref()) {
+            if !route_audiences.contains(audience) {
+                route_audiences.push(audience.clone());
+            }
+        }
         let mut issuers = Vec::with_capacity(config.issuers.len());
         for issuer in &config.issuers {
             let introspector = match &issuer.introspection {
                 Some(settings) => Some(Introspector::new(
                     &issuer.issuer,
                     &issuer.audience,
+                    &route_audiences,
                     settings.clone(),
                     issuer.claims.clone(),
                     http.clone(),
@@ -163,6 +175,7 @@ impl TokenValidator {
             verified: VerifiedTokens::new(VERIFIED_CAPACITY, VERIFIED_MAX_AGE),
             proofs: ProofVerifier::new(replay_window),
             metrics,
+            route_audiences,
         })
     }
 
@@ -174,6 +187,10 @@ impl TokenValidator {
     ) -> Result<Arc<Identity>, TokenError> {
         let presented = credentials(request.headers)?;
         let identity = self.verify(presented.token).await?;
+        // A token for another route's audience is not one for this route (tenant isolation).
+        if !identity.audience.accepts(request.audience) {
+            return Err(TokenError::Invalid("audience not accepted".into()));
+        }
         self.check_binding(&identity, presented, request)?;
         Ok(identity)
     }
@@ -324,8 +341,12 @@ impl TokenValidator {
             .ok_or_else(|| TokenError::Invalid("issuer does not sign JWTs".into()))?;
         let config = keys.config();
         let verify_key = keys.key_for(header.kid.as_deref(), header.alg).await?;
-        let claims = jwt::verify(token, &header, &verify_key, config)?;
-        let identity = Identity::from_claims(iss, &claims, &config.claims);
+        let claims = jwt::verify(token, &header, &verify_key, config, &self.route_audiences)?;
+        let mut identity = Identity::from_claims(iss, &claims, &config.claims);
+        identity.audience = claims
+            .get("aud")
+            .and_then(|aud| TokenAudience::of(aud, &config.audience, &self.route_audiences))
+            .ok_or_else(|| TokenError::Invalid("audience not accepted".into()))?;
         if let Some(introspector) = issuer
             .introspector
             .as_ref()

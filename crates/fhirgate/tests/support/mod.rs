@@ -528,6 +528,72 @@ audit:
         }
     }
 
+    /// Starts a gateway whose configuration is `rest` (issuers, `upstream` or `routes`, and
+    /// any other section) after its listeners, with a JSON lines audit trail. Its `base` is the
+    /// listener's origin (`http://127.0.0.1:PORT`), without a base path.
+    pub async fn start_config(rest: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let admin_port = admin_listener.local_addr().unwrap().port();
+        let dir = TempDir::new();
+        let audit_path = dir.0.join("audit.jsonl");
+        let yaml = format!(
+            r#"
+listen: "127.0.0.1:{port}"
+admin_listen: "127.0.0.1:{admin_port}"
+{rest}
+audit:
+  spool: {{ path: "{audit}.spool" }}
+  sinks: {{ trail: {{ jsonl: {{ path: "{audit}" }} }} }}
+"#,
+            audit = audit_path.display(),
+        );
+        let config = fhirgate::config::Config::parse(&yaml, "test").expect("test config");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            fhirgate::run::serve_on(config, listener, admin_listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        for _ in 0..200 {
+            if client()
+                .get(format!("{admin}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            admin,
+            audit_path,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// The value of the metric series `name` (with its labels, as exported), if exported.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = client()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// Stops the gateway and returns its audit records.
     pub async fn stop(mut self) -> Vec<Value> {
         if let Some(stop) = self.stop.take() {
@@ -858,6 +924,49 @@ impl GatewayProcess {
             .ok()?;
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Starts `fhirgate serve` with `listen`, `admin_listen` and then `rest` (with `{dir}`
+    /// replaced by the process's own folder), logging at `log` (`FHIRGATE_LOG`); waits until
+    /// `/healthz` answers 200. Its `base` is the listener's origin.
+    pub async fn start_config(rest: &str, log: &str) -> Self {
+        let dir = TempDir::new();
+        let (port, admin_port) = (free_port(), free_port());
+        let yaml = format!(
+            "listen: \"127.0.0.1:{port}\"\nadmin_listen: \"127.0.0.1:{admin_port}\"\n{rest}\n",
+            rest = rest.replace("{dir}", &dir.0.display().to_string()),
+        );
+        let config = dir.0.join("fhirgate.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let stderr = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("FHIRGATE_LOG", log)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        let started = std::time::Instant::now();
+        while client()
+            .get(format!("{admin}/healthz"))
+            .send()
+            .await
+            .map_or(true, |r| r.status() != 200)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "gateway did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            admin,
+            dir,
+        }
     }
 
     /// Starts `fhirgate serve` with `listen`, `admin_listen`, an upstream at `upstream` and one

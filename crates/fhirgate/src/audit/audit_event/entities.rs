@@ -10,7 +10,8 @@
 //!   `METHOD path?query` and `description` the `path?query` itself. No `what`, no `name`
 //!   (R4 sev-1: name or query, not both) and no `detail`;
 //! * exchange (BALP `transaction`): `X-Request-Id` in `what.identifier.value`, and the
-//!   gateway's facts as `detail` entries: `request`, `decision`, `reason`, `rule`, `status`,
+//!   gateway's facts as `detail` entries: `request`, `route` (the route the request took),
+//!   `decision`, `reason`, `rule`, `status`,
 //!   `upstream-status`, `withheld`, `break-glass` (`true`, only for a request allowed under
 //!   break-the-glass) and `scope` (the scopes the token grants, as stated).
 //!
@@ -117,11 +118,14 @@ fn exchange(record: &AuditRecord) -> Value {
 
 /// The gateway's facts about the exchange, as `detail` entries.
 fn details(record: &AuditRecord) -> Vec<Value> {
-    let mut details = vec![
-        detail("request", &request_line(record)),
+    let mut details = vec![detail("request", &request_line(record))];
+    if let Some(route) = text(record.route.as_deref()) {
+        details.push(detail("route", route));
+    }
+    details.extend([
         detail("decision", record.decision.as_str()),
         detail("reason", &record.reason),
-    ];
+    ]);
     if let Some(rule) = text(record.rule.as_deref()) {
         details.push(detail("rule", rule));
     }

@@ -24,6 +24,7 @@ fn patient_read() -> AuditRecord {
         time: "2024-05-01T10:00:00.250Z".into(),
         started: "2024-05-01T10:00:00.200Z".into(),
         request_id: "req-0001".into(),
+        route: Some("default".into()),
         client_id: Some("growth-chart".into()),
         issuer: Some(ISSUER.into()),
         subject: Some("user-42".into()),
