@@ -44,6 +44,50 @@ pub enum Trigger {
     Change,
 }
 
+/// What starts a look at a file: SIGHUP, or the next tick of a watch interval.
+pub struct Triggers {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+    interval: Duration,
+}
+
+impl Triggers {
+    /// SIGHUP (where the process can receive it) and a tick every `interval`.
+    pub fn new(interval: Duration) -> Self {
+        #[cfg(unix)]
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "no SIGHUP handler; files are still watched");
+                None
+            }
+        };
+        Self {
+            #[cfg(unix)]
+            hangup,
+            interval,
+        }
+    }
+
+    /// The next trigger, or none once `stop` turns true.
+    pub async fn next(&mut self, stop: &mut watch::Receiver<bool>) -> Option<Trigger> {
+        #[cfg(unix)]
+        let signalled = async {
+            match self.hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = signalled => Some(Trigger::Signal),
+            () = tokio::time::sleep(self.interval) => Some(Trigger::Change),
+            _ = stop.wait_for(|stop| *stop) => None,
+        }
+    }
+}
+
 impl Trigger {
     fn as_str(self) -> &'static str {
         match self {
@@ -173,29 +217,10 @@ impl Reloader {
 
     /// Reloads on SIGHUP and on every change of the file until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        #[cfg(unix)]
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(%error, "no SIGHUP handler; the file is still watched");
-                None
-            }
-        };
+        let mut triggers = Triggers::new(WATCH_INTERVAL);
         loop {
-            #[cfg(unix)]
-            let signalled = async {
-                match hangup.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let signalled = std::future::pending::<Option<()>>();
-            let trigger = tokio::select! {
-                _ = signalled => Trigger::Signal,
-                () = tokio::time::sleep(WATCH_INTERVAL) => Trigger::Change,
-                _ = stop.wait_for(|stop| *stop) => return,
+            let Some(trigger) = triggers.next(&mut stop).await else {
+                return;
             };
             self.report(trigger, self.reload(trigger).await);
         }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::tls::{TlsSetupError, certificates};
 use crate::metrics::{Metrics, Outcome};
+use crate::reload::{Trigger, Triggers};
 
 /// How often the certificate and key files are looked at for a change.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -117,24 +118,9 @@ impl ServerCertificate {
     /// Reloads on SIGHUP and on every change of the files until `stop` turns true.
     pub async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
         metrics.declare_tls_certificate();
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        loop {
-            #[cfg(unix)]
-            let signalled = async {
-                match hangup.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let signalled = std::future::pending::<Option<()>>();
-            let only_if_changed = tokio::select! {
-                _ = signalled => false,
-                () = tokio::time::sleep(WATCH_INTERVAL) => true,
-                _ = stop.wait_for(|stop| *stop) => return,
-            };
+        let mut triggers = Triggers::new(WATCH_INTERVAL);
+        while let Some(trigger) = triggers.next(&mut stop).await {
+            let only_if_changed = trigger == Trigger::Change;
             self.report(&metrics, self.reload(only_if_changed));
         }
     }
