@@ -10,10 +10,12 @@
 mod accept;
 mod break_glass;
 mod bundle;
+mod connection_limits;
 mod cors;
 mod encoding;
 mod forward;
 mod headers;
+mod idle;
 mod metadata;
 mod pipeline;
 mod public;
