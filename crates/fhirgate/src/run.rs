@@ -81,13 +81,16 @@ pub struct Shared {
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
+    /// The cap on requests at the FHIR server, whichever gateway sends them.
+    pub upstream_slots: proxy::UpstreamSlots,
 }
 
 /// A gateway for `config`, its issuers' keys fetched (as far as they answer) and kept fresh
 /// for as long as the gateway is in use.
 pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gateway>, StartError> {
     let admin_token = config.admin.token()?;
-    let upstream = proxy::Upstream::new(&config.upstream, shared.metrics.clone())?;
+    let upstream = proxy::Upstream::new(&config.upstream, shared.metrics.clone())?
+        .with_slots(shared.upstream_slots.clone());
     let tokens = TokenValidator::new(&config, shared.http.clone(), shared.metrics.clone())?;
     tokens.load_keys().await;
     let limiter = Limiter::new(&config.rate_limits)?;
@@ -134,6 +137,7 @@ async fn serve_with(
         audit,
         metrics,
         http,
+        upstream_slots: proxy::UpstreamSlots::new(config.limits.max_upstream_requests),
     };
     let gateway = build_gateway(config, &shared).await?;
     shared.metrics.config_loaded(crate::reload::unix_now());

@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 use super::Peer;
 use super::headers::{self, REQUEST_ID};
 use crate::config;
-use crate::metrics::{Metrics, Route, UpstreamError};
+use crate::metrics::{Limit, Metrics, Route, UpstreamError};
 use crate::refusal::Refusal;
 use crate::telemetry;
 use crate::token::Identity;
@@ -73,6 +73,8 @@ pub struct Upstream {
     /// The name of this upstream in metrics.
     route: Route,
     metrics: Arc<Metrics>,
+    /// The cap on requests at the FHIR server at once, if any.
+    slots: Option<super::UpstreamSlots>,
 }
 
 /// The upstream URL of a request: the upstream base, the base-relative path and the query.
@@ -130,7 +132,14 @@ impl Upstream {
             connect_timeout: config.connect_timeout,
             route: Route::DEFAULT,
             metrics,
+            slots: None,
         })
+    }
+
+    /// This upstream, sending at most as many requests at once as `slots` has.
+    pub fn with_slots(mut self, slots: super::UpstreamSlots) -> Self {
+        self.slots = Some(slots);
+        self
     }
 
     /// The route this upstream serves, as metrics name it.
@@ -144,8 +153,16 @@ impl Upstream {
         refusal
     }
 
-    /// Sends a request and waits for the status line and headers.
+    /// Sends a request and waits for the status line and headers, in one of the upstream's
+    /// slots; 503 at once when none is free.
     pub async fn send(&self, outbound: Outbound<'_>) -> Result<Response<Incoming>, Refusal> {
+        let _slot = match &self.slots {
+            Some(slots) => Some(slots.take().ok_or_else(|| {
+                self.metrics.limit_hit(Limit::UpstreamRequests);
+                Refusal::UpstreamBusy
+            })?),
+            None => None,
+        };
         let target = target_url(&self.base, outbound.path, outbound.query);
         let uri: Uri = target
             .parse()

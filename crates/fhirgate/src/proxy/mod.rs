@@ -22,6 +22,7 @@ mod public;
 mod rewrite;
 mod server;
 mod tls;
+mod upstream_slots;
 mod upstream_tls;
 mod verify;
 
@@ -38,6 +39,7 @@ pub use self::server::serve;
 pub use self::tls::{
     TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,
 };
+pub use self::upstream_slots::UpstreamSlots;
 pub use self::upstream_tls::UpstreamSetupError;
 
 use fhirgate_policy::options::PolicyOptions;
