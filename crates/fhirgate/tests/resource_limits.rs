@@ -303,3 +303,26 @@ async fn requests_over_max_upstream_requests_get_503_at_once_and_are_audited() {
     assert_eq!(busy[0]["decision"], "deny");
     assert_eq!(busy[0]["status"], 503);
 }
+
+#[tokio::test]
+async fn a_body_over_max_request_body_gets_413_and_is_not_forwarded() {
+    let w = world("  max_request_body: 1024\n").await;
+    let body = format!(
+        r#"{{"resourceType":"Observation","status":"final","code":{{"text":"{}"}},"subject":{{"reference":"Patient/pat-A"}}}}"#,
+        "x".repeat(2000)
+    );
+    let response = client()
+        .post(format!("{}/Observation", w.gateway.base))
+        .bearer_auth(w.token())
+        .header("content-type", "application/fhir+json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome["issue"][0]["code"], "too-long");
+    assert!(w.fhir.seen().is_empty());
+    let audit = w.gateway.stop().await;
+    assert_eq!(audit[0]["reason"], "body_too_large");
+}
