@@ -70,7 +70,8 @@ pub struct Config {
     pub issuers: Vec<Issuer>,
     /// Where the audit trail goes.
     pub audit: Audit,
-    /// Limits on what a client may send.
+    /// Limits on what a client may send and hold: sizes, timeouts, connections, HTTP/2
+    /// streams, requests at the FHIR server (docs/SECURITY.md).
     #[serde(default)]
     pub limits: Limits,
     /// Authorization choices where SMART and FHIR leave room.
@@ -592,7 +593,7 @@ pub enum Algorithm {
     EdDSA,
 }
 
-/// Limits on what a client may send.
+/// Limits on what a client may send and hold.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -648,8 +649,8 @@ pub struct ConnectionLimits {
     #[serde(deserialize_with = "duration")]
     #[schemars(with = "schema::DurationText")]
     pub header_read_timeout: Duration,
-    /// A connection with no request in progress and nothing sent or received for this long
-    /// is closed (HTTP/2 with GOAWAY).
+    /// A connection (HTTP/1.1 or HTTP/2) with no request in progress and nothing sent or
+    /// received for this long is closed.
     #[serde(deserialize_with = "duration")]
     #[schemars(with = "schema::DurationText")]
     pub idle_timeout: Duration,
@@ -686,8 +687,8 @@ pub struct Http2Limits {
     /// Streams a client opened and reset before the gateway took them up, pending at once:
     /// the rapid reset attack (CVE-2023-44487).
     pub max_pending_accept_reset_streams: u32,
-    /// Streams the gateway may reset for a client's protocol errors (including streams over
-    /// `max_concurrent_streams` and header lists over `max_header_bytes`) in one connection.
+    /// Streams the gateway may reset for a client's errors in one connection, streams refused
+    /// over `max_concurrent_streams` included.
     pub max_local_error_reset_streams: u32,
 }
 

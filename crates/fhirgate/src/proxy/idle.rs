@@ -3,8 +3,8 @@
 //!
 //! [`IdleIo`] wraps the connection's stream: every read or write that moves bytes marks the
 //! connection active, and once the deadline passes with no request in progress its next
-//! read is the end of the stream. hyper then closes the connection: HTTP/1.1 as a client
-//! that went away between requests, HTTP/2 with its streams all finished.
+//! read is the end of the stream, and hyper closes the connection as one whose client went
+//! away between requests.
 
 use std::io;
 use std::pin::Pin;
