@@ -198,6 +198,43 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
+    let w =
+        world("  connections:\n    header_read_timeout: \"1s\"\n    idle_timeout: \"1h\"\n").await;
+    let mut silent = TcpStream::connect(w.listen_addr()).await.unwrap();
+    assert_eq!(read_until_closed(&mut silent).await, "");
+    assert_eq!(
+        w.metric(r#"fhirgate_limit_hits_total{limit="header_read_timeout"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let w = world("  connections:\n    idle_timeout: \"1s\"\n").await;
+    let tcp = TcpStream::connect(w.listen_addr()).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("{}/Patient/pat-A", w.gateway.base))
+        .header("authorization", format!("Bearer {}", w.token()))
+        .body(())
+        .unwrap();
+    let mut sender = sender.ready().await.unwrap();
+    let (answer, _) = sender.send_request(request, true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+    // The connection ends by itself once idle (the client keeps its end open).
+    let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was not closed");
+    drop(sender);
+    assert_eq!(
+        w.metric(r#"fhirgate_limit_hits_total{limit="idle_timeout"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn heads_over_max_header_bytes_or_max_headers_get_431_and_are_not_forwarded() {
     let w = world(
         "  max_token_length: 4096\n  connections:\n    max_header_bytes: 8192\n    max_headers: 20\n",

@@ -1,5 +1,7 @@
 //! The idle timeout: a connection with no request in progress and nothing read or written
-//! for `limits.connections.idle_timeout` is ended as if the client had closed it.
+//! for `limits.connections.idle_timeout` is ended as if the client had closed it. A
+//! connection on which the client has sent nothing at all gets no longer than
+//! `header_read_timeout`, before either protocol has started.
 //!
 //! [`IdleIo`] wraps the connection's stream: every read or write that moves bytes marks the
 //! connection active, and once the deadline passes with no request in progress its next
@@ -44,11 +46,22 @@ impl Drop for RequestInProgress {
     }
 }
 
+/// How long a connection may stay idle.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleTimeouts {
+    /// Before the client has sent its first byte.
+    pub silent: Duration,
+    /// Afterwards.
+    pub idle: Duration,
+}
+
 /// A connection's stream, ended once it has been idle for the timeout.
 pub struct IdleIo<S> {
     inner: S,
     in_flight: Arc<InFlight>,
-    timeout: Duration,
+    timeouts: IdleTimeouts,
+    /// Whether the client has sent anything yet.
+    heard: bool,
     /// When bytes last moved.
     last_active: Instant,
     /// Fires at `last_active + timeout` or later; moved on when it finds activity since.
@@ -60,7 +73,7 @@ pub struct IdleIo<S> {
 impl<S> IdleIo<S> {
     pub fn new(
         inner: S,
-        timeout: Duration,
+        timeouts: IdleTimeouts,
         in_flight: Arc<InFlight>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -68,9 +81,10 @@ impl<S> IdleIo<S> {
         Self {
             inner,
             in_flight,
-            timeout,
+            timeouts,
+            heard: false,
             last_active: now,
-            deadline: Box::pin(tokio::time::sleep_until(now + timeout)),
+            deadline: Box::pin(tokio::time::sleep_until(now + timeouts.silent)),
             metrics,
             expired: false,
         }
@@ -87,11 +101,16 @@ impl<S> IdleIo<S> {
             if self.in_flight.any() {
                 self.last_active = now;
             }
-            let due = self.last_active + self.timeout;
+            let (timeout, limit) = if self.heard {
+                (self.timeouts.idle, Limit::IdleTimeout)
+            } else {
+                (self.timeouts.silent, Limit::HeaderReadTimeout)
+            };
+            let due = self.last_active + timeout;
             if due <= now {
                 self.expired = true;
-                self.metrics.limit_hit(Limit::IdleTimeout);
-                tracing::debug!(timeout = ?self.timeout, "idle connection closed");
+                self.metrics.limit_hit(limit);
+                tracing::debug!(?timeout, limit = limit.as_str(), "idle connection closed");
                 return true;
             }
             self.deadline.as_mut().reset(due);
@@ -115,6 +134,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
                     this.last_active = Instant::now();
+                    if !this.heard {
+                        // From now on the idle timeout counts, however the deadline was set.
+                        this.heard = true;
+                        let due = this.last_active + this.timeouts.idle;
+                        this.deadline.as_mut().reset(due);
+                    }
                 }
                 Poll::Ready(result)
             }
@@ -174,29 +199,50 @@ mod tests {
         let (client, server) = tokio::io::duplex(64);
         let in_flight = Arc::new(InFlight::default());
         let metrics = Arc::new(Metrics::default());
-        let mut io = IdleIo::new(
-            server,
-            Duration::from_millis(50),
-            in_flight.clone(),
-            metrics.clone(),
-        );
+        let timeouts = IdleTimeouts {
+            silent: Duration::from_secs(3600),
+            idle: Duration::from_millis(50),
+        };
+        let mut io = IdleIo::new(server, timeouts, in_flight.clone(), metrics.clone());
         let mut client = client;
         let request = in_flight.start();
         client.write_all(b"x").await.unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 1);
-        // Busy: a read waits past the timeout without ending the stream.
-        let waited = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
+        // Busy: a read waits well past the timeout without ending the stream.
+        let waited = tokio::time::timeout(Duration::from_millis(500), io.read(&mut buf)).await;
         assert!(
             waited.is_err(),
             "the stream ended while a request was in progress"
         );
         drop(request);
-        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "end of stream");
+        let ended = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf)).await;
+        assert_eq!(ended.expect("ends once idle").unwrap(), 0, "end of stream");
         assert!(
             metrics
                 .encode()
                 .contains(r#"fhirgate_limit_hits_total{limit="idle_timeout"} 1"#)
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_sends_gets_the_silent_timeout() {
+        let (_client, server) = tokio::io::duplex(64);
+        let metrics = Arc::new(Metrics::default());
+        let timeouts = IdleTimeouts {
+            silent: Duration::from_millis(50),
+            idle: Duration::from_secs(3600),
+        };
+        let mut io = IdleIo::new(server, timeouts, Arc::default(), metrics.clone());
+        let mut buf = [0u8; 8];
+        let ended = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf)).await;
+        assert_eq!(
+            ended.expect("ends while silent").unwrap(),
+            0,
+            "end of stream"
+        );
+        let text = metrics.encode();
+        assert!(text.contains(r#"fhirgate_limit_hits_total{limit="header_read_timeout"} 1"#));
+        assert!(text.contains(r#"fhirgate_limit_hits_total{limit="idle_timeout"} 0"#));
     }
 }

@@ -21,7 +21,7 @@ use tower_http::compression::{Compression, CompressionLayer};
 
 use super::Peer;
 use super::connection_limits::{self, ConnectionGate};
-use super::idle::{IdleIo, InFlight};
+use super::idle::{IdleIo, IdleTimeouts, InFlight};
 use super::pipeline::handle;
 use crate::metrics::Metrics;
 use crate::reload::LiveGateway;
@@ -49,6 +49,10 @@ pub async fn serve(
     };
     let builder = connection_limits::builder(&limits);
     let gate = ConnectionGate::new(limits.max_open, metrics.clone());
+    let timeouts = IdleTimeouts {
+        silent: limits.header_read_timeout.min(limits.idle_timeout),
+        idle: limits.idle_timeout,
+    };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -70,14 +74,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let in_flight = Arc::new(InFlight::default());
-        let idle = |stream| {
-            IdleIo::new(
-                stream,
-                limits.idle_timeout,
-                in_flight.clone(),
-                metrics.clone(),
-            )
-        };
+        let idle = |stream| IdleIo::new(stream, timeouts, in_flight.clone(), metrics.clone());
         let Some(acceptor) = tls.clone() else {
             let peer = Arc::new(Peer {
                 address: peer,
@@ -100,7 +97,7 @@ pub async fn serve(
         };
         // The handshake runs in the connection's own task, so a slow client holds up no one.
         let (gateway, builder, watcher) = (gateway.clone(), builder.clone(), graceful.watcher());
-        let (metrics, idle_timeout) = (metrics.clone(), limits.idle_timeout);
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _admitted = admitted;
             let handshake = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream));
@@ -126,7 +123,7 @@ pub async fn serve(
                 tls: true,
                 certificate,
             });
-            let io = IdleIo::new(stream, idle_timeout, in_flight.clone(), metrics.clone());
+            let io = IdleIo::new(stream, timeouts, in_flight.clone(), metrics.clone());
             let service = service(gateway.clone(), peer.clone(), in_flight);
             let connection = builder
                 .serve_connection(TokioIo::new(io), service)
