@@ -645,7 +645,8 @@ pub struct ConnectionLimits {
     pub max_open: u32,
     /// HTTP/1.1: time allowed to receive a request's line and headers, counted from the
     /// connection's start or the end of the previous response, so it also closes idle
-    /// keep-alive connections. The connection is closed when it passes.
+    /// keep-alive connections. The connection is closed when it passes. Also the longest a
+    /// connection of either protocol may stay silent before its first byte.
     #[serde(deserialize_with = "duration")]
     #[schemars(with = "schema::DurationText")]
     pub header_read_timeout: Duration,
