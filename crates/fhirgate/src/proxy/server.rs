@@ -74,16 +74,16 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let in_flight = Arc::new(InFlight::default());
-        let idle = |stream| IdleIo::new(stream, timeouts, in_flight.clone(), metrics.clone());
         let Some(acceptor) = tls.clone() else {
             let peer = Arc::new(Peer {
                 address: peer,
                 tls: false,
                 certificate: None,
             });
-            let service = service(gateway.clone(), peer.clone(), in_flight.clone());
+            let io = IdleIo::new(stream, timeouts, in_flight.clone(), metrics.clone());
+            let service = service(gateway.clone(), peer.clone(), in_flight);
             let connection = builder
-                .serve_connection(TokioIo::new(idle(stream)), service)
+                .serve_connection(TokioIo::new(io), service)
                 .into_owned();
             let connection = graceful.watch(connection);
             let metrics = metrics.clone();
