@@ -85,7 +85,8 @@ pub struct Config {
     pub issuers: Vec<Issuer>,
     /// Where the audit trail goes.
     pub audit: Audit,
-    /// Limits on what a client may send.
+    /// Limits on what a client may send and hold: sizes, timeouts, connections, HTTP/2
+    /// streams, requests at the FHIR server (docs/SECURITY.md).
     #[serde(default)]
     pub limits: Limits,
     /// Authorization choices where SMART and FHIR leave room.
@@ -658,7 +659,7 @@ pub enum Algorithm {
     EdDSA,
 }
 
-/// Limits on what a client may send.
+/// Limits on what a client may send and hold.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -671,6 +672,22 @@ pub struct Limits {
     /// Longest bearer token accepted.
     #[serde(default = "default_max_token_length")]
     pub max_token_length: usize,
+    /// Time allowed to receive a request body in full, from when the gateway starts reading
+    /// it; a client that stops sending mid-way gets 408 and nothing reaches the FHIR server.
+    #[serde(
+        default = "default_request_body_timeout",
+        deserialize_with = "duration"
+    )]
+    #[schemars(with = "schema::DurationText")]
+    pub request_body_timeout: Duration,
+    /// Requests the gateway has at the FHIR server at once (from sending one to its status
+    /// line and headers); one more is answered 503 with `Retry-After` at once. Changes only
+    /// on restart.
+    #[serde(default = "default_max_upstream_requests")]
+    pub max_upstream_requests: u32,
+    /// Client connections: how many, and what each may hold. Changes only on restart.
+    #[serde(default)]
+    pub connections: ConnectionLimits,
 }
 
 impl Default for Limits {
@@ -679,7 +696,130 @@ impl Default for Limits {
             max_request_body: default_max_request_body(),
             max_checked_response: default_max_checked_response(),
             max_token_length: default_max_token_length(),
+            request_body_timeout: default_request_body_timeout(),
+            max_upstream_requests: default_max_upstream_requests(),
+            connections: ConnectionLimits::default(),
         }
+    }
+}
+
+/// Limits on client connections, for slow and greedy clients (docs/SECURITY.md).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    /// Client connections open at once; a connection accepted over it is closed at once.
+    pub max_open: u32,
+    /// HTTP/1.1: time allowed to receive a request's line and headers, counted from the
+    /// connection's start or the end of the previous response, so it also closes idle
+    /// keep-alive connections. The connection is closed when it passes. Also the longest a
+    /// connection of either protocol may stay silent before its first byte.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
+    pub header_read_timeout: Duration,
+    /// A connection (HTTP/1.1 or HTTP/2) with no request in progress and nothing sent or
+    /// received for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(with = "schema::DurationText")]
+    pub idle_timeout: Duration,
+    /// Largest request head: HTTP/1.1's request line and headers (431 over it), HTTP/2's
+    /// header list (`SETTINGS_MAX_HEADER_LIST_SIZE`). At least 8192.
+    pub max_header_bytes: u32,
+    /// Most header fields in an HTTP/1.1 request (431 over it).
+    pub max_headers: u32,
+    /// HTTP/2 connections.
+    pub http2: Http2Limits,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_open: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            http2: Http2Limits::default(),
+        }
+    }
+}
+
+/// Limits on one HTTP/2 connection. A client that passes a reset limit gets GOAWAY
+/// (`ENHANCE_YOUR_CALM`) and the connection is closed.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Limits {
+    /// Streams a client may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`); more are
+    /// refused with `REFUSED_STREAM`.
+    pub max_concurrent_streams: u32,
+    /// Streams a client opened and reset before the gateway took them up, pending at once:
+    /// the rapid reset attack (CVE-2023-44487).
+    pub max_pending_accept_reset_streams: u32,
+    /// Streams the gateway may reset for a client's errors in one connection, streams refused
+    /// over `max_concurrent_streams` included.
+    pub max_local_error_reset_streams: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 100,
+        }
+    }
+}
+
+impl Limits {
+    /// Values the server cannot run with: zero counts and durations, and request heads too
+    /// small for a token.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let connections = &self.connections;
+        let http2 = &connections.http2;
+        let zero = [
+            ("request_body_timeout", self.request_body_timeout.is_zero()),
+            ("max_upstream_requests", self.max_upstream_requests == 0),
+            ("connections.max_open", connections.max_open == 0),
+            (
+                "connections.header_read_timeout",
+                connections.header_read_timeout.is_zero(),
+            ),
+            (
+                "connections.idle_timeout",
+                connections.idle_timeout.is_zero(),
+            ),
+            ("connections.max_headers", connections.max_headers == 0),
+            (
+                "connections.http2.max_concurrent_streams",
+                http2.max_concurrent_streams == 0,
+            ),
+            (
+                "connections.http2.max_pending_accept_reset_streams",
+                http2.max_pending_accept_reset_streams == 0,
+            ),
+            (
+                "connections.http2.max_local_error_reset_streams",
+                http2.max_local_error_reset_streams == 0,
+            ),
+        ];
+        if let Some((key, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
+            return Err((format!("limits.{key}"), "must be more than zero".into()));
+        }
+        let header_bytes = usize::try_from(connections.max_header_bytes).unwrap_or(usize::MAX);
+        if header_bytes < 8192 {
+            return Err((
+                "limits.connections.max_header_bytes".into(),
+                "must be at least 8192".into(),
+            ));
+        }
+        if header_bytes <= self.max_token_length {
+            return Err((
+                "limits.connections.max_header_bytes".into(),
+                "must be more than limits.max_token_length, or the longest token accepted \
+                 cannot be sent"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -962,6 +1102,7 @@ impl Config {
                 "must be at least 64".into(),
             ));
         }
+        self.limits.validate()?;
         self.validate_edge()
     }
 }
@@ -1159,6 +1300,12 @@ fn default_max_request_body() -> usize {
 }
 fn default_max_checked_response() -> usize {
     64 * 1024 * 1024
+}
+fn default_request_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_upstream_requests() -> u32 {
+    512
 }
 fn default_max_token_length() -> usize {
     16 * 1024

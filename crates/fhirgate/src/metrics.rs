@@ -137,6 +137,25 @@ label_values! {
     }
 }
 
+label_values! {
+    /// A resource limit a client ran into (`limits` in the configuration).
+    pub enum Limit {
+        /// An HTTP/1.1 request head not received within `header_read_timeout`.
+        HeaderReadTimeout => "header_read_timeout",
+        /// An HTTP/1.1 request head over `max_header_bytes` or `max_headers`.
+        HeaderSize => "header_size",
+        /// A request body not received within `request_body_timeout`.
+        RequestBodyTimeout => "request_body_timeout",
+        /// A connection closed after `idle_timeout` without a request.
+        IdleTimeout => "idle_timeout",
+        /// A request refused because `max_upstream_requests` were at the FHIR server.
+        UpstreamRequests => "upstream_requests",
+        /// An HTTP/2 connection closed with GOAWAY `ENHANCE_YOUR_CALM`: too many streams reset
+        /// by the client (rapid reset) or for its errors, or a header block flood.
+        Http2Abuse => "http2_abuse",
+    }
+}
+
 impl StatusClass {
     /// The class of `status`.
     pub fn of(status: StatusCode) -> Self {
@@ -524,6 +543,48 @@ impl UpstreamMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: Limit,
+}
+
+/// Client connections and the limits clients run into.
+#[derive(Default)]
+struct ConnectionMetrics {
+    open: Gauge,
+    accepted: Counter,
+    refused: Counter,
+    limit_hits: Family<LimitLabel, Counter>,
+}
+
+impl ConnectionMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_open",
+            "Client connections open on the FHIR listener",
+            self.open.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted on the FHIR listener (refused ones included)",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because limits.connections.max_open were open",
+            self.refused.clone(),
+        );
+        for &limit in Limit::ALL {
+            declare(&self.limit_hits, &LimitLabel { limit });
+        }
+        registry.register(
+            "limit_hits",
+            "Requests and connections stopped by a resource limit, by limit",
+            self.limit_hits.clone(),
+        );
+    }
+}
+
 /// Signing keys, introspection and the token caches.
 struct TokenMetrics {
     jwks_fetches: Family<IssuerOutcome, Counter>,
@@ -595,6 +656,7 @@ pub struct Metrics {
     rate_limit_store_up: Gauge,
     audit: AuditMetrics,
     reloads: ReloadMetrics,
+    connections: ConnectionMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -636,6 +698,8 @@ impl Default for Metrics {
         let audit = AuditMetrics::default();
         audit.register(&mut registry);
         let reloads = ReloadMetrics::new(&mut registry);
+        let connections = ConnectionMetrics::default();
+        connections.register(&mut registry);
         let metrics = Self {
             registry,
             requests,
@@ -644,6 +708,7 @@ impl Default for Metrics {
             rate_limit_store_up,
             audit,
             reloads,
+            connections,
         };
         metrics.declare_caches();
         metrics
@@ -877,6 +942,30 @@ impl Metrics {
     /// One request refused by a rate limit.
     pub fn throttled(&self) {
         self.requests.throttled.inc();
+    }
+
+    /// A client connection accepted; `admitted` when it is served, not closed for
+    /// `max_open`.
+    pub fn connection_accepted(&self, admitted: bool) {
+        self.connections.accepted.inc();
+        if admitted {
+            self.connections.open.inc();
+        } else {
+            self.connections.refused.inc();
+        }
+    }
+
+    /// An admitted client connection closed.
+    pub fn connection_closed(&self) {
+        self.connections.open.dec();
+    }
+
+    /// A client ran into `limit`.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.connections
+            .limit_hits
+            .get_or_create(&LimitLabel { limit })
+            .inc();
     }
 
     /// Whether the shared rate-limit store answers.

@@ -39,6 +39,11 @@ pub enum Refusal {
     MethodNotAllowed,
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {} s", .timeout.as_secs_f64())]
+    BodyTimeout { timeout: std::time::Duration },
+    /// `limits.max_upstream_requests` are at the FHIR server.
+    #[error("the gateway has as many requests at the FHIR server as it allows; try again shortly")]
+    UpstreamBusy,
     #[error("the FHIR server cannot be reached")]
     UpstreamUnavailable,
     /// The gateway has no valid access token of its own for the FHIR server, so the request
@@ -108,6 +113,8 @@ impl Refusal {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable | Self::UpstreamUnverifiable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NotAcceptable(_) | Self::JsonRequired => StatusCode::NOT_ACCEPTABLE,
@@ -137,6 +144,8 @@ impl Refusal {
             Self::NotFound => IssueCode::NotFound,
             Self::MethodNotAllowed => IssueCode::NotSupported,
             Self::BodyTooLarge { .. } => IssueCode::TooLong,
+            Self::BodyTimeout { .. } => IssueCode::Timeout,
+            Self::UpstreamBusy => IssueCode::Transient,
             Self::UpstreamUnavailable | Self::UpstreamUnverifiable(_) => IssueCode::Transient,
             Self::UpstreamTimeout => IssueCode::Timeout,
             Self::NotAcceptable(_) | Self::JsonRequired => IssueCode::NotSupported,
@@ -211,6 +220,8 @@ impl Refusal {
             Self::NotFound => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout { .. } => "body_timeout",
+            Self::UpstreamBusy => "upstream_busy",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -327,7 +338,7 @@ impl Refusal {
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
-        if matches!(self, Self::RateLimitUnavailable) {
+        if matches!(self, Self::RateLimitUnavailable | Self::UpstreamBusy) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Self::Throttled { retry_after, .. } | Self::UpstreamDown { retry_after } = &self {
@@ -398,6 +409,14 @@ mod tests {
             (Refusal::UpstreamCredentialUnavailable, 503, "transient"),
             (Refusal::UpstreamTimeout, 504, "timeout"),
             (Refusal::BodyTooLarge { limit: 1 }, 413, "too-long"),
+            (
+                Refusal::BodyTimeout {
+                    timeout: std::time::Duration::from_secs(1),
+                },
+                408,
+                "timeout",
+            ),
+            (Refusal::UpstreamBusy, 503, "transient"),
             (Refusal::ResponseHidden, 404, "not-found"),
             (Refusal::TooManyMatches, 412, "processing"),
             (Refusal::CorsOriginNotAllowed, 403, "forbidden"),

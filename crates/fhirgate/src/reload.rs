@@ -9,8 +9,9 @@
 //! configuration as it is; the error, with its line, goes to the log and
 //! `fhirgate_config_reloads_total{outcome="error"}` counts it.
 //!
-//! What the process holds from its start (its listeners, TLS, the audit spool and sinks,
-//! telemetry) changes only on restart: a reload that changes it is refused and names it.
+//! What the process holds from its start (its listeners and their connection limits, TLS,
+//! the cap on upstream requests, the audit spool and sinks, telemetry) changes only on
+//! restart: a reload that changes it is refused and names it.
 //! The TLS certificate and key files' content is taken up on its own
 //! ([`crate::proxy::ServerCertificate`]).
 
@@ -32,8 +33,16 @@ pub type LiveGateway = Arc<ArcSwap<Gateway>>;
 /// How often the config file is looked at for a change.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Top-level sections a running process cannot take over.
-const RESTART_ONLY: [&str; 5] = ["listen", "admin_listen", "tls", "audit", "telemetry"];
+/// Sections a running process cannot take over, by their path (`.` between keys).
+const RESTART_ONLY: [&str; 7] = [
+    "listen",
+    "admin_listen",
+    "tls",
+    "audit",
+    "telemetry",
+    "limits.connections",
+    "limits.max_upstream_requests",
+];
 
 /// What set a reload off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,9 +259,13 @@ fn restart_only(text: &str) -> Value {
     Value::Object(
         RESTART_ONLY
             .iter()
-            .map(|key| {
-                let section = document.get(key).cloned().unwrap_or(Value::Null);
-                ((*key).to_owned(), section)
+            .map(|path| {
+                let section = path
+                    .split('.')
+                    .try_fold(&document, |value, key| value.get(key))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                ((*path).to_owned(), section)
             })
             .collect(),
     )
@@ -296,6 +309,13 @@ issuers:
         assert_eq!(changed_sections(&before, &restart_only(&spool)), ["audit"]);
         let tls = format!("{BASE}tls:\n  certificate: /etc/c.pem\n");
         assert_eq!(changed_sections(&before, &restart_only(&tls)), ["tls"]);
+        let body_limit = format!("{BASE}limits:\n  max_request_body: 1024\n");
+        assert!(changed_sections(&before, &restart_only(&body_limit)).is_empty());
+        let connections = format!("{BASE}limits:\n  connections:\n    max_open: 10\n");
+        assert_eq!(
+            changed_sections(&before, &restart_only(&connections)),
+            ["limits.connections"]
+        );
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct Shared {
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
+    /// The cap on requests at the FHIR server, whichever gateway sends them.
+    pub upstream_slots: proxy::UpstreamSlots,
 }
 
 /// A gateway for `config`, its issuers' keys and its upstreams' access tokens fetched (as far
@@ -99,6 +101,7 @@ pub struct Shared {
 pub async fn build_gateway(config: Config, shared: &Shared) -> Result<Arc<Gateway>, StartError> {
     let admin_token = config.admin.token()?;
     let mut routes = proxy::Routes::new(&config, &shared.metrics)?;
+    routes.share_slots(&shared.upstream_slots);
     for route in routes.iter() {
         if let Some(token) = route.upstream.fetched_token() {
             let first = token.fetch().await;
@@ -157,6 +160,7 @@ async fn serve_with(
         audit,
         metrics,
         http,
+        upstream_slots: proxy::UpstreamSlots::new(config.limits.max_upstream_requests),
     };
     let gateway = build_gateway(config, &shared).await?;
     shared.metrics.config_loaded(crate::reload::unix_now());

@@ -131,6 +131,9 @@ kinds! {
     no_route: Refusal::NotFound => Refusal::NotFound,
     method_not_allowed: Refusal::MethodNotAllowed => Refusal::MethodNotAllowed,
     body_too_large: Refusal::BodyTooLarge { .. } => Refusal::BodyTooLarge { limit: 1_048_576 },
+    body_timeout: Refusal::BodyTimeout { .. }
+        => Refusal::BodyTimeout { timeout: Duration::from_secs(30) },
+    upstream_busy: Refusal::UpstreamBusy => Refusal::UpstreamBusy,
     upstream_unavailable: Refusal::UpstreamUnavailable => Refusal::UpstreamUnavailable,
     upstream_credential_unavailable: Refusal::UpstreamCredentialUnavailable
         => Refusal::UpstreamCredentialUnavailable,

@@ -11,10 +11,12 @@
 mod accept;
 mod break_glass;
 mod bundle;
+mod connection_limits;
 mod cors;
 mod encoding;
 mod forward;
 mod headers;
+mod idle;
 mod metadata;
 mod pipeline;
 mod public;
@@ -25,6 +27,7 @@ mod server_certificate;
 mod tls;
 mod upstream;
 mod upstream_credential;
+mod upstream_slots;
 mod upstream_tls;
 mod upstream_token;
 mod verify;
@@ -47,6 +50,7 @@ pub use self::tls::{
 pub use self::upstream::Upstream;
 pub use self::upstream_tls::{SetupProblem, UpstreamSetupError};
 pub use self::upstream_token::{FetchError, GrantSetupError, UpstreamToken};
+pub use self::upstream_slots::UpstreamSlots;
 
 use crate::audit::AuditLog;
 use crate::config::Config;

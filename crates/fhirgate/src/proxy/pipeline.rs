@@ -27,7 +27,7 @@ use super::verify::check_body;
 use super::{Gateway, Peer, Route};
 use crate::audit::{self, AuditDecision, AuditRecord};
 use crate::body::{self, Body};
-use crate::metrics::{Answered, Reason, Route as RouteName};
+use crate::metrics::{Answered, Limit, Reason, Route as RouteName};
 use crate::ratelimit::{Charge, Standing, Verdict, client_address, cost_of};
 use crate::refusal::{NotAcceptable, OutcomeFormat, Refusal, forwardable, without_format_param};
 use crate::telemetry;
@@ -357,12 +357,7 @@ async fn run(
     facts.purposes = purposes(&identity, header, &parts.headers);
     facts.identity = Some(identity);
 
-    let body = read_request_body(
-        &parts.method,
-        incoming,
-        gateway.config.limits.max_request_body,
-    )
-    .await?;
+    let body = read_request_body(gateway, &parts.method, incoming).await?;
     let form = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -804,20 +799,28 @@ pub fn classify_and_decide(
 }
 
 /// Reads the request body of methods that have one; it is needed to classify and check them.
+/// It must arrive whole within `limits.request_body_timeout`.
 async fn read_request_body(
+    gateway: &Gateway,
     method: &Method,
     incoming: Incoming,
-    limit: usize,
 ) -> Result<Bytes, Refusal> {
     if !reads_body(method) {
         return Ok(Bytes::new());
     }
-    match Limited::new(incoming, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+    let limits = &gateway.config.limits;
+    let (limit, timeout) = (limits.max_request_body, limits.request_body_timeout);
+    let read = tokio::time::timeout(timeout, Limited::new(incoming, limit).collect()).await;
+    match read {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
             Err(Refusal::BodyTooLarge { limit })
         }
-        Err(_) => Err(Refusal::BadRequest("request body could not be read".into())),
+        Ok(Err(_)) => Err(Refusal::BadRequest("request body could not be read".into())),
+        Err(_) => {
+            gateway.metrics.limit_hit(Limit::RequestBodyTimeout);
+            Err(Refusal::BodyTimeout { timeout })
+        }
     }
 }
 

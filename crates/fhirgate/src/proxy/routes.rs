@@ -12,6 +12,7 @@ use http::{HeaderMap, Uri, header};
 use super::metadata::MetadataCache;
 use super::rewrite::RewriteCache;
 use super::upstream::Upstream;
+use super::upstream_slots::UpstreamSlots;
 use super::upstream_tls::UpstreamSetupError;
 use crate::config::{Config, strip_port, under_base_path as under};
 use crate::metrics::{Metrics, Route as RouteName};
@@ -77,6 +78,14 @@ impl Routes {
         // The longest base path first; of two with the same path, the one for a host.
         routes.sort_by_key(|r| (std::cmp::Reverse(r.base_path.len()), r.host.is_none()));
         Ok(Self { routes })
+    }
+
+    /// Every upstream sends its requests within `slots`, the process's cap on requests at
+    /// the FHIR servers.
+    pub fn share_slots(&mut self, slots: &UpstreamSlots) {
+        for route in &mut self.routes {
+            route.upstream.share_slots(slots.clone());
+        }
     }
 
     /// Starts every upstream's health checks.

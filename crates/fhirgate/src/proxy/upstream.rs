@@ -43,10 +43,11 @@ use tracing::Instrument as _;
 
 use super::forward::{Outbound, target_url};
 use super::upstream_credential::Credential;
+use super::upstream_slots::UpstreamSlots;
 use super::upstream_tls::{self, UpstreamSetupError};
 use super::upstream_token::UpstreamToken;
 use crate::config::{self, ActiveHealth, Balance, PassiveHealth};
-use crate::metrics::{Metrics, Route, UpstreamError};
+use crate::metrics::{Limit, Metrics, Route, UpstreamError};
 use crate::refusal::Refusal;
 use crate::telemetry;
 
@@ -55,6 +56,8 @@ pub struct Upstream {
     pool: Arc<Pool>,
     /// Held while the upstream is in use; dropping it stops the active health checks.
     checks: Option<watch::Sender<()>>,
+    /// The cap on requests at the FHIR servers at once, if any.
+    slots: Option<UpstreamSlots>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -223,6 +226,7 @@ impl Upstream {
                 epoch: Instant::now(),
             }),
             checks: None,
+            slots: None,
         })
     }
 
@@ -238,6 +242,11 @@ impl Upstream {
             tokio::spawn(check_server(pool, index, active, stopped));
         }
         self.checks = Some(stop);
+    }
+
+    /// This upstream, sending at most as many requests at once as `slots` has.
+    pub fn share_slots(&mut self, slots: UpstreamSlots) {
+        self.slots = Some(slots);
     }
 
     /// The route this upstream serves, as metrics name it.
@@ -268,6 +277,14 @@ impl Upstream {
     /// sends it again to another server when it failed and may be (see the module).
     pub async fn send(&self, outbound: Outbound<'_>) -> Result<Response<Incoming>, Refusal> {
         let pool = &*self.pool;
+        // A slot of the cap is held until the response head is in; none free is a 503 at once.
+        let _slot = match &self.slots {
+            Some(slots) => Some(slots.take().ok_or_else(|| {
+                pool.metrics.limit_hit(Limit::UpstreamRequests);
+                Refusal::UpstreamBusy
+            })?),
+            None => None,
+        };
         let target = target_url(&pool.base, outbound.path, outbound.query);
         let uri: Uri = target
             .parse()
