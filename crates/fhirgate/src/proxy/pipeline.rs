@@ -714,11 +714,13 @@ fn public_base(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> St
                 .and_then(|v| v.to_str().ok())
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .unwrap_or("localhost");
-            let scheme = if tls { "https" } else { "http" };
-            format!(
-                "{scheme}://{host}{}",
-                gateway.config.upstream.public_base_path.as_str()
-            )
+            let scheme = if tls { "https://" } else { "http://" };
+            let path = gateway.config.upstream.public_base_path.as_str();
+            let mut base = String::with_capacity(scheme.len() + host.len() + path.len());
+            for part in [scheme, host, path] {
+                base.push_str(part);
+            }
+            base
         }
     }
 }
@@ -728,7 +730,7 @@ fn rewrites(gateway: &Gateway, parts: &http::request::Parts, tls: bool) -> Rewri
     let public = public_base(gateway, parts, tls);
     gateway
         .rewrites
-        .get(&gateway.config.upstream.url.as_str(), public)
+        .get(|| gateway.config.upstream.url.as_str(), public)
 }
 
 /// `metadata` and SMART discovery are public, as SMART App Launch requires.

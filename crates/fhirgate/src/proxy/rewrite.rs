@@ -225,14 +225,15 @@ pub struct RewriteCache {
 }
 
 impl RewriteCache {
-    /// The rewrites between `upstream` (the same on every call) and `public`.
-    pub fn get(&self, upstream: &str, public: String) -> Rewrites {
+    /// The rewrites between the upstream's base (`upstream` gives it, the same on every call;
+    /// asked only when the rewrites are made) and `public`.
+    pub fn get(&self, upstream: impl FnOnce() -> String, public: String) -> Rewrites {
         if let Some(last) = self.last.load().as_ref()
             && last.0 == public
         {
             return last.1.clone();
         }
-        let made = Rewrites::between(upstream, &public);
+        let made = Rewrites::between(&upstream(), &public);
         self.last.store(Some(Arc::new((public, made.clone()))));
         made
     }
