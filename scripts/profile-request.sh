@@ -22,8 +22,8 @@
 #              busy machine; for comparison with the harness's figure only).
 #
 # Defaults: --endpoint patient --requests 2000 --warmup 200 --connections 1 --alg rs256
-# --cpus 1: the gateway pinned to CPU 1 as the peers harness pins the proxy under test (its
-# runtime then has one worker thread); --cpus all leaves it unpinned.
+# --cpus 1 (0 on a one-CPU machine): the gateway pinned to one CPU as the peers harness pins
+# the proxy under test (its runtime then has one worker thread); --cpus all leaves it unpinned.
 # Results and the rendered configuration go to $FHIRGATE_WORK/profile/<time>-<endpoint>/.
 # Environment: BENCH_DIR (the peers harness's folder, default ../shared/bench next to the
 # checkout), FHIRGATE_BIN (default target/release/fhirgate).
@@ -31,7 +31,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$FHIRGATE_ROOT"
 
-endpoint=patient requests=2000 warmup=200 connections=1 mode=callgrind alg=rs256 build=1 cpus=1
+endpoint=patient requests=2000 warmup=200 connections=1 mode=callgrind alg=rs256 build=1
+cpus=$(( $(nproc) > 1 ? 1 : 0 ))
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --endpoint) endpoint="$2"; shift 2 ;;
