@@ -40,10 +40,31 @@ pub fn in_patient_compartment<J: Node>(resource: &J, patient_id: &str) -> bool {
         return false;
     };
     params.iter().flat_map(|p| &p.element_paths).any(|path| {
-        element_values(resource, path)
-            .into_iter()
-            .any(|v| reference_is_patient(v, patient_id))
+        any_value_at(resource, path.split('.').skip(1), &mut |v| {
+            reference_is_patient(v, patient_id)
+        })
     })
+}
+
+/// Does any value at the element path `steps` (after the type) satisfy `hit`, descending
+/// through arrays at every step? What [`element_values`] collects, tried in place.
+fn any_value_at<'a, J: Node>(
+    value: &'a J,
+    mut steps: std::iter::Skip<std::str::Split<'_, char>>,
+    hit: &mut impl FnMut(&'a J) -> bool,
+) -> bool {
+    let Some(step) = steps.next() else {
+        return hit(value);
+    };
+    let Some(found) = value.member(step) else {
+        return false;
+    };
+    match found.items() {
+        Some(items) => items
+            .iter()
+            .any(|item| any_value_at(item, steps.clone(), hit)),
+        None => any_value_at(found, steps, hit),
+    }
 }
 
 /// Collects every value at a dotted element path rooted at the type (`Observation.subject`),
@@ -112,6 +133,29 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn values_are_tried_where_they_would_be_collected() {
+        let resource = json!({
+            "resourceType": "CarePlan",
+            "activity": [
+                {"detail": {"performer": [{"reference": "Practitioner/1"}, {"reference": "Patient/p"}]}},
+                {"detail": [[{"reference": "Patient/q"}]]},
+                "text",
+                {"detail": {"performer": {"reference": "Patient/r"}}}
+            ]
+        });
+        let path = "CarePlan.activity.detail.performer";
+        let collected: Vec<&serde_json::Value> = element_values(&resource, path);
+        let mut tried = Vec::new();
+        let found = any_value_at(&resource, path.split('.').skip(1), &mut |v| {
+            tried.push(v);
+            false
+        });
+        assert!(!found);
+        assert_eq!(tried, collected);
+        assert_eq!(collected.len(), 3);
+    }
 
     #[test]
     fn observation_subject_and_performer_link() {

@@ -57,8 +57,7 @@ pub struct AuditTrail {
 impl AuditLog {
     /// Appends a record and waits until the spool has it (as its fsync policy says).
     pub async fn record(&self, record: &AuditRecord) -> Result<(), SpoolError> {
-        let line = serde_json::to_vec(record).expect("audit records serialise");
-        self.spool.append(line).await
+        self.spool.append(record.to_json_line()).await
     }
 
     /// Whether the spool takes records; when not, requests are refused before they are

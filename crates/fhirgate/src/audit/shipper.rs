@@ -329,7 +329,7 @@ fn read_batch_blocking(
             let mut data = vec![0u8; length as usize];
             file.seek(SeekFrom::Start(at.offset))?;
             file.read_exact(&mut data)?;
-            if data.contains(&b'\n') || at.offset + length >= limit {
+            if memchr::memchr(b'\n', &data).is_some() || at.offset + length >= limit {
                 break data;
             }
             // One record longer than a chunk: read on to its end.
@@ -338,7 +338,7 @@ fn read_batch_blocking(
         let data = Bytes::from(data);
         let mut lines = Vec::new();
         let mut consumed = 0usize;
-        for end in memchr_iter(&data) {
+        for end in memchr::memchr_iter(b'\n', &data) {
             if lines.len() == max {
                 break;
             }
@@ -356,12 +356,6 @@ fn read_batch_blocking(
             },
         });
     }
-}
-
-fn memchr_iter(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    data.iter()
-        .enumerate()
-        .filter_map(|(i, &b)| (b == b'\n').then_some(i))
 }
 
 /// How many records lie between `from` and `upto`.

@@ -48,9 +48,9 @@ pub use self::tls::{
     ServerTls, TlsSetupError, acceptor as tls_acceptor, thumbprint as certificate_thumbprint,
 };
 pub use self::upstream::Upstream;
+pub use self::upstream_slots::UpstreamSlots;
 pub use self::upstream_tls::{SetupProblem, UpstreamSetupError};
 pub use self::upstream_token::{FetchError, GrantSetupError, UpstreamToken};
-pub use self::upstream_slots::UpstreamSlots;
 
 use crate::audit::AuditLog;
 use crate::config::Config;

@@ -740,8 +740,13 @@ fn public_base(route: &Route, parts: &http::request::Parts, tls: bool) -> String
                 .and_then(|v| v.to_str().ok())
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .unwrap_or("localhost");
-            let scheme = if tls { "https" } else { "http" };
-            format!("{scheme}://{host}{}", route.base_path)
+            let scheme = if tls { "https://" } else { "http://" };
+            let path = route.base_path.as_str();
+            let mut base = String::with_capacity(scheme.len() + host.len() + path.len());
+            for part in [scheme, host, path] {
+                base.push_str(part);
+            }
+            base
         }
     }
 }
@@ -749,7 +754,7 @@ fn public_base(route: &Route, parts: &http::request::Parts, tls: bool) -> String
 /// The rewrites between the route's upstream base and the public base this request names.
 fn rewrites(route: &Route, parts: &http::request::Parts, tls: bool) -> Rewrites {
     let public = public_base(route, parts, tls);
-    route.rewrites.get(&route.upstream_base, public)
+    route.rewrites.get(|| route.upstream_base.clone(), public)
 }
 
 /// `metadata` and SMART discovery are public, as SMART App Launch requires.

@@ -26,6 +26,9 @@ use crate::body::{Body, BodyError};
 #[derive(Debug, Clone)]
 pub struct Rewrite {
     pairs: Vec<Pair>,
+    /// The longest run of the base without `:` or `/`: every form of the base holds it as
+    /// it is, so one search for it finds every candidate of every form.
+    anchor: Option<memmem::Finder<'static>>,
     /// Replace only where the base stands as a whole URL prefix; when false, wherever it
     /// appears (what reaches a client: any text naming the upstream's base is hidden).
     bounded: bool,
@@ -39,12 +42,19 @@ struct Pair {
     from: Vec<u8>,
     to: Vec<u8>,
     finder: memmem::Finder<'static>,
+    /// Where the anchor first stands in `from`, when there is an anchor.
+    anchor_at: usize,
 }
 
 impl Pair {
     fn new(from: Vec<u8>, to: Vec<u8>) -> Self {
         let finder = memmem::Finder::new(&from).into_owned();
-        Self { from, to, finder }
+        Self {
+            from,
+            to,
+            finder,
+            anchor_at: 0,
+        }
     }
 }
 
@@ -68,8 +78,21 @@ impl Rewrite {
         add(percent_encoded(from, false), percent_encoded(to, false));
         add(percent_encoded(from, true), percent_encoded(to, true));
         let keep = pairs.iter().map(|p| p.from.len()).max().unwrap_or(1);
+        // `:` and `/` are all the forms change, so the runs between them stand unchanged in
+        // each form.
+        let run = from
+            .split([':', '/'])
+            .max_by_key(|run| run.len())
+            .filter(|run| !run.is_empty());
+        let anchor = run.and_then(|run| {
+            for pair in &mut pairs {
+                pair.anchor_at = memmem::find(&pair.from, run.as_bytes())?;
+            }
+            Some(memmem::Finder::new(run.as_bytes()).into_owned())
+        });
         Some(Self {
             pairs,
+            anchor,
             bounded: true,
             keep,
         })
@@ -95,19 +118,42 @@ impl Rewrite {
     /// byte up to `limit` can go out as it is.
     fn apply_until(&self, text: &[u8], limit: usize, at_end: bool) -> Option<(Vec<u8>, usize)> {
         let mut hits: Vec<(usize, usize)> = Vec::new();
-        for (index, pair) in self.pairs.iter().enumerate() {
-            for at in pair.finder.find_iter(text) {
-                if at >= limit {
-                    break;
+        let bounded = |at: usize, pair: &Pair| {
+            let end = at + pair.from.len();
+            !self.bounded
+                || match text.get(end) {
+                    Some(&next) => is_boundary(next, text.get(end + 1).copied()),
+                    None => at_end,
                 }
-                let end = at + pair.from.len();
-                let bounded = !self.bounded
-                    || match text.get(end) {
-                        Some(&next) => is_boundary(next, text.get(end + 1).copied()),
-                        None => at_end,
-                    };
-                if bounded {
-                    hits.push((at, index));
+        };
+        match &self.anchor {
+            // One pass: each place the anchor stands is checked against every form. A form
+            // found at `at` holds its first anchor at `at + anchor_at`, so none is missed.
+            Some(anchor) => {
+                let mut from = 0;
+                while let Some(found) = anchor.find(&text[from..]) {
+                    let seen = from + found;
+                    from = seen + 1;
+                    for (index, pair) in self.pairs.iter().enumerate() {
+                        let Some(at) = seen.checked_sub(pair.anchor_at) else {
+                            continue;
+                        };
+                        if at < limit && text[at..].starts_with(&pair.from) && bounded(at, pair) {
+                            hits.push((at, index));
+                        }
+                    }
+                }
+            }
+            None => {
+                for (index, pair) in self.pairs.iter().enumerate() {
+                    for at in pair.finder.find_iter(text) {
+                        if at >= limit {
+                            break;
+                        }
+                        if bounded(at, pair) {
+                            hits.push((at, index));
+                        }
+                    }
                 }
             }
         }
@@ -179,14 +225,15 @@ pub struct RewriteCache {
 }
 
 impl RewriteCache {
-    /// The rewrites between `upstream` (the same on every call) and `public`.
-    pub fn get(&self, upstream: &str, public: String) -> Rewrites {
+    /// The rewrites between the upstream's base (`upstream` gives it, the same on every call;
+    /// asked only when the rewrites are made) and `public`.
+    pub fn get(&self, upstream: impl FnOnce() -> String, public: String) -> Rewrites {
         if let Some(last) = self.last.load().as_ref()
             && last.0 == public
         {
             return last.1.clone();
         }
-        let made = Rewrites::between(upstream, &public);
+        let made = Rewrites::between(&upstream(), &public);
         self.last.store(Some(Arc::new((public, made.clone()))));
         made
     }

@@ -137,3 +137,63 @@ proptest! {
         prop_assert_eq!(streamed(chunks), whole);
     }
 }
+
+/// The same rewrite searching for each form of the base on its own.
+fn searching_each_form(rewrite: &Rewrite) -> Rewrite {
+    Rewrite {
+        anchor: None,
+        ..rewrite.clone()
+    }
+}
+
+#[test]
+fn every_form_is_found_through_its_anchor() {
+    let rewrite = rewrite();
+    assert!(rewrite.anchor.is_some());
+    for text in [
+        "http%3A%2F%2F10.0.0.5%3A8091%2Ffhir%2FPatient",
+        "http%3a%2f%2f10.0.0.5%3a8091%2ffhir&x",
+        "10.0.0.5 http:\\/\\/10.0.0.5:8091\\/fhir\\/Patient 10.0.0.5",
+    ] {
+        let anchored = rewrite.apply(text.as_bytes());
+        assert!(anchored.is_some(), "{text}");
+        assert_eq!(
+            anchored,
+            searching_each_form(&rewrite).apply(text.as_bytes())
+        );
+    }
+}
+
+proptest! {
+    /// One search for the anchor finds what a search for each form finds, towards the
+    /// upstream (whole prefixes only) and towards clients (anywhere).
+    #[test]
+    fn the_anchored_search_finds_what_each_form_finds(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                Just(UPSTREAM.to_owned()),
+                Just(UPSTREAM.replace('/', "\\/")),
+                Just(UPSTREAM.replace(':', "%3A").replace('/', "%2F")),
+                Just(UPSTREAM.replace(':', "%3a").replace('/', "%2f")),
+                Just("10.0.0.5".to_owned()),
+                Just("http://10.0.0.5:8091/fhi".to_owned()),
+                Just("/Patient/1\",".to_owned()),
+                Just("x".to_owned()),
+                Just("\\".to_owned()),
+                Just("\"".to_owned()),
+            ],
+            0..20,
+        ),
+        limit in 0usize..500,
+        at_end in any::<bool>(),
+    ) {
+        let text = parts.concat().into_bytes();
+        let limit = limit.min(text.len());
+        for rewrite in [rewrite(), Rewrite::hiding(UPSTREAM, PUBLIC).unwrap()] {
+            prop_assert_eq!(
+                rewrite.apply_until(&text, limit, at_end),
+                searching_each_form(&rewrite).apply_until(&text, limit, at_end)
+            );
+        }
+    }
+}
