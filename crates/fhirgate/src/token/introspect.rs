@@ -168,16 +168,20 @@ impl AnswerRules<'_> {
         identity
             .token_id
             .get_or_insert_with(|| super::cache::digest_label(key));
+        // Capped before the conversion: an `exp` too far ahead for a Duration is still ahead.
         let left = identity
             .expires_at
-            .map(|exp| Duration::try_from_secs_f64(exp - now).unwrap_or(Duration::ZERO))
+            .map(|exp| {
+                Duration::try_from_secs_f64((exp - now).min(self.max_ttl.as_secs_f64()))
+                    .unwrap_or(Duration::ZERO)
+            })
             .unwrap_or(self.max_ttl);
         if left.is_zero() {
             return inactive;
         }
         Answer::Active {
             identity: Arc::new(identity),
-            ttl: left.min(self.max_ttl),
+            ttl: left,
         }
     }
 }
@@ -563,6 +567,15 @@ mod tests {
             Some(Duration::from_secs(20))
         );
         assert_eq!(active_ttl(r#"{"active":true,"exp":1799999999}"#), None);
+        assert_eq!(active_ttl(r#"{"active":true,"exp":-1e308}"#), None);
+        // Further ahead than a Duration reaches: reused for max_ttl, not read as inactive.
+        for exp in ["192222222222222200000000", "1e300"] {
+            assert_eq!(
+                active_ttl(&format!(r#"{{"active":true,"exp":{exp}}}"#)),
+                Some(Duration::from_secs(60)),
+                "exp {exp}"
+            );
+        }
         let Answer::Active { identity, .. } =
             read(r#"{"active":true,"patient":"Patient/p1"}"#).unwrap()
         else {
