@@ -170,12 +170,25 @@ impl SynthBody<'_> {
     }
 }
 
+/// A body the checks accepted, as a `Value`; `None` only when it holds a number beyond the
+/// range of `f64`, which is JSON but which serde_json keeps in no `Value` (the checks read
+/// only the members they need and pass the body on untouched).
+fn accepted_json(body: &[u8]) -> Option<Value> {
+    match serde_json::from_slice(body) {
+        Ok(value) => Some(value),
+        Err(error) if error.to_string().starts_with("number out of range") => None,
+        Err(error) => panic!("an accepted body is not JSON: {error}"),
+    }
+}
+
 /// Runs `check` on `body` the way the proxy does and asserts the check's invariants.
 pub fn run_check(check: &ResponseCheck, body: &[u8]) {
     match check.expect {
         Expect::Resource => {
             if fhirgate_policy::verify_resource(check, body).is_ok() {
-                let value: Value = serde_json::from_slice(body).expect("accepted body is JSON");
+                let Some(value) = accepted_json(body) else {
+                    return;
+                };
                 let ty = value["resourceType"]
                     .as_str()
                     .expect("accepted body has a type");
@@ -207,7 +220,9 @@ pub fn assert_bundle_invariants(
     } else {
         assert!(filtered.withheld > 0, "changed bundle withheld nothing");
     }
-    let input: Value = serde_json::from_slice(body).expect("accepted bundle is JSON");
+    let Some(input) = accepted_json(body) else {
+        return;
+    };
     if input["resourceType"] == "OperationOutcome" {
         assert!(filtered.unchanged, "an OperationOutcome was changed");
         return;
