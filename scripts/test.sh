@@ -3,7 +3,8 @@
 #   1. cargo test --workspace (installs Debian's redis-server first when missing), and the
 #      criterion benchmarks compiled (cargo check --benches; never timed here)
 #   2. cargo deny check licenses bans sources (deny.toml; installs cargo-deny when missing)
-#   3. build the fuzz targets (fuzz/, uninstrumented)
+#   3. fuzz every target for FUZZ_SECONDS (default 10) each, coverage-guided, from its seeds
+#      (scripts/fuzz.sh: an instrumented build in target/fuzz with the stable toolchain)
 #   4. install the end-to-end tools (npm ci, Python venvs) when missing
 #   5. bring up the two authorization servers and the upstream FHIR server (test ports)
 #   6. build fhirgate (debug) and start it with e2e/fhirgate-e2e.yaml
@@ -12,8 +13,8 @@
 # when any phase failed.
 #
 # Environment: PYTEST_ARGS (extra pytest arguments), SKIP_CARGO_TEST=1 (skip phase 1),
-# SKIP_DENY=1 (skip phase 2), SKIP_FUZZ_BUILD=1 (skip phase 3), FHIRGATE_WORK (work folder,
-# default .work).
+# SKIP_DENY=1 (skip phase 2), SKIP_FUZZ=1 (skip phase 3; SKIP_FUZZ_BUILD=1 is read too),
+# FUZZ_SECONDS (run time of each fuzz target), FHIRGATE_WORK (work folder, default .work).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$FHIRGATE_ROOT"
@@ -101,18 +102,19 @@ else
 fi
 
 # ---------------------------------------------------------------- 3. fuzz targets
-# Only built here, without libFuzzer's instrumentation, from the dependencies phase 1 already
-# compiled; the long instrumented runs are documented in docs/FUZZING.md.
-section "3/7 build fuzz targets"
-if [[ "${SKIP_FUZZ_BUILD:-0}" == 1 ]]; then
-  record "fuzz build" "ok (skipped: SKIP_FUZZ_BUILD=1)"
+# Every target for a few seconds with libFuzzer's coverage guidance (docs/FUZZING.md): a crash
+# or an invariant failure fails the phase and leaves the input in .work/fuzz/artifacts/. The
+# instrumented build compiles the dependencies again, in target/fuzz; the long runs are
+# documented in docs/FUZZING.md.
+section "3/7 fuzz targets (${FUZZ_SECONDS:-10}s each)"
+if [[ "${SKIP_FUZZ:-${SKIP_FUZZ_BUILD:-0}}" == 1 ]]; then
+  record "fuzz" "ok (skipped: SKIP_FUZZ=1)"
 else
   started=$SECONDS
-  if cargo build -p fhirgate-fuzz --bins >"$WORK_DIR/fuzz-build.log" 2>&1; then
-    record "fuzz build" "ok ($((SECONDS - started))s)"
+  if "$FHIRGATE_ROOT/scripts/fuzz.sh" 2>&1 | tee "$WORK_DIR/fuzz.log"; then
+    record "fuzz" "ok ($((SECONDS - started))s)"
   else
-    tail -n 30 "$WORK_DIR/fuzz-build.log"
-    record "fuzz build" "FAILED (log: $WORK_DIR/fuzz-build.log)"
+    record "fuzz" "FAILED (log: $WORK_DIR/fuzz.log)"
   fi
 fi
 

@@ -96,9 +96,9 @@ enum Credentials {
     Key(EncodingKey, jsonwebtoken::Algorithm),
 }
 
-/// One cached answer and how long it may be reused.
-#[derive(Clone)]
-enum Answer {
+/// An introspection answer as the gateway reads it, and how long it may be reused.
+#[derive(Debug, Clone)]
+pub enum Answer {
     Active {
         identity: Arc<Identity>,
         ttl: Duration,
@@ -106,6 +106,89 @@ enum Answer {
     Inactive {
         ttl: Duration,
     },
+}
+
+/// Why an introspection answer cannot be read; the request is then refused as unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("the answer is larger than {MAX_ANSWER} bytes")]
+    TooLarge,
+    #[error("the answer is not a JSON object")]
+    NotAnObject,
+}
+
+/// How one issuer's RFC 7662 answers are read.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerRules<'a> {
+    pub issuer: &'a str,
+    /// The audience an answer's `aud`, when present, must name (or one of `route_audiences`).
+    pub audience: &'a str,
+    /// The routes' own audiences, which an answer's `aud` may name instead.
+    pub route_audiences: &'a [String],
+    pub mapping: &'a ClaimMapping,
+    /// Longest an active answer is reused.
+    pub max_ttl: Duration,
+    /// How long an inactive answer is reused.
+    pub inactive_ttl: Duration,
+}
+
+impl AnswerRules<'_> {
+    /// Reads the body of a successful answer for the token `key`, at `now` (Unix seconds).
+    pub fn read(&self, body: &[u8], key: &TokenDigest, now: f64) -> Result<Answer, AnswerError> {
+        if body.len() > MAX_ANSWER {
+            return Err(AnswerError::TooLarge);
+        }
+        let claims: Map<String, Value> =
+            serde_json::from_slice(body).map_err(|_| AnswerError::NotAnObject)?;
+        Ok(self.interpret(&claims, key, now))
+    }
+
+    /// Turns an RFC 7662 answer into an [`Answer`], to be reused for the right time.
+    pub fn interpret(&self, claims: &Map<String, Value>, key: &TokenDigest, now: f64) -> Answer {
+        let inactive = Answer::Inactive {
+            ttl: self.inactive_ttl,
+        };
+        if claims.get("active") != Some(&Value::Bool(true)) {
+            return inactive;
+        }
+        // An `iss` that is not this issuer, or not a string at all, is not this issuer's.
+        if let Some(iss) = claims.get("iss")
+            && iss.as_str() != Some(self.issuer)
+        {
+            return inactive;
+        }
+        // A token for another resource server is not one for this gateway, active or not.
+        // RFC 7662 makes `aud` optional; an answer without it is judged by the issuer alone,
+        // as if it named the issuer's audience (so not on a route with an audience of its
+        // own).
+        let audience = match claims.get("aud") {
+            None => TokenAudience::default(),
+            Some(aud) => match TokenAudience::of(aud, self.audience, self.route_audiences) {
+                Some(audience) => audience,
+                None => return inactive,
+            },
+        };
+        let mut identity = Identity::from_claims(self.issuer.to_owned(), claims, self.mapping);
+        identity.audience = audience;
+        identity
+            .token_id
+            .get_or_insert_with(|| super::cache::digest_label(key));
+        // Capped before the conversion: an `exp` too far ahead for a Duration is still ahead.
+        let left = identity
+            .expires_at
+            .map(|exp| {
+                Duration::try_from_secs_f64((exp - now).min(self.max_ttl.as_secs_f64()))
+                    .unwrap_or(Duration::ZERO)
+            })
+            .unwrap_or(self.max_ttl);
+        if left.is_zero() {
+            return inactive;
+        }
+        Answer::Active {
+            identity: Arc::new(identity),
+            ttl: left,
+        }
+    }
 }
 
 /// The introspection client of one issuer.
@@ -363,56 +446,25 @@ impl Introspector {
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             "introspection answered"
         );
-        if !status.is_success() || body.len() > MAX_ANSWER {
+        if !status.is_success() {
             tracing::warn!(issuer = %self.issuer, status = status.as_u16(), "introspection refused");
             return Err(unavailable());
         }
-        let claims: Map<String, Value> = serde_json::from_slice(&body).map_err(|_| {
-            tracing::warn!(issuer = %self.issuer, "introspection answer is not a JSON object");
+        self.rules().read(&body, &key, unix_now()).map_err(|error| {
+            tracing::warn!(issuer = %self.issuer, %error, "introspection answer unreadable");
             unavailable()
-        })?;
-        Ok(self.interpret(claims, key))
+        })
     }
 
-    /// Turns an RFC 7662 answer into an [`Answer`], caching it for the right time.
-    fn interpret(&self, claims: Map<String, Value>, key: TokenDigest) -> Answer {
-        let inactive = Answer::Inactive {
-            ttl: self.config.inactive_ttl,
-        };
-        if claims.get("active") != Some(&Value::Bool(true)) {
-            return inactive;
-        }
-        if let Some(iss) = claims.get("iss").and_then(Value::as_str)
-            && iss != self.issuer
-        {
-            return inactive;
-        }
-        // A token for another resource server is not one for this gateway, active or not.
-        // RFC 7662 makes `aud` optional; an answer without it is judged by the issuer alone,
-        // as if it named the issuer's audience (so not on a route with an audience of its
-        // own).
-        let audience = match claims.get("aud") {
-            None => TokenAudience::default(),
-            Some(aud) => match TokenAudience::of(aud, &self.audience, &self.route_audiences) {
-                Some(audience) => audience,
-                None => return inactive,
-            },
-        };
-        let mut identity = Identity::from_claims(self.issuer.clone(), &claims, &self.mapping);
-        identity.audience = audience;
-        identity
-            .token_id
-            .get_or_insert_with(|| super::cache::digest_label(&key));
-        let left = identity
-            .expires_at
-            .map(|exp| Duration::try_from_secs_f64(exp - unix_now()).unwrap_or(Duration::ZERO))
-            .unwrap_or(self.config.max_ttl);
-        if left.is_zero() {
-            return inactive;
-        }
-        Answer::Active {
-            identity: Arc::new(identity),
-            ttl: left.min(self.config.max_ttl),
+    /// The rules this issuer's answers are read by.
+    fn rules(&self) -> AnswerRules<'_> {
+        AnswerRules {
+            issuer: &self.issuer,
+            audience: &self.audience,
+            route_audiences: &self.route_audiences,
+            mapping: &self.mapping,
+            max_ttl: self.config.max_ttl,
+            inactive_ttl: self.config.inactive_ttl,
         }
     }
 
@@ -467,4 +519,81 @@ fn unix_now() -> f64 {
 
 fn still_valid(identity: &Identity) -> bool {
     identity.expires_at.is_none_or(|exp| exp > unix_now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: f64 = 1_800_000_000.0;
+
+    fn read(body: &str) -> Result<Answer, AnswerError> {
+        let mapping = ClaimMapping::default();
+        let rules = AnswerRules {
+            issuer: "https://issuer.example",
+            audience: "https://gw.example/fhir",
+            route_audiences: &[],
+            mapping: &mapping,
+            max_ttl: Duration::from_secs(60),
+            inactive_ttl: Duration::from_secs(10),
+        };
+        rules.read(body.as_bytes(), &[7; 32], NOW)
+    }
+
+    fn active_ttl(body: &str) -> Option<Duration> {
+        match read(body).unwrap() {
+            Answer::Active { ttl, .. } => Some(ttl),
+            Answer::Inactive { ttl } => {
+                assert_eq!(ttl, Duration::from_secs(10));
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_json_object_of_bounded_size_is_read() {
+        assert_eq!(read("[]").unwrap_err(), AnswerError::NotAnObject);
+        assert_eq!(read("{\"active\":").unwrap_err(), AnswerError::NotAnObject);
+        let large = format!("{{\"active\":false,\"x\":\"{}\"}}", "a".repeat(MAX_ANSWER));
+        assert_eq!(read(&large).unwrap_err(), AnswerError::TooLarge);
+    }
+
+    #[test]
+    fn an_answer_is_active_only_for_this_issuer_and_audience() {
+        assert_eq!(
+            active_ttl(r#"{"active":true,"sub":"s"}"#),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(active_ttl(r#"{"active":"true"}"#), None);
+        assert_eq!(active_ttl(r#"{"active":true,"iss":"https://other"}"#), None);
+        assert_eq!(active_ttl(r#"{"active":true,"aud":"https://other"}"#), None);
+        assert!(active_ttl(r#"{"active":true,"aud":["x","https://gw.example/fhir"]}"#).is_some());
+        assert_eq!(active_ttl(r#"{"active":true,"aud":7}"#), None);
+    }
+
+    #[test]
+    fn an_active_answer_is_reused_until_exp_at_most() {
+        assert_eq!(
+            active_ttl(r#"{"active":true,"exp":1800000020}"#),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(active_ttl(r#"{"active":true,"exp":1799999999}"#), None);
+        assert_eq!(active_ttl(r#"{"active":true,"exp":-1e308}"#), None);
+        // Further ahead than a Duration reaches: reused for max_ttl, not read as inactive.
+        for exp in ["192222222222222200000000", "1e300"] {
+            assert_eq!(
+                active_ttl(&format!(r#"{{"active":true,"exp":{exp}}}"#)),
+                Some(Duration::from_secs(60)),
+                "exp {exp}"
+            );
+        }
+        let Answer::Active { identity, .. } =
+            read(r#"{"active":true,"patient":"Patient/p1"}"#).unwrap()
+        else {
+            panic!("inactive")
+        };
+        assert_eq!(identity.caller.patient.as_deref(), Some("p1"));
+        assert_eq!(identity.grant.patient.as_deref(), Some("p1"));
+        assert!(identity.token_id.as_deref().unwrap().starts_with("sha256:"));
+    }
 }

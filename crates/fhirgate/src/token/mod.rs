@@ -27,7 +27,8 @@ pub use self::credentials::{Credentials, Scheme, bearer_token, credentials};
 pub use self::dpop::{ProofError, ProofTarget, ProofVerifier, thumbprint};
 pub(crate) use self::introspect::form_encode;
 pub use self::introspect::{
-    ClientAuth, IntrospectionConfig, IntrospectionSetupError, Introspector,
+    Answer, AnswerError, AnswerRules, ClientAuth, IntrospectionConfig, IntrospectionSetupError,
+    Introspector,
 };
 pub use self::jwks::IssuerKeys;
 
