@@ -156,7 +156,13 @@ mod tests {
         for coding in ["chunked", "gzip, chunked", "xchunked"] {
             let mut headers = HeaderMap::new();
             headers.insert(header::TRANSFER_ENCODING, coding.parse().unwrap());
-            let refused = accept(&Method::POST, "/fhir/Patient", None, &headers, Some("/fhir"));
+            let refused = accept(
+                &Method::POST,
+                "/fhir/Patient",
+                None,
+                &headers,
+                Some("/fhir"),
+            );
             assert!(matches!(refused, Err(Refusal::BadRequest(_))), "{coding}");
         }
     }

@@ -43,8 +43,8 @@ use tracing::Instrument as _;
 
 use super::forward::{Outbound, target_url};
 use super::upstream_credential::Credential;
-use super::upstream_token::UpstreamToken;
 use super::upstream_tls::{self, UpstreamSetupError};
+use super::upstream_token::UpstreamToken;
 use crate::config::{self, ActiveHealth, Balance, PassiveHealth};
 use crate::metrics::{Metrics, Route, UpstreamError};
 use crate::refusal::Refusal;
