@@ -452,6 +452,46 @@ async fn with_every_server_out_a_route_answers_503_at_once_without_connecting() 
 }
 
 #[tokio::test]
+async fn one_route_down_leaves_the_gateway_ready_for_the_others() {
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let a = Backend::start("http://fhir-a.internal/fhir").await;
+    let down = free_port();
+    let gateway = TestGateway::start_config(&format!(
+        r#"{issuers}routes:
+  - name: tenant-a
+    path: "/a/fhir"
+    upstream: {{ url: "http://fhir-a.internal/fhir", servers: ["{a}"] }}
+  - name: tenant-b
+    path: "/b/fhir"
+    upstream: {{ url: "http://fhir-b.internal/fhir", servers: ["127.0.0.1:{down}"] }}
+"#,
+        issuers = issuers(&idp),
+        a = a.server(),
+    ))
+    .await;
+    let readyz = format!("{}/readyz", gateway.admin);
+    // Tenant B's server does not listen; tenant A's does, so the gateway can serve.
+    let ready = client().get(&readyz).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let checks: Value = ready.json().await.unwrap();
+    assert_eq!(checks["checks"]["upstream"], true, "{checks}");
+    let token = token(&idp, "patient/*.rs", ISSUER_AUDIENCE);
+    let served = get(&format!("{}/a/fhir/Patient/pat-A", gateway.base), &token).await;
+    assert_eq!(served.status(), 200);
+    let failed = get(&format!("{}/b/fhir/Patient/pat-A", gateway.base), &token).await;
+    assert_eq!(failed.status(), 502);
+
+    // With no route reaching a server, the gateway cannot serve.
+    let mut a = a;
+    a.kill().await;
+    let unready = client().get(&readyz).send().await.unwrap();
+    assert_eq!(unready.status(), 503);
+    let checks: Value = unready.json().await.unwrap();
+    assert_eq!(checks["checks"]["upstream"], false, "{checks}");
+    assert_eq!(checks["ready"], false);
+}
+
+#[tokio::test]
 async fn tenants_have_their_own_upstream_and_a_token_for_one_is_refused_on_the_other() {
     let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
     let a = Backend::start("http://fhir-a.internal/fhir").await;
