@@ -317,6 +317,40 @@ async fn while_no_token_can_be_had_requests_get_503_and_never_reach_the_upstream
 }
 
 #[tokio::test]
+async fn without_a_token_fetches_are_retried_every_five_seconds_at_most() {
+    let endpoint = TokenEndpoint::start(3600).await;
+    endpoint.fail_with(503);
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let secret = secret_file(SECRET);
+    let upstream = grant(&endpoint.url(), "client_secret_basic", &secret);
+    let gateway = TestGateway::start_with(&idp, fhir.addr, "", &upstream).await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+
+    // Refused fetches at start and after 1, 2, 4 and 8 s more: doubling on, the next would
+    // wait 16 s while requests are told to come back after 5.
+    wait_for("five refused fetches", async || {
+        endpoint.requests().len() >= 5
+    })
+    .await;
+    endpoint.fail_with(0);
+    let back = std::time::Instant::now();
+    wait_for("a token after the endpoint recovers", async || {
+        endpoint.issued() >= 1
+    })
+    .await;
+    let waited = back.elapsed();
+    assert!(
+        waited <= std::time::Duration::from_millis(5500),
+        "a token only {waited:?} after the endpoint answered again"
+    );
+    assert_eq!(read_patient(&gateway, &token).await.status(), 200);
+    assert_eq!(authorizations(&fhir), ["Bearer svc-1"]);
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_token_endpoint_keeps_requests_from_the_upstream() {
     let fhir = FakeFhir::start().await;
     fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
