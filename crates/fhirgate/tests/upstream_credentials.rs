@@ -211,6 +211,42 @@ async fn the_upstream_gets_the_fetched_token_once_fetched_and_never_the_clients_
     assert!(!trail.contains("svc-1") && !trail.contains(SECRET));
 }
 
+#[tokio::test]
+async fn basic_credentials_encode_only_what_a_form_encodes() {
+    let endpoint = TokenEndpoint::start(3600).await;
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let secret = secret_file("a-b.c_d*e:f/g h");
+    let upstream = format!(
+        "  client_credentials:\n    token_endpoint: \"{}\"\n    client_id: \"fhirgate-prod.eu_1\"\n    client_secret_file: \"{secret}\"\n",
+        endpoint.url()
+    );
+    let gateway = TestGateway::start_with(&idp, fhir.addr, "", &upstream).await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    assert_eq!(read_patient(&gateway, &token).await.status(), 200);
+
+    use base64::Engine as _;
+    let asked = &endpoint.requests()[0];
+    let basic = asked.authorization.as_deref().unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(basic.strip_prefix("Basic ").unwrap())
+        .unwrap();
+    // Letters, digits and `*-._` as written; `:`, `/` and the space encoded.
+    assert_eq!(
+        String::from_utf8(raw).unwrap(),
+        "fhirgate-prod.eu_1:a-b.c_d*e%3Af%2Fg%20h"
+    );
+    assert_eq!(
+        basic_pair(basic),
+        (
+            "fhirgate-prod.eu_1".to_owned(),
+            "a-b.c_d*e:f/g h".to_owned()
+        )
+    );
+    gateway.stop().await;
+}
+
 /// The client id and secret of `Basic` credentials, each form-decoded (RFC 6749 section
 /// 2.3.1).
 fn basic_pair(authorization: &str) -> (String, String) {
