@@ -555,6 +555,70 @@ async fn a_reload_that_cannot_fetch_its_token_keeps_the_running_credential() {
     assert_eq!(authorizations(&fhir), ["Bearer svc-1"; 2]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_is_judged_route_by_route_for_the_tokens_it_would_lose() {
+    let (for_a, for_c) = (
+        TokenEndpoint::start(3600).await,
+        TokenEndpoint::start(3600).await,
+    );
+    // Route c's token endpoint refuses from the start: c has no token to lose.
+    for_c.fail_with(500);
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let secret = secret_file(SECRET);
+    let route = |name: &str, endpoint: &TokenEndpoint| {
+        let grant =
+            grant(&endpoint.url(), "client_secret_basic", &secret).replace("\n  ", "\n      ");
+        format!(
+            "  - name: {name}\n    path: \"/{name}/fhir\"\n    upstream:\n      url: \"http://{fhir}/fhir\"\n      {grant}",
+            fhir = fhir.addr,
+            grant = grant.trim_start(),
+        )
+    };
+    let rest = format!(
+        "issuers:\n  - issuer: \"{issuer}\"\n    audience: \"https://gw.test/fhir\"\n    algorithms: [\"RS256\"]\nroutes:\n{a}{c}audit:\n  spool: {{ path: \"{{dir}}/spool\" }}\n  sinks: {{ trail: {{ stdout: {{}} }} }}",
+        issuer = idp.issuer,
+        a = route("a", &for_a),
+        c = route("c", &for_c),
+    );
+    let gateway = GatewayProcess::start_config(&rest, "info").await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    let read = async |name: &str| {
+        client()
+            .get(format!("{}/{name}/fhir/Patient/pat-A", gateway.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    wait_for("route a's token", async || read("a").await == 200).await;
+    assert_eq!(read("c").await, 503);
+
+    // Route a's endpoint fails too: a reload would leave a without its token, although c
+    // holds none either.
+    for_a.fail_with(500);
+    let path = gateway.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}# touched\n")).unwrap();
+    gateway.signal("HUP");
+    wait_for("the reload refused", async || {
+        gateway
+            .metric("fhirgate_config_reloads_total{outcome=\"error\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    let stderr = gateway.stderr();
+    assert!(
+        stderr.contains("client_credentials of route a,"),
+        "{stderr}"
+    );
+    assert_eq!(read("a").await, 200, "route a keeps its running token");
+}
+
 #[tokio::test]
 async fn a_token_is_refreshed_at_four_fifths_of_its_life_and_kept_through_a_failed_refresh() {
     use fhirgate::metrics::{Metrics, Route};
