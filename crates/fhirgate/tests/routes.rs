@@ -914,6 +914,18 @@ audit:
             "name: a",
             "routes[0] is named \"a\" too",
         ),
+        (
+            format!(
+                "{head}routes:\n{}{}",
+                route("a", "/a", "").replace(
+                    "    upstream:",
+                    "    audience: \"https://gw.example/fhir\"\n    upstream:"
+                ),
+                route("b", "/b", "")
+            ),
+            "audience: \"https://gw.example/fhir\"",
+            "is also the audience of issuer \"https://idp.example\", which routes[1] (\"b\") accepts",
+        ),
     ];
     for (text, at, reason) in cases {
         let (status, stderr) = check(&text);
