@@ -122,7 +122,11 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    match error.line() {
+                    let line = error.line().or_else(|| {
+                        let text = std::fs::read_to_string(&config).ok()?;
+                        fhirgate::config::line_of(&text, &error.key()?)
+                    });
+                    match line {
                         Some(line) => eprintln!("error: {}:{line}: {error}", config.display()),
                         None => eprintln!("error: {}: {error}", config.display()),
                     }

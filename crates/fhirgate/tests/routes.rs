@@ -955,6 +955,59 @@ audit:
 }
 
 #[test]
+fn check_names_the_line_of_a_file_it_cannot_read() {
+    let empty = TempDir::new();
+    let empty_token = empty.0.join("admin-token");
+    std::fs::write(&empty_token, "\n").unwrap();
+    let head = r#"listen: "127.0.0.1:8080"
+issuers:
+  - issuer: "https://idp.example"
+    audience: "https://gw.example/fhir"
+audit:
+  spool: { path: "spool" }
+  sinks: { trail: { jsonl: { path: "audit.jsonl" } } }
+"#;
+    let routes = r#"routes:
+  - name: a
+    path: "/a"
+    upstream: { url: "http://fhir-a.internal/fhir" }
+  - name: b
+    path: "/b"
+    upstream:
+      url: "https://fhir-b.internal/fhir"
+"#;
+    let cases = [
+        (
+            format!("{head}{routes}      ca_file: \"/nonexistent/ca.pem\"\n"),
+            "ca_file:",
+            "routes[1].upstream.ca_file: cannot read",
+        ),
+        (
+            format!("{head}{routes}      bearer_token_file: \"/nonexistent/token\"\n"),
+            "bearer_token_file:",
+            "routes[1].upstream.bearer_token_file: cannot read",
+        ),
+        (
+            format!(
+                "{head}admin:\n  bearer_token_file: \"{}\"\n{routes}",
+                empty_token.display()
+            ),
+            "bearer_token_file:",
+            "admin.bearer_token_file:",
+        ),
+    ];
+    for (text, at, reason) in cases {
+        let (status, stderr) = check(&text);
+        assert_eq!(status, 2, "{stderr}");
+        let line = text.lines().position(|l| l.contains(at)).unwrap() + 1;
+        assert!(
+            stderr.starts_with(&format!("error: FILE:{line}: {reason}")),
+            "line {line} for {reason}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn explain_follows_the_route_of_the_url() {
     let dir = TempDir::new();
     let config = dir.0.join("routes.yaml");
