@@ -76,15 +76,21 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Body>
         }
         "/readyz" => {
             let keys = gateway.tokens.ready();
-            // Every route can reach one of its servers.
-            let mut upstream = true;
+            // A route can serve: it holds its upstream credential and reaches one of its
+            // servers. One route (tenant) whose upstream is down answers its own requests
+            // 503 and must not take the others out of a load balancer with it, so the
+            // gateway is ready while any route can serve.
+            let (mut upstream, mut credential) = (false, false);
             for route in gateway.routes.iter() {
-                upstream &= route.upstream.reachable().await;
+                let held = route.upstream.has_credential();
+                let reached = route.upstream.reachable().await;
+                upstream |= reached;
+                credential |= held;
+                if held && reached {
+                    (upstream, credential) = (true, true);
+                    break;
+                }
             }
-            let credential = gateway
-                .routes
-                .iter()
-                .all(|route| route.upstream.has_credential());
             // An unreachable rate-limit store only makes the gateway unready when it then
             // refuses requests (`closed`); in `local` mode it limits on its own meanwhile.
             let store = gateway.limiter.probe_store().await;

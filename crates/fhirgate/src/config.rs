@@ -148,6 +148,22 @@ pub enum BearerTokenError {
     TwoSources,
 }
 
+impl BearerTokenError {
+    /// The key the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Read { .. } | Self::EmptyFile(_) | Self::TwoSources => "bearer_token_file",
+            Self::MissingEnv(_) => "bearer_token_env",
+        }
+    }
+}
+
+/// Where `key` (`upstream.ca_file`, `routes[1].upstream.bearer_token_file`) is written in a
+/// configuration `text`: its line, when it is.
+pub fn line_of(text: &str, key: &str) -> Option<u64> {
+    locate::locate(text, key).map(|(line, _)| line as u64)
+}
+
 /// The bearer token in `file` or in the environment variable `env` (trimmed, never empty);
 /// `None` when neither is named. The one reader of every such pair in the configuration.
 pub fn bearer_token(

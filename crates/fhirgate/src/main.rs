@@ -122,7 +122,11 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    match error.line() {
+                    let line = error.line().or_else(|| {
+                        let text = std::fs::read_to_string(&config).ok()?;
+                        fhirgate::config::line_of(&text, &error.key()?)
+                    });
+                    match line {
                         Some(line) => eprintln!("error: {}:{line}: {error}", config.display()),
                         None => eprintln!("error: {}: {error}", config.display()),
                     }
@@ -295,6 +299,9 @@ struct QueryArgs {
     /// Records with this decision.
     #[arg(long, value_enum)]
     decision: Option<Decision>,
+    /// Records of requests that took this route (its `name`; `default` for `upstream`).
+    #[arg(long, value_name = "NAME")]
+    route: Option<String>,
     /// Only records of requests allowed under break-the-glass.
     #[arg(long)]
     break_glass: bool,
@@ -397,6 +404,7 @@ fn query_input(
             Decision::Deny => AuditDecision::Deny,
             Decision::Filter => AuditDecision::Filter,
         }),
+        route: args.route,
         since: time("--since", args.since)?,
         until: time("--until", args.until)?,
         break_glass: args.break_glass,

@@ -115,12 +115,12 @@ pub enum ReloadError {
     RestartOnly { path: String, keys: String },
     #[error("{0}")]
     Start(#[from] StartError),
-    /// The new configuration's upstream token could not be fetched while the running one
-    /// holds a valid one: taking it up would refuse every request.
+    /// A route's upstream token could not be fetched while the running route of that name
+    /// holds a valid one: taking it up would refuse every request of that route.
     #[error(
-        "{path}: no upstream access token could be fetched for it (upstream.client_credentials)"
+        "{path}: no upstream access token could be fetched for it (client_credentials of route {routes}, whose running token is valid)"
     )]
-    NoUpstreamToken { path: String },
+    NoUpstreamToken { path: String, routes: String },
 }
 
 /// The configuration file, as it was when the process read it.
@@ -211,14 +211,26 @@ impl Reloader {
             });
         }
         let gateway = build_gateway(config, &self.shared).await?;
-        let credentials = |gateway: &Gateway| {
-            gateway
-                .routes
-                .iter()
-                .all(|route| route.upstream.has_credential())
-        };
-        if !credentials(&gateway) && credentials(&self.live.load()) {
-            return Err(ReloadError::NoUpstreamToken { path: origin });
+        // Route by route: one whose token cannot be had now while its running namesake holds
+        // one, whatever the other routes hold.
+        let running = self.live.load();
+        let lost: Vec<&str> = gateway
+            .routes
+            .iter()
+            .filter(|route| !route.upstream.has_credential())
+            .filter(|route| {
+                running
+                    .routes
+                    .iter()
+                    .any(|old| old.name == route.name && old.upstream.has_credential())
+            })
+            .map(|route| route.name.as_str())
+            .collect();
+        if !lost.is_empty() {
+            return Err(ReloadError::NoUpstreamToken {
+                path: origin,
+                routes: lost.join(", "),
+            });
         }
         self.live.store(gateway);
         Ok(true)

@@ -50,6 +50,16 @@ impl StartError {
             _ => None,
         }
     }
+
+    /// The key the error is about (`admin.bearer_token_file`, `upstream.ca_file`), where it
+    /// is about one, to find its line in the configuration's text.
+    pub fn key(&self) -> Option<String> {
+        match self {
+            Self::AdminToken(error) => Some(format!("admin.{}", error.0.key())),
+            Self::Upstream(error) => error.key(),
+            _ => None,
+        }
+    }
 }
 
 /// Everything `serve` reads besides the configuration itself, read now without serving or

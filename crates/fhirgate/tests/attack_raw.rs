@@ -543,6 +543,14 @@ async fn spoofed_identity_and_forwarding_headers_never_reach_the_upstream_as_sen
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "evil.example"),
         ("forwarded", "for=203.0.113.9;proto=https;host=evil.example"),
+        ("x-real-ip", "203.0.113.9"),
+        ("true-client-ip", "203.0.113.9"),
+        ("x-client-ip", "203.0.113.9"),
+        ("x-forwarded-port", "443"),
+        ("x-forwarded-prefix", "/evil"),
+        ("x-forwarded-server", "evil.example"),
+        ("x-original-url", "/fhir/Patient/pat-B"),
+        ("x-rewrite-url", "/fhir/Patient/pat-B"),
         ("x-request-id", "spoofed id\twith spaces"),
         ("x-request-id", "second-id"),
     ];
@@ -575,6 +583,19 @@ async fn spoofed_identity_and_forwarding_headers_never_reach_the_upstream_as_sen
         .trim_end_matches("/fhir");
     assert_eq!(values(seen, "x-forwarded-host"), [authority]);
     assert!(values(seen, "forwarded").is_empty());
+    // Nor another address, base or path that upstream servers and frameworks read.
+    for name in [
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-original-url",
+        "x-rewrite-url",
+    ] {
+        assert!(values(seen, name).is_empty(), "{name} went upstream");
+    }
     let request_id = response.headers["x-request-id"]
         .to_str()
         .unwrap()

@@ -208,6 +208,46 @@ fn client_user_and_decision_filters_match_exactly() {
 }
 
 #[test]
+fn route_tells_apart_the_same_patient_id_on_two_fhir_apis() {
+    let scratch = Scratch::new();
+    scratch.file(
+        "audit.jsonl",
+        &[
+            record(
+                "a1",
+                "2026-12-04T08:00:00.000Z",
+                json!({"route": "tenant-a"}),
+            ),
+            record(
+                "b1",
+                "2026-12-04T09:00:00.000Z",
+                json!({"route": "tenant-b", "path": "/b/fhir/Patient/pat-1"}),
+            ),
+            record("none", "2026-12-04T10:00:00.000Z", json!({"route": null})),
+            record("old", "2026-12-04T11:00:00.000Z", json!({})),
+        ],
+    );
+    let trail = scratch.path("audit.jsonl");
+    assert_eq!(
+        json_ids(&trail, &["--patient", "pat-1"]),
+        ["a1", "b1", "none", "old"]
+    );
+    assert_eq!(
+        json_ids(&trail, &["--patient", "pat-1", "--route", "tenant-a"]),
+        ["a1"]
+    );
+    assert_eq!(json_ids(&trail, &["--route", "tenant-b"]), ["b1"]);
+    assert!(json_ids(&trail, &["--route", "tenant"]).is_empty());
+    let table = query(&["--trail", &trail, "--route", "tenant-b"]);
+    assert_eq!(table.code, Some(0), "{}", table.stderr);
+    assert!(
+        table.stdout.ends_with("1 matching record\n"),
+        "{}",
+        table.stdout
+    );
+}
+
+#[test]
 fn break_glass_selects_the_requests_allowed_under_it() {
     let scratch = Scratch::new();
     scratch.file(

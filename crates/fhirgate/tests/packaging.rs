@@ -1,4 +1,5 @@
-//! What ships beside the binary: the example configurations and the systemd unit.
+//! What ships beside the binary: the example configurations, the systemd unit and the
+//! container build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,4 +69,27 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         .filter(|line| line.contains("fhirgate.service"))
         .collect();
     assert!(about_the_unit.is_empty(), "{about_the_unit:?}");
+}
+
+#[test]
+fn the_container_build_context_leaves_out_build_output_and_local_state() {
+    // `COPY . .` would otherwise send gigabytes of `target/` and the test stack's state.
+    let ignored = std::fs::read_to_string(repository().join(".dockerignore")).unwrap();
+    let entries: Vec<&str> = ignored
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    for wanted in [".git", "target", ".work", "fuzz/target", "**/node_modules"] {
+        assert!(
+            entries.contains(&wanted),
+            "{wanted} is not in .dockerignore"
+        );
+    }
+    let containerfile =
+        std::fs::read_to_string(repository().join("deploy/container/Containerfile")).unwrap();
+    assert!(
+        containerfile.contains("COPY . ."),
+        "the build copies its context"
+    );
 }

@@ -452,6 +452,46 @@ async fn with_every_server_out_a_route_answers_503_at_once_without_connecting() 
 }
 
 #[tokio::test]
+async fn one_route_down_leaves_the_gateway_ready_for_the_others() {
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let a = Backend::start("http://fhir-a.internal/fhir").await;
+    let down = free_port();
+    let gateway = TestGateway::start_config(&format!(
+        r#"{issuers}routes:
+  - name: tenant-a
+    path: "/a/fhir"
+    upstream: {{ url: "http://fhir-a.internal/fhir", servers: ["{a}"] }}
+  - name: tenant-b
+    path: "/b/fhir"
+    upstream: {{ url: "http://fhir-b.internal/fhir", servers: ["127.0.0.1:{down}"] }}
+"#,
+        issuers = issuers(&idp),
+        a = a.server(),
+    ))
+    .await;
+    let readyz = format!("{}/readyz", gateway.admin);
+    // Tenant B's server does not listen; tenant A's does, so the gateway can serve.
+    let ready = client().get(&readyz).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let checks: Value = ready.json().await.unwrap();
+    assert_eq!(checks["checks"]["upstream"], true, "{checks}");
+    let token = token(&idp, "patient/*.rs", ISSUER_AUDIENCE);
+    let served = get(&format!("{}/a/fhir/Patient/pat-A", gateway.base), &token).await;
+    assert_eq!(served.status(), 200);
+    let failed = get(&format!("{}/b/fhir/Patient/pat-A", gateway.base), &token).await;
+    assert_eq!(failed.status(), 502);
+
+    // With no route reaching a server, the gateway cannot serve.
+    let mut a = a;
+    a.kill().await;
+    let unready = client().get(&readyz).send().await.unwrap();
+    assert_eq!(unready.status(), 503);
+    let checks: Value = unready.json().await.unwrap();
+    assert_eq!(checks["checks"]["upstream"], false, "{checks}");
+    assert_eq!(checks["ready"], false);
+}
+
+#[tokio::test]
 async fn tenants_have_their_own_upstream_and_a_token_for_one_is_refused_on_the_other() {
     let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
     let a = Backend::start("http://fhir-a.internal/fhir").await;
@@ -874,6 +914,18 @@ audit:
             "name: a",
             "routes[0] is named \"a\" too",
         ),
+        (
+            format!(
+                "{head}routes:\n{}{}",
+                route("a", "/a", "").replace(
+                    "    upstream:",
+                    "    audience: \"https://gw.example/fhir\"\n    upstream:"
+                ),
+                route("b", "/b", "")
+            ),
+            "audience: \"https://gw.example/fhir\"",
+            "is also the audience of issuer \"https://idp.example\", which routes[1] (\"b\") accepts",
+        ),
     ];
     for (text, at, reason) in cases {
         let (status, stderr) = check(&text);
@@ -900,6 +952,59 @@ audit:
         )
     ));
     assert_eq!(status, 0, "{stderr}");
+}
+
+#[test]
+fn check_names_the_line_of_a_file_it_cannot_read() {
+    let empty = TempDir::new();
+    let empty_token = empty.0.join("admin-token");
+    std::fs::write(&empty_token, "\n").unwrap();
+    let head = r#"listen: "127.0.0.1:8080"
+issuers:
+  - issuer: "https://idp.example"
+    audience: "https://gw.example/fhir"
+audit:
+  spool: { path: "spool" }
+  sinks: { trail: { jsonl: { path: "audit.jsonl" } } }
+"#;
+    let routes = r#"routes:
+  - name: a
+    path: "/a"
+    upstream: { url: "http://fhir-a.internal/fhir" }
+  - name: b
+    path: "/b"
+    upstream:
+      url: "https://fhir-b.internal/fhir"
+"#;
+    let cases = [
+        (
+            format!("{head}{routes}      ca_file: \"/nonexistent/ca.pem\"\n"),
+            "ca_file:",
+            "routes[1].upstream.ca_file: cannot read",
+        ),
+        (
+            format!("{head}{routes}      bearer_token_file: \"/nonexistent/token\"\n"),
+            "bearer_token_file:",
+            "routes[1].upstream.bearer_token_file: cannot read",
+        ),
+        (
+            format!(
+                "{head}admin:\n  bearer_token_file: \"{}\"\n{routes}",
+                empty_token.display()
+            ),
+            "bearer_token_file:",
+            "admin.bearer_token_file:",
+        ),
+    ];
+    for (text, at, reason) in cases {
+        let (status, stderr) = check(&text);
+        assert_eq!(status, 2, "{stderr}");
+        let line = text.lines().position(|l| l.contains(at)).unwrap() + 1;
+        assert!(
+            stderr.starts_with(&format!("error: FILE:{line}: {reason}")),
+            "line {line} for {reason}: {stderr}"
+        );
+    }
 }
 
 #[test]

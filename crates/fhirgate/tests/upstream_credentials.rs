@@ -211,6 +211,42 @@ async fn the_upstream_gets_the_fetched_token_once_fetched_and_never_the_clients_
     assert!(!trail.contains("svc-1") && !trail.contains(SECRET));
 }
 
+#[tokio::test]
+async fn basic_credentials_encode_only_what_a_form_encodes() {
+    let endpoint = TokenEndpoint::start(3600).await;
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let secret = secret_file("a-b.c_d*e:f/g h");
+    let upstream = format!(
+        "  client_credentials:\n    token_endpoint: \"{}\"\n    client_id: \"fhirgate-prod.eu_1\"\n    client_secret_file: \"{secret}\"\n",
+        endpoint.url()
+    );
+    let gateway = TestGateway::start_with(&idp, fhir.addr, "", &upstream).await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    assert_eq!(read_patient(&gateway, &token).await.status(), 200);
+
+    use base64::Engine as _;
+    let asked = &endpoint.requests()[0];
+    let basic = asked.authorization.as_deref().unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(basic.strip_prefix("Basic ").unwrap())
+        .unwrap();
+    // Letters, digits and `*-._` as written; `:`, `/` and the space encoded.
+    assert_eq!(
+        String::from_utf8(raw).unwrap(),
+        "fhirgate-prod.eu_1:a-b.c_d*e%3Af%2Fg%20h"
+    );
+    assert_eq!(
+        basic_pair(basic),
+        (
+            "fhirgate-prod.eu_1".to_owned(),
+            "a-b.c_d*e:f/g h".to_owned()
+        )
+    );
+    gateway.stop().await;
+}
+
 /// The client id and secret of `Basic` credentials, each form-decoded (RFC 6749 section
 /// 2.3.1).
 fn basic_pair(authorization: &str) -> (String, String) {
@@ -314,6 +350,40 @@ async fn while_no_token_can_be_had_requests_get_503_and_never_reach_the_upstream
     assert_eq!(authorizations(&fhir), ["Bearer svc-1"]);
     let audit = gateway.stop().await;
     assert_eq!(audit[0]["reason"], "upstream_credential_unavailable");
+}
+
+#[tokio::test]
+async fn without_a_token_fetches_are_retried_every_five_seconds_at_most() {
+    let endpoint = TokenEndpoint::start(3600).await;
+    endpoint.fail_with(503);
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let secret = secret_file(SECRET);
+    let upstream = grant(&endpoint.url(), "client_secret_basic", &secret);
+    let gateway = TestGateway::start_with(&idp, fhir.addr, "", &upstream).await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+
+    // Refused fetches at start and after 1, 2, 4 and 8 s more: doubling on, the next would
+    // wait 16 s while requests are told to come back after 5.
+    wait_for("five refused fetches", async || {
+        endpoint.requests().len() >= 5
+    })
+    .await;
+    endpoint.fail_with(0);
+    let back = std::time::Instant::now();
+    wait_for("a token after the endpoint recovers", async || {
+        endpoint.issued() >= 1
+    })
+    .await;
+    let waited = back.elapsed();
+    assert!(
+        waited <= std::time::Duration::from_millis(5500),
+        "a token only {waited:?} after the endpoint answered again"
+    );
+    assert_eq!(read_patient(&gateway, &token).await.status(), 200);
+    assert_eq!(authorizations(&fhir), ["Bearer svc-1"]);
+    gateway.stop().await;
 }
 
 #[tokio::test]
@@ -483,6 +553,70 @@ async fn a_reload_that_cannot_fetch_its_token_keeps_the_running_credential() {
     );
     assert_eq!(read().await, 200, "the running credential still serves");
     assert_eq!(authorizations(&fhir), ["Bearer svc-1"; 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_is_judged_route_by_route_for_the_tokens_it_would_lose() {
+    let (for_a, for_c) = (
+        TokenEndpoint::start(3600).await,
+        TokenEndpoint::start(3600).await,
+    );
+    // Route c's token endpoint refuses from the start: c has no token to lose.
+    for_c.fail_with(500);
+    let fhir = FakeFhir::start().await;
+    fhir.route("GET", "Patient/pat-A", 200, PATIENT_A);
+    let idp = FakeIdp::start(vec![jwk("rsa-a")]).await;
+    let secret = secret_file(SECRET);
+    let route = |name: &str, endpoint: &TokenEndpoint| {
+        let grant =
+            grant(&endpoint.url(), "client_secret_basic", &secret).replace("\n  ", "\n      ");
+        format!(
+            "  - name: {name}\n    path: \"/{name}/fhir\"\n    upstream:\n      url: \"http://{fhir}/fhir\"\n      {grant}",
+            fhir = fhir.addr,
+            grant = grant.trim_start(),
+        )
+    };
+    let rest = format!(
+        "issuers:\n  - issuer: \"{issuer}\"\n    audience: \"https://gw.test/fhir\"\n    algorithms: [\"RS256\"]\nroutes:\n{a}{c}audit:\n  spool: {{ path: \"{{dir}}/spool\" }}\n  sinks: {{ trail: {{ stdout: {{}} }} }}",
+        issuer = idp.issuer,
+        a = route("a", &for_a),
+        c = route("c", &for_c),
+    );
+    let gateway = GatewayProcess::start_config(&rest, "info").await;
+    let token = sign("rsa-a", Some("rsa-a"), &claims(&idp.issuer, "patient/*.rs"));
+    let read = async |name: &str| {
+        client()
+            .get(format!("{}/{name}/fhir/Patient/pat-A", gateway.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    wait_for("route a's token", async || read("a").await == 200).await;
+    assert_eq!(read("c").await, 503);
+
+    // Route a's endpoint fails too: a reload would leave a without its token, although c
+    // holds none either.
+    for_a.fail_with(500);
+    let path = gateway.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}# touched\n")).unwrap();
+    gateway.signal("HUP");
+    wait_for("the reload refused", async || {
+        gateway
+            .metric("fhirgate_config_reloads_total{outcome=\"error\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    let stderr = gateway.stderr();
+    assert!(
+        stderr.contains("client_credentials of route a,"),
+        "{stderr}"
+    );
+    assert_eq!(read("a").await, 200, "route a keeps its running token");
 }
 
 #[tokio::test]

@@ -21,7 +21,8 @@
 //!    usual damage, a record cut short.
 //! 3. **A raw-bytes prefilter.** Every value the filter compares a field with (patient, user,
 //!    client, decision) must then appear in the line as a JSON string, quotes included, as
-//!    the gateway writes it; the most selective one (patient, then user, client, decision) is
+//!    the gateway writes it; the most selective one (patient, then user, client, route,
+//!    decision) is
 //!    looked for first with a prebuilt `memchr::memmem` finder. Lines without it are dropped
 //!    before any JSON parsing.
 //! 4. **A borrowed parse of the candidates.** Only lines that pass are parsed, into

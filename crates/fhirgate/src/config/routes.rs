@@ -303,6 +303,20 @@ impl Config {
             if route.audience.as_deref().is_some_and(str::is_empty) {
                 return Err((key("audience"), "must not be empty".into()));
             }
+            // A route audience that is also an issuer's `audience` is one that every route
+            // without an audience of its own accepts: this route's tokens would pass there.
+            if let Some(audience) = &route.audience
+                && let Some(issuer) = self.issuers.iter().find(|i| &i.audience == audience)
+                && let Some(j) = self.routes.iter().position(|r| r.audience.is_none())
+            {
+                return Err((
+                    key("audience"),
+                    format!(
+                        "{audience:?} is also the audience of issuer {:?}, which routes[{j}] ({:?}) accepts for having no audience of its own, so this route's tokens would pass there; give this route an audience no issuer has, or leave it out",
+                        issuer.issuer, self.routes[j].name
+                    ),
+                ));
+            }
             if route.upstream.public_base_path.is_some() {
                 return Err((
                     key("upstream.public_base_path"),

@@ -10,7 +10,7 @@ use crate::token::Identity;
 
 /// Headers a client may not set for the upstream: credentials, and what the gateway itself
 /// says about the request.
-const CLIENT_MAY_NOT_SET: [&str; 7] = [
+const CLIENT_MAY_NOT_SET: [&str; 17] = [
     "authorization",
     "dpop",
     "forwarded",
@@ -18,6 +18,19 @@ const CLIENT_MAY_NOT_SET: [&str; 7] = [
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-request-id",
+    // Other names servers and frameworks read the client's address, the public base or the
+    // request's path from: a client must not choose what the upstream believes of them, nor
+    // a path other than the one the gateway checked (`X-Original-URL`, `X-Rewrite-URL`).
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-forwarded-for",
 ];
 
 /// Prefix of the headers in which the gateway tells the upstream who is calling.

@@ -58,6 +58,18 @@ impl UpstreamSetupError {
     }
 }
 
+impl UpstreamSetupError {
+    /// The key the error is about (`routes[1].upstream.ca_file`), when it is about one.
+    pub fn key(&self) -> Option<String> {
+        let key = match &self.problem {
+            SetupProblem::Read { key, .. } | SetupProblem::NoCertificate { key, .. } => *key,
+            SetupProblem::Token(error) => error.key(),
+            _ => return None,
+        };
+        Some(format!("{}.{key}", self.at))
+    }
+}
+
 impl SetupProblem {
     /// The problem, in the section at `at`.
     pub fn at(self, at: &str) -> UpstreamSetupError {

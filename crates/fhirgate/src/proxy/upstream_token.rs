@@ -31,6 +31,10 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// First and longest wait before retrying a failed fetch.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
+/// Longest wait before retrying while no usable token is held: requests are refused
+/// meanwhile and told to come back after this long (`Retry-After: 5`), so a token endpoint
+/// that is back is taken up as soon as they do.
+const LONGEST_RETRY_WITHOUT_TOKEN: Duration = Duration::from_secs(5);
 
 /// Why a token could not be fetched. Never carries the secret or a token.
 #[derive(Debug, thiserror::Error)]
@@ -167,8 +171,9 @@ impl UpstreamToken {
     }
 
     /// Keeps the token fresh until the upstream is dropped: a refresh at 80 % of each
-    /// token's lifetime, retries after a failure at 1 s, 2 s, 4 s ... up to a minute, and
-    /// never later than half the time the token held has left.
+    /// token's lifetime, retries after a failure at 1 s, 2 s, 4 s ... up to a minute, never
+    /// later than half the time the token held has left, and every 5 s at most while no
+    /// usable token is held.
     pub async fn keep_fresh(token: Weak<Self>, first: Result<Duration, FetchError>) {
         let mut last = first;
         let mut retry = FIRST_RETRY;
@@ -182,9 +187,9 @@ impl UpstreamToken {
                     let Some(token) = token.upgrade() else {
                         return;
                     };
-                    let wait = retry.min(token.remaining().map_or(retry, |left| left / 2));
+                    let wait = retry_wait(retry, token.remaining());
                     retry = (retry * 2).min(LONGEST_RETRY);
-                    wait.max(MIN_REFRESH)
+                    wait
                 }
             };
             tokio::time::sleep(wait).await;
@@ -248,6 +253,17 @@ impl UpstreamToken {
         }
         issued(&body)
     }
+}
+
+/// How long to wait before retrying a failed fetch: the growing `retry`, but no later than
+/// half the time the token held has `left`, and no longer than
+/// [`LONGEST_RETRY_WITHOUT_TOKEN`] while no usable token is held.
+fn retry_wait(retry: Duration, left: Option<Duration>) -> Duration {
+    let wait = match left {
+        Some(left) => retry.min(left / 2),
+        None => retry.min(LONGEST_RETRY_WITHOUT_TOKEN),
+    };
+    wait.max(MIN_REFRESH)
 }
 
 /// The bearer token and its lifetime in a successful answer.
@@ -342,6 +358,21 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn retries_wait_less_while_no_token_is_held() {
+        let s = Duration::from_secs;
+        // A token held: the growing wait, but no later than half of what it has left.
+        assert_eq!(retry_wait(s(1), Some(s(100))), s(1));
+        assert_eq!(retry_wait(s(60), Some(s(100))), s(50));
+        assert_eq!(retry_wait(s(8), Some(s(4))), s(2));
+        assert_eq!(retry_wait(s(8), Some(Duration::ZERO)), MIN_REFRESH);
+        // None held, so requests are refused: at most the Retry-After they are given.
+        assert_eq!(retry_wait(s(1), None), s(1));
+        assert_eq!(retry_wait(s(2), None), s(2));
+        assert_eq!(retry_wait(s(32), None), LONGEST_RETRY_WITHOUT_TOKEN);
+        assert_eq!(retry_wait(LONGEST_RETRY, None), LONGEST_RETRY_WITHOUT_TOKEN);
     }
 
     #[test]

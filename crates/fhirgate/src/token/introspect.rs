@@ -505,9 +505,18 @@ impl Introspector {
     }
 }
 
+/// What `application/x-www-form-urlencoded` encodes: all but letters, digits and `*-._`.
+const FORM_ENCODED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
+
 /// `application/x-www-form-urlencoded` encoding of a Basic credential part (RFC 6749 2.3.1).
+/// Client ids such as `fhirgate-prod.eu` go as written, as authorization servers that do not
+/// decode the pair expect them; a space is `%20`, which form decoders read too.
 pub(crate) fn form_encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(text, FORM_ENCODED).to_string()
 }
 
 fn unix_now() -> f64 {

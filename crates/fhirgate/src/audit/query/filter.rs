@@ -17,6 +17,9 @@ pub struct Filter {
     /// The user, as the token's `subject` or its `fhir_user`.
     pub user: Option<String>,
     pub decision: Option<AuditDecision>,
+    /// The route (`route`): patients, clients and users of different FHIR APIs behind one
+    /// gateway may share ids.
+    pub route: Option<String>,
     /// Records made at or after this time.
     pub since: Option<SystemTime>,
     /// Records made before this time.
@@ -41,6 +44,7 @@ impl Filter {
                 || is(&self.user, &record.subject)
                 || is(&self.user, &record.fhir_user))
             && self.decision.is_none_or(|d| d == record.decision)
+            && (self.route.is_none() || is(&self.route, &record.route))
             && (!self.break_glass || record.break_glass)
     }
 
@@ -54,11 +58,17 @@ impl Filter {
     /// wanted (records are written compact).
     pub(super) fn needles(&self) -> Vec<String> {
         let decision = self.decision.map(|d| d.as_str().to_owned());
-        let mut needles: Vec<String> = [&self.patient, &self.user, &self.client, &decision]
-            .into_iter()
-            .flatten()
-            .map(|value| serde_json::to_string(value).expect("strings serialise"))
-            .collect();
+        let mut needles: Vec<String> = [
+            &self.patient,
+            &self.user,
+            &self.client,
+            &self.route,
+            &decision,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|value| serde_json::to_string(value).expect("strings serialise"))
+        .collect();
         if self.break_glass {
             needles.push(r#""break_glass":true"#.to_owned());
         }

@@ -78,6 +78,9 @@ pub struct Summary<'a> {
     pub resource_id: Option<Text<'a>>,
     #[serde(borrow, default)]
     pub reason: Option<Text<'a>>,
+    /// The route the request took; absent from records of requests no route took.
+    #[serde(borrow, default)]
+    pub route: Option<Text<'a>>,
     #[serde(default)]
     pub status: Option<u16>,
     /// Allowed only under break-the-glass (absent, so false, otherwise).
