@@ -496,7 +496,22 @@ audit:
                 "    jwks_refetch_cooldown: \"60s\"\n"
             },
         );
-        let config = fhirgate::config::Config::parse(&yaml, "test").expect("test config");
+        let base = format!("http://127.0.0.1:{port}/fhir");
+        Self::serve(&yaml, listener, admin_listener, base, audit_path, dir).await
+    }
+
+    /// Serves the configuration `yaml` on the two listeners until dropped; returns once the
+    /// admin listener answers, that is once start-up (including the first key fetch) is done.
+    async fn serve(
+        yaml: &str,
+        listener: TcpListener,
+        admin_listener: TcpListener,
+        base: String,
+        audit_path: std::path::PathBuf,
+        dir: TempDir,
+    ) -> Self {
+        let admin_port = admin_listener.local_addr().unwrap().port();
+        let config = fhirgate::config::Config::parse(yaml, "test").expect("test config");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             fhirgate::run::serve_on(config, listener, admin_listener, async {
@@ -505,7 +520,6 @@ audit:
             .await
             .unwrap();
         });
-        // The admin listener answers once start-up (including the first key fetch) is done.
         let admin = format!("http://127.0.0.1:{admin_port}");
         for _ in 0..200 {
             if client()
@@ -519,7 +533,7 @@ audit:
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         Self {
-            base: format!("http://127.0.0.1:{port}/fhir"),
+            base,
             admin,
             audit_path,
             stop: Some(stop),
@@ -549,35 +563,8 @@ audit:
 "#,
             audit = audit_path.display(),
         );
-        let config = fhirgate::config::Config::parse(&yaml, "test").expect("test config");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            fhirgate::run::serve_on(config, listener, admin_listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        let admin = format!("http://127.0.0.1:{admin_port}");
-        for _ in 0..200 {
-            if client()
-                .get(format!("{admin}/healthz"))
-                .send()
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Self {
-            base: format!("http://127.0.0.1:{port}"),
-            admin,
-            audit_path,
-            stop: Some(stop),
-            task: Some(task),
-            _dir: dir,
-        }
+        let base = format!("http://127.0.0.1:{port}");
+        Self::serve(&yaml, listener, admin_listener, base, audit_path, dir).await
     }
 
     /// The value of the metric series `name` (with its labels, as exported), if exported.
